@@ -1,0 +1,1 @@
+//! Harness for root tests: throwaway network namespaces, a real etcd, the built binaries.

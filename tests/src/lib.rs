@@ -1,0 +1,1 @@
+//! Library parts shared by the no-root tests.
