@@ -119,3 +119,53 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregate_messages_and_classes() {
+        let io = || {
+            Error::io(
+                "remove reservation",
+                "/d/198.18.3.2",
+                io::Error::from_raw_os_error(13),
+            )
+        };
+        assert_eq!(
+            io().to_string(),
+            "remove reservation /d/198.18.3.2: Permission denied (os error 13)"
+        );
+        let incomplete = Error::Incomplete {
+            released: Vec::new(),
+            errors: vec![io(), io()],
+        };
+        assert!(
+            incomplete
+                .to_string()
+                .starts_with("2 reservation(s) could not be released: remove")
+        );
+        let timeout = Error::LockTimeout {
+            path: "/d/lock".into(),
+            timeout: Duration::from_secs(1),
+        };
+        let rollback = Error::Rollback {
+            cause: Box::new(timeout),
+            errors: vec![io()],
+        };
+        assert!(rollback.is_transient() && !rollback.is_config());
+        assert!(
+            rollback
+                .to_string()
+                .contains("; releasing this call's reservations also failed: ")
+        );
+        let ips = Error::RequestedUnmatched {
+            ips: vec!["198.18.9.9".parse().unwrap(), "fd18::9".parse().unwrap()],
+        };
+        assert_eq!(
+            ips.to_string(),
+            "failed to allocate all requested IPs: 198.18.9.9, fd18::9"
+        );
+    }
+}

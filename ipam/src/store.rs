@@ -119,7 +119,8 @@ impl Locked<'_> {
     /// is success.
     pub fn release(&mut self, att: &Attachment) -> Result<Vec<IpAddr>> {
         let me = att.normalized();
-        let entries = files::scan(self.dir(), true)?;
+        let scan = files::scan(self.dir(), true)?;
+        let entries = &scan.entries;
         let mut mine: Vec<&files::Entry> = entries
             .iter()
             .filter(|e| me.owns(&e.holder, false))
@@ -130,7 +131,7 @@ impl Locked<'_> {
                 .filter(|e| me.owns(&e.holder, true))
                 .collect();
         }
-        let released = self.remove_all(&mine)?;
+        let released = self.remove_all(&mine, scan.unreadable)?;
         Ok(released.into_iter().map(|(ip, _)| ip).collect())
     }
 
@@ -138,7 +139,7 @@ impl Locked<'_> {
     /// (host-local's CHECK accepts either).
     pub fn find(&self, att: &Attachment) -> Result<Vec<IpAddr>> {
         let me = att.normalized();
-        let entries = files::scan(self.dir(), false)?;
+        let entries = files::scan(self.dir(), false)?.strict()?;
         Ok(entries
             .into_iter()
             .filter(|e| me.owns(&e.holder, true))
@@ -151,18 +152,19 @@ impl Locked<'_> {
     /// must not pass one for a *missing* `cni.dev/valid-attachments` key.
     pub fn gc(&mut self, valid: &[Attachment]) -> Result<Vec<(IpAddr, Attachment)>> {
         let valid: Vec<Attachment> = valid.iter().map(Attachment::normalized).collect();
-        let entries = files::scan(self.dir(), true)?;
-        let stale: Vec<&files::Entry> = entries
+        let scan = files::scan(self.dir(), true)?;
+        let stale: Vec<&files::Entry> = scan
+            .entries
             .iter()
             .filter(|e| !valid.iter().any(|v| v.owns(&e.holder, true)))
             .collect();
-        self.remove_all(&stale)
+        self.remove_all(&stale, scan.unreadable)
     }
 
     /// Every reservation, sorted by IP. Legacy files have an empty ifname; a file with no
     /// content at all (an old host-local crash) shows up with an empty container id.
     pub fn list(&self) -> Result<Vec<(IpAddr, Attachment)>> {
-        let entries = files::scan(self.dir(), false)?;
+        let entries = files::scan(self.dir(), false)?.strict()?;
         Ok(entries.into_iter().map(|e| (e.ip, e.holder)).collect())
     }
 
@@ -170,7 +172,7 @@ impl Locked<'_> {
     /// IPv6 /64 costs the same as a /29.
     pub fn has_free(&self, pool: &Pool) -> Result<bool> {
         pool.validate()?;
-        let entries = files::scan(self.dir(), false)?;
+        let entries = files::scan(self.dir(), false)?.strict()?;
         let taken: HashSet<IpAddr> = entries
             .iter()
             .map(|e| e.ip)
@@ -183,10 +185,14 @@ impl Locked<'_> {
         &self.store.dir
     }
 
-    /// Removes what it can and reports every failure at the end, with what did go.
-    fn remove_all(&mut self, entries: &[&files::Entry]) -> Result<Vec<(IpAddr, Attachment)>> {
+    /// Removes what it can and reports every failure at the end (`errors` brings the
+    /// files the scan could not read), with what did go.
+    fn remove_all(
+        &mut self,
+        entries: &[&files::Entry],
+        mut errors: Vec<Error>,
+    ) -> Result<Vec<(IpAddr, Attachment)>> {
         let mut released = Vec::new();
-        let mut errors = Vec::new();
         for entry in entries {
             match files::remove(self.dir(), &entry.name) {
                 Ok(true) => released.push((entry.ip, entry.holder.clone())),

@@ -24,7 +24,7 @@ impl Locked<'_> {
         let wanted = match_requests(pools, requested)?;
         // One directory read serves the duplicate check and the list of taken IPs, so
         // round-robin skips taken addresses without a failed link() each.
-        let entries = files::scan(self.dir(), true)?;
+        let entries = files::scan(self.dir(), true)?.strict()?;
         check_duplicate(pools, &entries, &me)?;
         let taken: HashSet<IpAddr> = entries.iter().map(|e| e.ip).collect();
 

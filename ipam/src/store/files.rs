@@ -40,12 +40,31 @@ pub(crate) struct Entry {
     pub holder: Attachment,
 }
 
-/// Every reservation in `dir`, sorted by IP. Skips `lock`, `last_reserved_ip.*`,
-/// `.tmp-*`, anything that is not a regular file or whose name is not an IP. With
-/// `clean_tmp` (only under the lock) also deletes stale temporary files.
-pub(crate) fn scan(dir: &Path, clean_tmp: bool) -> Result<Vec<Entry>> {
+/// What a directory read found: the readable reservations, sorted by IP, and the
+/// failures to read others (kept apart so DEL and GC can carry on past them).
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    pub entries: Vec<Entry>,
+    pub unreadable: Vec<Error>,
+}
+
+impl Scan {
+    /// For operations that must see every reservation to be correct (ADD's duplicate
+    /// check, CHECK, STATUS): the first unreadable file is an error.
+    pub fn strict(mut self) -> Result<Vec<Entry>> {
+        match self.unreadable.pop() {
+            Some(err) => Err(err),
+            None => Ok(self.entries),
+        }
+    }
+}
+
+/// Every reservation in `dir`. Skips `lock`, `last_reserved_ip.*`, `.tmp-*`, anything
+/// that is not a regular file or whose name is not an IP. With `clean_tmp` (only under
+/// the lock) also deletes stale temporary files.
+pub(crate) fn scan(dir: &Path, clean_tmp: bool) -> Result<Scan> {
     let read_dir = fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
-    let mut entries = Vec::new();
+    let mut scan = Scan::default();
     for dirent in read_dir {
         let dirent = dirent.map_err(|e| Error::io("read directory", dir, e))?;
         let name = dirent.file_name();
@@ -69,18 +88,18 @@ pub(crate) fn scan(dir: &Path, clean_tmp: bool) -> Result<Vec<Entry>> {
         }
         let path = dirent.path();
         match fs::read(&path) {
-            Ok(content) => entries.push(Entry {
+            Ok(content) => scan.entries.push(Entry {
                 ip,
                 name,
                 holder: Attachment::decode(&content),
             }),
             // Only possible for unlocked readers racing a release.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("read reservation", path, e)),
+            Err(e) => scan.unreadable.push(Error::io("read reservation", path, e)),
         }
     }
-    entries.sort_by_key(|e| e.ip);
-    Ok(entries)
+    scan.entries.sort_by_key(|e| e.ip);
+    Ok(scan)
 }
 
 /// Reserves `ip` for `att`. Ok(false) when the IP is already taken.
