@@ -74,7 +74,8 @@ impl Store {
         // A fresh open file description per call: flock belongs to the description, so
         // two guards from one Store exclude each other like guards of two processes.
         let mut file = self.open_lock_file()?;
-        let deadline = Instant::now() + timeout;
+        // None: a timeout too large to add to now, i.e. wait for as long as it takes.
+        let deadline = Instant::now().checked_add(timeout);
         let mut pause = FIRST_PAUSE;
         loop {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -88,13 +89,14 @@ impl Store {
                 Err((_, errno)) => return Err(Error::io("lock", &self.lock_path, errno.into())),
             }
             let now = Instant::now();
-            if now >= deadline {
+            let left = deadline.map_or(MAX_PAUSE, |d| d.saturating_duration_since(now));
+            if left.is_zero() {
                 return Err(Error::LockTimeout {
                     path: self.lock_path.clone(),
                     timeout,
                 });
             }
-            thread::sleep(pause.min(deadline - now));
+            thread::sleep(pause.min(left));
             pause = (pause * 2).min(MAX_PAUSE);
         }
     }
