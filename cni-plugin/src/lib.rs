@@ -1,0 +1,65 @@
+//! The `hostgw` CNI plugin: a veth, addresses from the node's subnet and routes for one pod.
+//!
+//! `dispatch::run` is the whole protocol as a pure function of (environment, stdin); the
+//! kernel sits behind `datapath::Datapath` (rtnetlink in `netlink.rs`, a fake for tests);
+//! addresses come from the `hostgw-ipam` store.
+
+pub mod cmd;
+pub mod config;
+pub mod datapath;
+pub mod dispatch;
+pub mod error;
+pub mod netlink;
+pub mod netns;
+pub mod result;
+pub mod version;
+
+use std::io::Write;
+
+/// The process entry: real environment, stdin/stdout, the kernel. Returns the exit code.
+pub fn main_with_process_io() -> i32 {
+    std::panic::set_hook(Box::new(|info| {
+        // stdout is the protocol: a panic must still read as a CNI error there.
+        let e = error::Error::Internal(format!("hostgw plugin bug: {info}"));
+        println!("{}", e.to_json(None));
+    }));
+    let dp = match netlink::NetlinkDatapath::new() {
+        Ok(dp) => dp,
+        Err(e) => {
+            println!("{}", e.to_json(None));
+            return 1;
+        }
+    };
+    let getenv = |k: &str| std::env::var(k).ok();
+    let outcome = dispatch::run(
+        &getenv,
+        &mut std::io::stdin().lock(),
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr(),
+        &dp,
+    );
+    if let Some(line) = outcome.log {
+        log_line(outcome.log_file.as_deref(), &line);
+    }
+    outcome.code
+}
+
+/// Logs go to the configured file, else stderr; never stdout.
+fn log_line(file: Option<&std::path::Path>, line: &str) {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let text = format!("{stamp:.3} hostgw: {line}\n");
+    let wrote = file.is_some_and(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .is_ok()
+    });
+    if !wrote {
+        let _ = std::io::stderr().write_all(text.as_bytes());
+    }
+}

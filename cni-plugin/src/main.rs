@@ -1,1 +1,5 @@
-fn main() {}
+//! `hostgw`: the CNI plugin binary. All logic lives in the library.
+
+fn main() {
+    std::process::exit(hostgw_cni::main_with_process_io());
+}

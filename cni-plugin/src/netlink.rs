@@ -1,0 +1,663 @@
+//! `Datapath` over rtnetlink: one socket in the host namespace, one opened inside the pod's
+//! namespace (on a throwaway thread, then driven from here), both on a current-thread
+//! runtime that lives only as long as the call.
+
+use std::{
+    cell::{OnceCell, RefCell},
+    fs::File,
+    future::Future,
+    net::IpAddr,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use futures::TryStreamExt;
+use ipnetwork::IpNetwork;
+use netlink_packet_route::{
+    AddressFamily,
+    address::{AddressAttribute, AddressFlags, AddressMessage},
+    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo as NlLinkInfo, LinkMessage},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope},
+};
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
+};
+
+use crate::{
+    config::Mode,
+    datapath::{
+        Datapath, HostFacts, LinkInfo, Observed, PodAddr, PodFacts, PodLinks, PodSpec, format_mac,
+    },
+    error::{Error, netlink_errno},
+    netns,
+};
+
+/// No netlink exchange may hang a pod's creation: past this the call answers 11.
+const NETLINK_DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct NetlinkDatapath {
+    rt: tokio::runtime::Runtime,
+    host: OnceCell<Handle>,
+    pods: RefCell<Vec<(PathBuf, File, Handle)>>,
+}
+
+impl NetlinkDatapath {
+    pub fn new() -> Result<NetlinkDatapath, Error> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(Error::io("start runtime"))?;
+        Ok(NetlinkDatapath {
+            rt,
+            host: OnceCell::new(),
+            pods: RefCell::new(Vec::new()),
+        })
+    }
+
+    fn block_on<T>(&self, f: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        self.rt.block_on(async {
+            tokio::time::timeout(NETLINK_DEADLINE, f)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::TryAgain(format!(
+                        "netlink gave no answer within {NETLINK_DEADLINE:?}"
+                    )))
+                })
+        })
+    }
+
+    fn host(&self) -> Result<Handle, Error> {
+        if let Some(h) = self.host.get() {
+            return Ok(h.clone());
+        }
+        let _guard = self.rt.enter();
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(Error::io("open netlink socket"))?;
+        self.rt.spawn(conn);
+        Ok(self.host.get_or_init(|| handle).clone())
+    }
+
+    /// A netlink handle whose socket lives in the pod's namespace, and the namespace's fd.
+    fn pod(&self, path: &Path) -> Result<(Handle, i32), Error> {
+        if let Some((_, f, h)) = self.pods.borrow().iter().find(|(p, _, _)| p == path) {
+            return Ok((h.clone(), f.as_raw_fd()));
+        }
+        let ns = netns::open(path)?;
+        let rt = self.rt.handle().clone();
+        let (conn, handle, _) = netns::run_in(&ns, path, move || {
+            let _guard = rt.enter();
+            rtnetlink::new_connection()
+        })?
+        .map_err(Error::io(format!(
+            "open netlink socket in {}",
+            path.display()
+        )))?;
+        self.rt.spawn(conn);
+        let fd = ns.as_raw_fd();
+        self.pods
+            .borrow_mut()
+            .push((path.to_path_buf(), ns, handle.clone()));
+        Ok((handle, fd))
+    }
+}
+
+impl Datapath for NetlinkDatapath {
+    fn check_pod(&self, netns: &Path, ifname: &str) -> Result<(), Error> {
+        let (pod, _) = self.pod(netns)?;
+        self.block_on(async {
+            match link_by_name(&pod, ifname).await? {
+                Some(_) => Err(Error::Config(format!(
+                    "container interface {ifname} already exists in {}",
+                    netns.display()
+                ))),
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn setup(&self, spec: &PodSpec) -> Result<PodLinks, Error> {
+        ensure_forwarding(&spec.addrs)?;
+        let host = self.host()?;
+        let (pod, pod_fd) = self.pod(&spec.netns)?;
+        let result = self.block_on(async {
+            let bridge = match &spec.mode {
+                Mode::Bridge(name) => Some(ensure_bridge(&host, name, spec).await?),
+                Mode::Ptp => None,
+            };
+            create_veth(&host, spec, pod_fd).await?;
+            let host_info = configure_host_end(&host, spec, bridge.as_ref().map(|b| b.1)).await?;
+            Ok((bridge.map(|b| b.0), host_info))
+        });
+        let (bridge, host_info) = match result {
+            Ok(x) => x,
+            Err(e) => return Err(self.undo(spec, e)),
+        };
+        // Per-interface sysctls must be set before the link comes up and addresses land.
+        let ns = &self
+            .pods
+            .borrow()
+            .iter()
+            .find(|(p, _, _)| *p == spec.netns)
+            .map(|(_, f, _)| f.try_clone());
+        let sysctls = match ns {
+            Some(Ok(f)) => netns::run_in(f, &spec.netns, || pod_sysctls(spec)).and_then(|r| r),
+            _ => Err(Error::Internal("pod namespace handle vanished".into())),
+        };
+        if let Err(e) = sysctls {
+            return Err(self.undo(spec, e));
+        }
+        match self.block_on(configure_pod_end(&pod, spec)) {
+            Ok(pod_info) => Ok(PodLinks {
+                bridge,
+                host: host_info,
+                pod: pod_info,
+            }),
+            Err(e) => Err(self.undo(spec, e)),
+        }
+    }
+
+    fn teardown(&self, host_veth: &str) -> Result<bool, Error> {
+        let host = self.host()?;
+        self.block_on(async {
+            let msg = LinkUnspec::new_with_name(host_veth).build();
+            match host.link().del_with_message(msg).execute().await {
+                Ok(()) => Ok(true),
+                Err(e) if netlink_errno(&e) == Some(libc_enodev()) => Ok(false),
+                Err(e) => Err(Error::netlink(format!("delete {host_veth}"))(e)),
+            }
+        })
+    }
+
+    fn observe(&self, spec: &PodSpec) -> Result<Observed, Error> {
+        let host = self.host()?;
+        let pod = match self.pod(&spec.netns) {
+            Ok((p, _)) => Some(p),
+            Err(_) => None,
+        };
+        self.block_on(async {
+            let host_facts = match link_by_name(&host, &spec.host_veth).await? {
+                Some(l) => Some(host_facts(&host, &l).await?),
+                None => None,
+            };
+            let pod_facts = match &pod {
+                Some(p) => match link_by_name(p, &spec.ifname).await? {
+                    Some(l) => Some(pod_facts(p, &l).await?),
+                    None => None,
+                },
+                None => None,
+            };
+            Ok(Observed {
+                host: host_facts,
+                pod: pod_facts,
+            })
+        })
+    }
+
+    fn host_veths(&self, alias_prefix: &str) -> Result<Vec<(String, String)>, Error> {
+        let host = self.host()?;
+        self.block_on(async {
+            let links: Vec<LinkMessage> = host
+                .link()
+                .get()
+                .execute()
+                .try_collect()
+                .await
+                .map_err(Error::netlink("dump links"))?;
+            Ok(links
+                .iter()
+                .filter_map(|l| Some((link_name(l)?, link_alias(l)?)))
+                .filter(|(_, a)| a.starts_with(alias_prefix))
+                .collect())
+        })
+    }
+
+    fn default_mtu(&self) -> Result<u32, Error> {
+        let host = self.host()?;
+        self.block_on(async {
+            let req = RouteMessageBuilder::<std::net::Ipv4Addr>::new().build();
+            let routes: Vec<RouteMessage> = host
+                .route()
+                .get(req)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(Error::netlink("dump routes"))?;
+            let oif = routes
+                .iter()
+                .filter(|r| r.header.destination_prefix_length == 0 && r.header.table == 254)
+                .find_map(route_oif);
+            let Some(oif) = oif else { return Ok(1500) };
+            let link = host
+                .link()
+                .get()
+                .match_index(oif)
+                .execute()
+                .try_next()
+                .await;
+            let mtu = link.ok().flatten().and_then(|l| {
+                l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Mtu(m) => Some(*m),
+                    _ => None,
+                })
+            });
+            Ok(mtu.unwrap_or(1500))
+        })
+    }
+}
+
+impl NetlinkDatapath {
+    /// Rollback of a failed setup: deleting the host end removes the pod end, its
+    /// addresses and the host routes through it. The original error is what counts.
+    fn undo(&self, spec: &PodSpec, err: Error) -> Error {
+        let _ = self.teardown(&spec.host_veth);
+        err
+    }
+}
+
+fn libc_enodev() -> i32 {
+    nix::errno::Errno::ENODEV as i32
+}
+
+fn ensure_forwarding(addrs: &[PodAddr]) -> Result<(), Error> {
+    if addrs.iter().any(|a| a.addr.is_ipv4()) {
+        netns::ensure_sysctl("net/ipv4/ip_forward", "1")?;
+    }
+    if addrs.iter().any(|a| a.addr.is_ipv6()) {
+        netns::ensure_sysctl("net/ipv6/conf/all/forwarding", "1")?;
+    }
+    Ok(())
+}
+
+/// Inside the pod: announce the address on link-up (arp_notify) and skip IPv6 DAD, which
+/// would hold the address back ~1 s for a link that has exactly one peer, the host.
+fn pod_sysctls(spec: &PodSpec) -> Result<(), Error> {
+    netns::write_sysctl(&format!("net/ipv4/conf/{}/arp_notify", spec.ifname), "1")?;
+    if spec.addrs.iter().any(|a| a.addr.is_ipv6()) {
+        netns::write_sysctl(&format!("net/ipv6/conf/{}/accept_dad", spec.ifname), "0")?;
+    }
+    Ok(())
+}
+
+async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>, Error> {
+    match h.link().get().match_name(name).execute().try_next().await {
+        Ok(l) => Ok(l),
+        Err(e) if netlink_errno(&e) == Some(libc_enodev()) => Ok(None),
+        Err(e) => Err(Error::netlink(format!("look up link {name}"))(e)),
+    }
+}
+
+fn link_name(l: &LinkMessage) -> Option<String> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })
+}
+
+fn link_alias(l: &LinkMessage) -> Option<String> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(n) => Some(n.clone()),
+        _ => None,
+    })
+}
+
+fn link_mac(l: &LinkMessage) -> String {
+    l.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(m) => Some(format_mac(m)),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn is_kind(l: &LinkMessage, kind: InfoKind) -> bool {
+    l.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos
+            .iter()
+            .any(|i| matches!(i, NlLinkInfo::Kind(k) if *k == kind)),
+        _ => false,
+    })
+}
+
+/// The bridge of bridge mode: created once per node, then reused; holds each gateway.
+async fn ensure_bridge(h: &Handle, name: &str, spec: &PodSpec) -> Result<(LinkInfo, u32), Error> {
+    let link = match link_by_name(h, name).await? {
+        Some(l) => l,
+        None => {
+            let msg = LinkBridge::new(name).mtu(spec.mtu).up().build();
+            match h.link().add(msg).execute().await {
+                Ok(()) => {}
+                // A concurrent ADD created it first: fine.
+                Err(e) if netlink_errno(&e) == Some(nix::errno::Errno::EEXIST as i32) => {}
+                Err(e) => return Err(Error::netlink(format!("create bridge {name}"))(e)),
+            }
+            link_by_name(h, name)
+                .await?
+                .ok_or_else(|| Error::Internal(format!("bridge {name} vanished")))?
+        }
+    };
+    if !is_kind(&link, InfoKind::Bridge) {
+        return Err(Error::Config(format!(
+            "{name:?} already exists but is not a bridge"
+        )));
+    }
+    let index = link.header.index;
+    let up = LinkUnspec::new_with_index(index).up().build();
+    h.link()
+        .set(up)
+        .execute()
+        .await
+        .map_err(Error::netlink(format!("set {name} up")))?;
+    for a in &spec.addrs {
+        let gw = IpNetwork::new(a.gateway, a.addr.prefix()).expect("gateway prefix");
+        add_address(h, index, gw, AddressFlags::Nodad, true).await?;
+    }
+    Ok((
+        LinkInfo {
+            name: name.to_owned(),
+            mac: link_mac(&link),
+        },
+        index,
+    ))
+}
+
+/// One RTM_NEWLINK from the host socket: the pod end is created directly inside the pod's
+/// namespace (IFLA_NET_NS_FD on the main link) and the peer in ours. Nothing is moved
+/// between namespaces afterwards, which would cost an extra rtnl round and a rename.
+async fn create_veth(h: &Handle, spec: &PodSpec, pod_fd: i32) -> Result<(), Error> {
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(spec.host_veth.clone())
+        .mtu(spec.mtu)
+        .build();
+    let mut b = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+        .name(spec.ifname.clone())
+        .mtu(spec.mtu)
+        .setns_by_fd(pod_fd)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)));
+    if let Some(mac) = spec.mac {
+        b = b.address(mac.to_vec());
+    }
+    let msg = b.build();
+    match h.link().add(msg.clone()).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if netlink_errno(&e) == Some(nix::errno::Errno::EEXIST as i32) => {
+            // Our host-side name is taken. If it is a leftover of this same attachment
+            // (an ADD killed mid-way whose DEL never came), replace it; otherwise refuse.
+            match link_by_name(h, &spec.host_veth).await? {
+                Some(l) if link_alias(&l).as_deref() == Some(spec.alias.as_str()) => {
+                    h.link()
+                        .del(l.header.index)
+                        .execute()
+                        .await
+                        .map_err(Error::netlink("delete stale veth"))?;
+                    h.link()
+                        .add(msg)
+                        .execute()
+                        .await
+                        .map_err(Error::netlink("create veth"))
+                }
+                Some(_) => Err(Error::Internal(format!(
+                    "host interface {} already exists",
+                    spec.host_veth
+                ))),
+                None => Err(Error::Config(format!(
+                    "container interface {} already exists in {}",
+                    spec.ifname,
+                    spec.netns.display()
+                ))),
+            }
+        }
+        Err(e) => Err(Error::netlink(format!(
+            "create veth {}/{}",
+            spec.host_veth, spec.ifname
+        ))(e)),
+    }
+}
+
+/// Host end: alias (for GC), up, then ptp's gateway /32 and per-pod route, or bridge port.
+async fn configure_host_end(
+    h: &Handle,
+    spec: &PodSpec,
+    bridge: Option<u32>,
+) -> Result<LinkInfo, Error> {
+    let link = link_by_name(h, &spec.host_veth)
+        .await?
+        .ok_or_else(|| Error::Internal(format!("host veth {} vanished", spec.host_veth)))?;
+    let index = link.header.index;
+    if spec.addrs.iter().any(|a| a.addr.is_ipv6()) {
+        // The host can only solicit a new pod's neighbour entry from a non-tentative
+        // link-local address (ndisc_send_ns gives up otherwise), so with DAD on, the first
+        // second of IPv6 traffic to every new pod is lost. A veth has exactly one peer.
+        netns::write_sysctl(&format!("net/ipv6/conf/{}/accept_dad", spec.host_veth), "0")?;
+    }
+    let mut b = LinkUnspec::new_with_index(index)
+        .alias(spec.alias.clone())
+        .up();
+    if let Some(br) = bridge {
+        b = b.controller(br);
+    }
+    h.link()
+        .set(b.build())
+        .execute()
+        .await
+        .map_err(Error::netlink(format!("set {} up", spec.host_veth)))?;
+    match bridge {
+        Some(_) => {
+            // Hairpin lets a pod reach itself through a service IP that DNATs back to it.
+            let port = LinkBridgePort::new(index).hairpin(true).build();
+            h.link()
+                .set_port(port)
+                .execute()
+                .await
+                .map_err(Error::netlink("set hairpin"))?;
+        }
+        None => {
+            for a in &spec.addrs {
+                let full = if a.gateway.is_ipv4() { 32 } else { 128 };
+                let gw = IpNetwork::new(a.gateway, full).expect("full prefix");
+                add_address(h, index, gw, AddressFlags::Nodad, true).await?;
+                let dst = IpNetwork::new(a.addr.ip(), full).expect("full prefix");
+                add_route(h, dst, None, index, RouteScope::Link).await?;
+            }
+        }
+    }
+    Ok(LinkInfo {
+        name: spec.host_veth.clone(),
+        mac: link_mac(&link),
+    })
+}
+
+/// Pod end: up, addresses, and a default route via the gateway (made on-link first in ptp,
+/// where the pod's address carries no prefix route).
+async fn configure_pod_end(h: &Handle, spec: &PodSpec) -> Result<LinkInfo, Error> {
+    let link = link_by_name(h, &spec.ifname)
+        .await?
+        .ok_or_else(|| Error::Internal(format!("pod interface {} vanished", spec.ifname)))?;
+    let index = link.header.index;
+    h.link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(Error::netlink(format!("set {} up", spec.ifname)))?;
+    let ptp = spec.mode == Mode::Ptp;
+    for a in &spec.addrs {
+        let flags = if ptp {
+            AddressFlags::Nodad | AddressFlags::Noprefixroute
+        } else {
+            AddressFlags::Nodad
+        };
+        add_address(h, index, a.addr, flags, false).await?;
+        if ptp {
+            let full = if a.gateway.is_ipv4() { 32 } else { 128 };
+            let gw = IpNetwork::new(a.gateway, full).expect("full prefix");
+            add_route(h, gw, None, index, RouteScope::Link).await?;
+        }
+        let default = crate::datapath::default_route(a.addr);
+        add_route(h, default, Some(a.gateway), index, RouteScope::Universe).await?;
+    }
+    Ok(LinkInfo {
+        name: spec.ifname.clone(),
+        mac: link_mac(&link),
+    })
+}
+
+async fn add_address(
+    h: &Handle,
+    index: u32,
+    net: IpNetwork,
+    flags: AddressFlags,
+    may_exist: bool,
+) -> Result<(), Error> {
+    let mut req = h.address().add(index, net.ip(), net.prefix());
+    req.message_mut()
+        .attributes
+        .push(AddressAttribute::Flags(flags));
+    match req.execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if may_exist && netlink_errno(&e) == Some(nix::errno::Errno::EEXIST as i32) => {
+            Ok(())
+        }
+        Err(e) => Err(Error::netlink(format!("add address {net}"))(e)),
+    }
+}
+
+async fn add_route(
+    h: &Handle,
+    dst: IpNetwork,
+    gw: Option<IpAddr>,
+    oif: u32,
+    scope: RouteScope,
+) -> Result<(), Error> {
+    let mut b = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(dst.ip(), dst.prefix())
+        .map_err(|e| Error::Internal(format!("route {dst}: {e}")))?
+        .output_interface(oif)
+        .scope(scope);
+    if let Some(g) = gw {
+        b = b
+            .gateway(g)
+            .map_err(|e| Error::Internal(format!("route {dst}: {e}")))?;
+    }
+    h.route()
+        .add(b.build())
+        .execute()
+        .await
+        .map_err(Error::netlink(format!("add route {dst}")))
+}
+
+fn route_oif(r: &RouteMessage) -> Option<u32> {
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })
+}
+
+fn route_dst(r: &RouteMessage) -> Option<IpNetwork> {
+    let len = r.header.destination_prefix_length;
+    let ip = r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+        RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    });
+    match (ip, r.header.address_family) {
+        (Some(ip), _) => IpNetwork::new(ip, len).ok(),
+        (None, AddressFamily::Inet) if len == 0 => "0.0.0.0/0".parse().ok(),
+        (None, AddressFamily::Inet6) if len == 0 => "::/0".parse().ok(),
+        _ => None,
+    }
+}
+
+fn route_gw(r: &RouteMessage) -> Option<IpAddr> {
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+        RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    })
+}
+
+async fn addrs_of(h: &Handle, index: u32) -> Result<Vec<IpNetwork>, Error> {
+    let msgs: Vec<AddressMessage> = h
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(Error::netlink("dump addresses"))?;
+    Ok(msgs
+        .iter()
+        .filter_map(|m| {
+            let ip = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })?;
+            IpNetwork::new(ip, m.header.prefix_len).ok()
+        })
+        .collect())
+}
+
+/// Main-table routes leaving through link `index`, both families.
+async fn routes_of(h: &Handle, index: u32) -> Result<Vec<(IpNetwork, Option<IpAddr>)>, Error> {
+    let mut out = Vec::new();
+    for req in [
+        RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+    ] {
+        let routes: Vec<RouteMessage> = h
+            .route()
+            .get(req)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(Error::netlink("dump routes"))?;
+        out.extend(
+            routes
+                .iter()
+                .filter(|r| r.header.table == 254 && route_oif(r) == Some(index))
+                .filter_map(|r| Some((route_dst(r)?, route_gw(r)))),
+        );
+    }
+    Ok(out)
+}
+
+async fn host_facts(h: &Handle, l: &LinkMessage) -> Result<HostFacts, Error> {
+    let index = l.header.index;
+    let master_index = l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Controller(i) => Some(*i),
+        _ => None,
+    });
+    let master = match master_index {
+        Some(i) => h
+            .link()
+            .get()
+            .match_index(i)
+            .execute()
+            .try_next()
+            .await
+            .ok()
+            .flatten()
+            .and_then(|m| link_name(&m)),
+        None => None,
+    };
+    Ok(HostFacts {
+        mac: link_mac(l),
+        master,
+        addrs: addrs_of(h, index).await?,
+        routes: routes_of(h, index)
+            .await?
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect(),
+    })
+}
+
+async fn pod_facts(h: &Handle, l: &LinkMessage) -> Result<PodFacts, Error> {
+    Ok(PodFacts {
+        is_veth: is_kind(l, InfoKind::Veth),
+        mac: link_mac(l),
+        addrs: addrs_of(h, l.header.index).await?,
+        routes: routes_of(h, l.header.index).await?,
+    })
+}
