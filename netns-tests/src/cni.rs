@@ -1,0 +1,110 @@
+//! Running a CNI plugin exactly as a runtime does: environment variables and a config on
+//! stdin, the plugin's own namespace being the node's.
+
+use std::{
+    io::Write,
+    path::Path,
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::Netns;
+
+/// One invocation's parameters; `None` leaves a variable unset.
+#[derive(Clone, Debug, Default)]
+pub struct Call<'a> {
+    pub command: &'a str,
+    pub container_id: Option<&'a str>,
+    pub netns: Option<&'a str>,
+    pub ifname: Option<&'a str>,
+    pub args: Option<&'a str>,
+    pub path: Option<&'a str>,
+}
+
+impl<'a> Call<'a> {
+    /// ADD/DEL/CHECK of `container_id` on `eth0` in the pod namespace `pod`.
+    pub fn attach(command: &'a str, container_id: &'a str, pod: &'a str) -> Call<'a> {
+        Call {
+            command,
+            container_id: Some(container_id),
+            netns: Some(pod),
+            ifname: Some("eth0"),
+            args: None,
+            path: Some("/opt/cni/bin"),
+        }
+    }
+}
+
+/// What the plugin printed and how it exited.
+#[derive(Debug)]
+pub struct Reply {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Reply {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// stdout as JSON (the result, or the error object).
+    pub fn json(&self) -> Result<Value> {
+        serde_json::from_str(&self.stdout).with_context(|| format!("plugin stdout is not JSON: {:?}", self.stdout))
+    }
+
+    /// The CNI error code of a failed call.
+    pub fn error_code(&self) -> Option<u64> {
+        self.json().ok()?.get("code")?.as_u64()
+    }
+}
+
+/// The command that runs `plugin` inside `node` with the call's environment.
+pub fn command(plugin: &Path, node: &Netns, call: &Call) -> Command {
+    let mut cmd = node.cmd(plugin);
+    cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env("CNI_COMMAND", call.command);
+    for (k, v) in [
+        ("CNI_CONTAINERID", call.container_id),
+        ("CNI_NETNS", call.netns),
+        ("CNI_IFNAME", call.ifname),
+        ("CNI_ARGS", call.args),
+        ("CNI_PATH", call.path),
+    ] {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    cmd
+}
+
+/// Runs the plugin with `stdin` as its config, bounded in time.
+pub fn invoke(plugin: &Path, node: &Netns, call: &Call, stdin: &str) -> Result<Reply> {
+    let mut child = command(plugin, node, call)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawn plugin")?;
+    child.stdin.take().expect("piped").write_all(stdin.as_bytes())?;
+    let out = wait_bounded(child, Duration::from_secs(60))?;
+    Ok(Reply {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+fn wait_bounded(mut child: std::process::Child, limit: Duration) -> Result<Output> {
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!("plugin did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(child.wait_with_output()?)
+}
