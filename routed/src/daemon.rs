@@ -1,0 +1,242 @@
+//! `hostgw-routed run`: the start sequence, then the long-running tasks until shutdown.
+//!
+//! Shutdown stops the tasks and nothing else: routes, nft table, lease key and subnet file
+//! stay, so a restart adopts them without a flap (see README "Stopping and releasing").
+
+use std::{future::Future, sync::Arc, sync::atomic::Ordering};
+
+use etcd_client::Client;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::{
+    backoff::Backoff,
+    cli::RunArgs,
+    config::NetConfig,
+    error::Error,
+    etcd::{self, EtcdError, Keys},
+    events,
+    http::{self, Ready},
+    identity::{self, Identity},
+    kernel::netlink::NetlinkRoutes,
+    metrics::Metrics,
+    nft,
+    reconcile::Reconciler,
+    shutdown::{self, Shutdown},
+    source::{
+        keepalive::KeepAlive,
+        lease::{self, Claim, OwnLease},
+        watch::Watcher,
+    },
+    subnet_file::{self, SubnetFile},
+};
+
+struct Started {
+    table: NetlinkRoutes,
+    client: Client,
+    cfg: NetConfig,
+    id: Identity,
+    own: OwnLease,
+}
+
+pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    tokio::pin!(shutdown);
+    let metrics = Metrics::new();
+    let ready = Arc::new(Ready::default());
+    let listener = match args.metrics_addr {
+        Some(a) => Some(
+            http::bind(a)
+                .await
+                .map_err(|e| Error::Io(format!("bind {a}"), e))?,
+        ),
+        None => None,
+    };
+    let (trigger, sd) = shutdown::channel();
+    let http_task = {
+        let (m, r, sd) = (metrics.clone(), ready.clone(), sd.clone());
+        async move {
+            if let Some(l) = listener {
+                http::serve(l, m, r, sd).await;
+            }
+        }
+    };
+    let main_flow = async {
+        let s = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            s = start(&args, &ready) => s?,
+        };
+        tasks(
+            args.clone(),
+            s,
+            metrics.clone(),
+            ready.clone(),
+            sd.clone(),
+            &mut shutdown,
+            &trigger,
+        )
+        .await;
+        Ok(())
+    };
+    let (r, ()) = tokio::join!(
+        async {
+            let r = main_flow.await;
+            trigger.fire();
+            r
+        },
+        http_task
+    );
+    info!("stopped; routes, rules, lease and subnet file left in place");
+    r
+}
+
+async fn start(args: &RunArgs, ready: &Ready) -> Result<Started, Error> {
+    let c = &args.common;
+    let table = NetlinkRoutes::connect()?;
+    let id = identity::detect(table.handle(), c).await?;
+    let keys = Keys::new(&c.etcd_prefix);
+    let (mut client, cfg) = connect_and_read_config(c, &keys).await?;
+    let prefer = subnet_file::read(&c.subnet_file).map(|f| (f.subnet, f.ipv6_subnet));
+    let claim = Claim {
+        keys: &keys,
+        cfg: &cfg,
+        id: &id,
+        ttl: args.lease_ttl,
+        prefer,
+    };
+    let own = lease::acquire(&mut client, &claim).await?;
+    write_subnet_file(c, &cfg, &id, &own)?;
+    ready.subnet_file.store(true, Ordering::Relaxed);
+    nft::ensure_forwarding(cfg.v6.is_some())
+        .map_err(|e| Error::Io("enable forwarding".into(), e))?;
+    if nft::ensure(&cfg, args.ip_masq).await? {
+        info!(
+            masquerade = args.ip_masq,
+            "nftables table inet hostgw installed"
+        );
+    }
+    ready.rules.store(true, Ordering::Relaxed);
+    info!(node = %id.node, public_ip = %id.public_ip, subnet = %own.subnet, "started");
+    Ok(Started {
+        table,
+        client,
+        cfg,
+        id,
+        own,
+    })
+}
+
+/// etcd being unreachable at start is retried; a missing or invalid config is not.
+async fn connect_and_read_config(
+    c: &crate::cli::Common,
+    keys: &Keys,
+) -> Result<(Client, NetConfig), Error> {
+    let mut backoff = Backoff::etcd();
+    loop {
+        let r = async {
+            let mut client = etcd::connect(c).await?;
+            let cfg = etcd::read_config(&mut client, keys).await?;
+            Ok::<_, EtcdError>((client, cfg))
+        }
+        .await;
+        match r {
+            Ok(v) => return Ok(v),
+            Err(e @ (EtcdError::NoConfig(_) | EtcdError::Config(_) | EtcdError::Tls { .. })) => {
+                return Err(e.into());
+            }
+            Err(e) => {
+                let d = backoff.next_delay();
+                warn!(error = %e, retry_in = ?d, "etcd not reachable yet");
+                tokio::time::sleep(d).await;
+            }
+        }
+    }
+}
+
+fn write_subnet_file(
+    c: &crate::cli::Common,
+    cfg: &NetConfig,
+    id: &Identity,
+    own: &OwnLease,
+) -> Result<(), Error> {
+    let f = SubnetFile {
+        network: cfg.v4.network,
+        subnet: own.subnet,
+        ipv6_network: own.ipv6_subnet.and(cfg.v6.as_ref().map(|p| p.network)),
+        ipv6_subnet: own.ipv6_subnet,
+        mtu: id.mtu,
+    };
+    subnet_file::write(&c.subnet_file, &f)
+        .map_err(|e| Error::Io(format!("write {}", c.subnet_file.display()), e))
+}
+
+async fn tasks(
+    args: RunArgs,
+    s: Started,
+    metrics: Metrics,
+    ready: Arc<Ready>,
+    sd: Shutdown,
+    shutdown: impl Future<Output = ()>,
+    trigger: &shutdown::Trigger,
+) {
+    let keys = Keys::new(&args.common.etcd_prefix);
+    let (own_tx, own_rx) = watch::channel(s.own.clone());
+    let (leases_tx, leases_rx) = watch::channel(None);
+    let watcher = Watcher {
+        client: s.client.clone(),
+        keys: keys.clone(),
+        tx: leases_tx,
+        metrics: metrics.clone(),
+    };
+    let keeper = KeepAlive {
+        client: s.client.clone(),
+        keys,
+        cfg: s.cfg.clone(),
+        id: s.id.clone(),
+        ttl: args.lease_ttl,
+        own: own_tx,
+        metrics: metrics.clone(),
+    };
+    let mut rec = Reconciler::new(
+        s.table,
+        s.cfg.clone(),
+        metrics,
+        ready,
+        leases_rx,
+        own_rx.clone(),
+    );
+    rec.resync = std::time::Duration::from_secs(args.resync_secs.max(1));
+    let kick = rec.kick.clone();
+    let follow = follow_own(args.common.clone(), s.cfg, s.id, own_rx, sd.clone());
+    tokio::join!(
+        watcher.run(sd.clone()),
+        keeper.run(sd.clone()),
+        rec.run(sd.clone()),
+        events::listen(kick, sd.clone()),
+        follow,
+        async {
+            shutdown.await;
+            info!("shutting down");
+            trigger.fire();
+        },
+    );
+}
+
+/// Rewrites the subnet file if the lease had to be claimed again.
+async fn follow_own(
+    c: crate::cli::Common,
+    cfg: NetConfig,
+    id: Identity,
+    mut rx: watch::Receiver<OwnLease>,
+    mut sd: Shutdown,
+) {
+    loop {
+        tokio::select! {
+            _ = sd.wait() => return,
+            r = rx.changed() => if r.is_err() { return },
+        }
+        let own = rx.borrow_and_update().clone();
+        if let Err(e) = write_subnet_file(&c, &cfg, &id, &own) {
+            warn!(error = %e, "rewriting the subnet file failed");
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! etcd connection and the key layout under the prefix.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
+
+use crate::{
+    cli::Common,
+    config::NetConfig,
+    lease::{self, Decoded},
+};
+
+/// Every unary request is bounded; the watch stream is not (it is meant to stay open).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcd: {0}")]
+    Client(#[from] etcd_client::Error),
+    #[error("etcd: {0} timed out")]
+    Timeout(&'static str),
+    #[error("read {path}: {source}")]
+    Tls {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0} does not exist in etcd: create it first (see routed/README.md)")]
+    NoConfig(String),
+    #[error("etcd returned no leases at all, not even ours: not believed")]
+    Empty,
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    pub prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    pub fn config(&self) -> String {
+        format!("{}/config", self.prefix)
+    }
+
+    pub fn subnets(&self) -> String {
+        format!("{}/subnets/", self.prefix)
+    }
+
+    pub fn subnet(&self, name: &str) -> String {
+        format!("{}{name}", self.subnets())
+    }
+
+    /// The key's name under `subnets/`, if it is one.
+    pub fn name<'a>(&self, key: &'a [u8]) -> Option<&'a str> {
+        std::str::from_utf8(key).ok()?.strip_prefix(&self.subnets())
+    }
+}
+
+pub async fn connect(c: &Common) -> Result<Client, EtcdError> {
+    // HTTP/2 pings detect a dead etcd on an idle watch stream: the stream then fails and
+    // the watcher resumes elsewhere instead of waiting forever on a half-open connection.
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+        .with_keep_alive_while_idle(true);
+    if let Some(ca) = &c.etcd_cafile {
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca).await?));
+        if let (Some(cert), Some(key)) = (&c.etcd_certfile, &c.etcd_keyfile) {
+            tls = tls.identity(Identity::from_pem(read(cert).await?, read(key).await?));
+        }
+        opts = opts.with_tls(tls);
+    }
+    let endpoints: Vec<String> = c
+        .etcd_endpoints
+        .iter()
+        .map(|e| e.trim().to_owned())
+        .collect();
+    timeout("connect", Client::connect(endpoints, Some(opts))).await
+}
+
+async fn read(path: &std::path::Path) -> Result<Vec<u8>, EtcdError> {
+    tokio::fs::read(path)
+        .await
+        .map_err(|source| EtcdError::Tls {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+pub async fn timeout<T>(
+    what: &'static str,
+    f: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, EtcdError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(EtcdError::Timeout(what)),
+    }
+}
+
+pub async fn read_config(client: &mut Client, keys: &Keys) -> Result<NetConfig, EtcdError> {
+    let resp = timeout("get config", client.get(keys.config(), None)).await?;
+    let kv = resp
+        .kvs()
+        .first()
+        .ok_or_else(|| EtcdError::NoConfig(keys.config()))?;
+    Ok(NetConfig::parse(kv.value())?)
+}
+
+/// One leased subnet as read: decoded (or why not), plus what guarded writes need.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub decoded: Decoded,
+    pub mod_revision: i64,
+    pub lease_id: i64,
+}
+
+/// Lists every subnet key at one revision.
+pub async fn list(
+    client: &mut Client,
+    keys: &Keys,
+) -> Result<(i64, BTreeMap<String, Entry>), EtcdError> {
+    let resp = timeout(
+        "list subnets",
+        client.get(keys.subnets(), Some(GetOptions::new().with_prefix())),
+    )
+    .await?;
+    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let mut out = BTreeMap::new();
+    for kv in resp.kvs() {
+        if let Some(name) = keys.name(kv.key()) {
+            let decoded = lease::decode(name, kv.value(), kv.create_revision());
+            out.insert(
+                name.to_owned(),
+                Entry {
+                    decoded,
+                    mod_revision: kv.mod_revision(),
+                    lease_id: kv.lease(),
+                },
+            );
+        }
+    }
+    Ok((rev, out))
+}

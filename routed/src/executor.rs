@@ -1,0 +1,47 @@
+//! The dumb half of reconcile: apply a plan, removals first, many requests in flight,
+//! and collect per-route errors instead of stopping at the first.
+
+use futures::{StreamExt, stream};
+
+use crate::{
+    kernel::{KernelError, RouteTable},
+    plan::{HostRoute, Plan},
+};
+
+/// Netlink requests in flight at once: 5,000 replaces in a few dozen milliseconds instead
+/// of 5,000 sequential round trips.
+const IN_FLIGHT: usize = 128;
+
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub removed: Vec<HostRoute>,
+    pub added: Vec<HostRoute>,
+    pub errors: Vec<(HostRoute, KernelError)>,
+}
+
+pub async fn apply<R: RouteTable>(table: &R, plan: &Plan) -> Applied {
+    let mut out = Applied::default();
+    let removed = stream::iter(&plan.remove)
+        .map(|r| async move { (*r, table.delete(r).await) })
+        .buffer_unordered(IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+    sort(&mut out, removed, true);
+    let added = stream::iter(&plan.add)
+        .map(|r| async move { (*r, table.replace(r).await) })
+        .buffer_unordered(IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+    sort(&mut out, added, false);
+    out
+}
+
+fn sort(out: &mut Applied, results: Vec<(HostRoute, Result<(), KernelError>)>, removal: bool) {
+    for (r, res) in results {
+        match (res, removal) {
+            (Ok(()), true) => out.removed.push(r),
+            (Ok(()), false) => out.added.push(r),
+            (Err(e), _) => out.errors.push((r, e)),
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Who this node is on the node network: its public IP(s) and the MTU of that link.
+
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use rtnetlink::{
+    Handle,
+    packet_route::{
+        address::{AddressAttribute, AddressScope},
+        link::LinkAttribute,
+    },
+};
+
+use crate::{cli::Common, kernel::KernelError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub node: String,
+    pub public_ip: IpAddr,
+    pub public_ipv6: Option<IpAddr>,
+    pub mtu: u32,
+}
+
+/// (link index, address, scope) for every address on the node.
+async fn addresses(h: &Handle) -> Result<Vec<(u32, IpAddr, AddressScope)>, KernelError> {
+    let msgs: Vec<_> = h
+        .address()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|source| KernelError::Netlink {
+            op: "dump addresses".into(),
+            source,
+        })?;
+    let mut out = Vec::new();
+    for m in msgs {
+        for a in &m.attributes {
+            if let AddressAttribute::Address(ip) = a {
+                out.push((m.header.index, *ip, m.header.scope));
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn link_index(h: &Handle, name: &str) -> Result<u32, KernelError> {
+    let mut s = h.link().get().match_name(name.to_owned()).execute();
+    match s.try_next().await {
+        Ok(Some(l)) => Ok(l.header.index),
+        _ => Err(KernelError::Other(format!("interface {name} not found"))),
+    }
+}
+
+async fn mtu(h: &Handle, index: u32) -> Result<u32, KernelError> {
+    let mut s = h.link().get().match_index(index).execute();
+    let link = s
+        .try_next()
+        .await
+        .map_err(|source| KernelError::Netlink {
+            op: format!("get link {index}"),
+            source,
+        })?
+        .ok_or_else(|| KernelError::Other(format!("link {index} not found")))?;
+    Ok(link
+        .attributes
+        .iter()
+        .find_map(|a| {
+            if let LinkAttribute::Mtu(m) = a {
+                Some(*m)
+            } else {
+                None
+            }
+        })
+        .unwrap_or(1500))
+}
+
+/// The link of the IPv4 default route.
+async fn default_link(h: &Handle) -> Result<u32, KernelError> {
+    let msg = rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build();
+    let routes: Vec<_> = h
+        .route()
+        .get(msg)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|source| KernelError::Netlink {
+            op: "dump routes".into(),
+            source,
+        })?;
+    routes
+        .iter()
+        .filter(|r| r.header.destination_prefix_length == 0)
+        .find_map(|r| {
+            r.attributes.iter().find_map(|a| match a {
+                rtnetlink::packet_route::route::RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            })
+        })
+        .ok_or_else(|| KernelError::Other("no default route: give --public-ip or --iface".into()))
+}
+
+pub async fn detect(h: &Handle, c: &Common) -> Result<Identity, KernelError> {
+    let addrs = addresses(h).await?;
+    let (index, public_ip) = match (c.public_ip, &c.iface) {
+        (Some(ip), _) => {
+            let idx = addrs.iter().find(|(_, a, _)| *a == ip).map(|(i, _, _)| *i);
+            (
+                idx.ok_or_else(|| {
+                    KernelError::Other(format!("public IP {ip} is not an address of this node"))
+                })?,
+                ip,
+            )
+        }
+        (None, iface) => {
+            let idx = match iface {
+                Some(name) => link_index(h, name).await?,
+                None => default_link(h).await?,
+            };
+            let ip = addrs
+                .iter()
+                .find(|(i, a, s)| *i == idx && a.is_ipv4() && *s == AddressScope::Universe)
+                .map(|(_, a, _)| *a)
+                .ok_or_else(|| KernelError::Other(format!("link {idx} has no IPv4 address")))?;
+            (idx, ip)
+        }
+    };
+    let public_ipv6 = c.public_ipv6.or_else(|| {
+        addrs
+            .iter()
+            .find(|(i, a, s)| *i == index && a.is_ipv6() && *s == AddressScope::Universe)
+            .map(|(_, a, _)| *a)
+    });
+    Ok(Identity {
+        node: c.node_name.clone(),
+        public_ip,
+        public_ipv6,
+        mtu: mtu(h, index).await?,
+    })
+}

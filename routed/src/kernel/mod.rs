@@ -1,0 +1,110 @@
+//! The kernel, as routed sees it: owned routes, local addresses, connected prefixes and
+//! next-hop lookups, behind one trait so the reconciler can run against a fake.
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    future::Future,
+    net::IpAddr,
+};
+
+use ipnetwork::IpNetwork;
+
+use crate::plan::HostRoute;
+
+pub mod fake;
+pub mod netlink;
+
+/// Route protocol number that marks routes as ours (`/etc/iproute2/rt_protos.d/hostgw.conf`:
+/// `75 hostgw`). Every owned route carries it; nothing else is ever touched.
+pub const PROTO: u8 = 75;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("{op}: {source}")]
+    Netlink {
+        op: String,
+        source: rtnetlink::Error,
+    },
+    #[error("{op}: errno {errno}")]
+    Errno { op: String, errno: i32 },
+    #[error("open netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What reachability needs to know about this node, from one address and route dump.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalView {
+    pub addrs: HashSet<IpAddr>,
+    /// Prefixes of routes without a gateway in the main table (connected subnets), not ours.
+    pub connected: Vec<IpNetwork>,
+}
+
+/// How a next hop is reached, from a route lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextHop {
+    /// On a link of ours: usable as a host-gw next hop.
+    OnLink,
+    /// Only through a router (the lookup shows this gateway), or not at all.
+    ViaGateway(Option<IpAddr>),
+}
+
+#[allow(async_fn_in_trait)]
+pub trait RouteTable {
+    /// Our routes (protocol [`PROTO`], main table).
+    fn list_owned(&self) -> impl Future<Output = Result<BTreeSet<HostRoute>, KernelError>>;
+    /// Installs or overwrites the route for `r.dst`.
+    fn replace(&self, r: &HostRoute) -> impl Future<Output = Result<(), KernelError>>;
+    /// Deletes our route; a route already gone is success.
+    fn delete(&self, r: &HostRoute) -> impl Future<Output = Result<(), KernelError>>;
+    fn local_view(&self) -> impl Future<Output = Result<LocalView, KernelError>>;
+    /// `ip route get <ip>`.
+    fn lookup(&self, ip: IpAddr) -> impl Future<Output = Result<NextHop, KernelError>>;
+}
+
+impl LocalView {
+    /// A peer inside a directly connected prefix needs no lookup.
+    pub fn is_connected(&self, ip: &IpAddr) -> bool {
+        self.connected.iter().any(|n| n.contains(*ip))
+    }
+}
+
+/// Sorts next hops into those known on-link from the connected prefixes and those that
+/// need a kernel lookup. With thousands of peers on one segment the second list is empty,
+/// so convergence costs no per-peer round trip.
+pub fn needs_lookup<'a>(
+    view: &LocalView,
+    hops: impl IntoIterator<Item = &'a IpAddr>,
+) -> Vec<IpAddr> {
+    let set: BTreeSet<IpAddr> = hops
+        .into_iter()
+        .filter(|ip| !view.is_connected(ip))
+        .copied()
+        .collect();
+    set.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connected_peers_skip_the_lookup() {
+        let view = LocalView {
+            addrs: HashSet::new(),
+            connected: vec![
+                "198.19.0.0/24".parse().unwrap(),
+                "fd19:19::/64".parse().unwrap(),
+            ],
+        };
+        let hops: Vec<IpAddr> = ["198.19.0.2", "198.19.1.2", "fd19:19::2", "198.19.1.2"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(
+            needs_lookup(&view, &hops),
+            vec!["198.19.1.2".parse::<IpAddr>().unwrap()]
+        );
+    }
+}

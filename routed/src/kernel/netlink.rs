@@ -1,0 +1,246 @@
+//! The real `RouteTable` over rtnetlink, on a socket with strict checking so the kernel
+//! filters dumps by protocol and table for us.
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use futures::TryStreamExt;
+use ipnetwork::IpNetwork;
+use rtnetlink::{
+    Handle, RouteMessageBuilder,
+    packet_route::{
+        AddressFamily,
+        address::AddressAttribute,
+        route::{
+            RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+            RouteType,
+        },
+    },
+};
+
+use super::{KernelError, LocalView, NextHop, PROTO, RouteTable};
+use crate::plan::HostRoute;
+
+const ENOENT: i32 = 2;
+const ESRCH: i32 = 3;
+
+#[derive(Clone)]
+pub struct NetlinkRoutes {
+    handle: Handle,
+}
+
+const _: fn() = || {
+    fn assert<T: RouteTable>() {}
+    assert::<NetlinkRoutes>();
+};
+
+impl NetlinkRoutes {
+    /// Opens the socket and spawns its connection task on the current runtime.
+    pub fn connect() -> Result<NetlinkRoutes, KernelError> {
+        let (conn, handle, _) = rtnetlink::new_connection_with_strict_check()?;
+        tokio::spawn(conn);
+        Ok(NetlinkRoutes { handle })
+    }
+
+    async fn dump(
+        &self,
+        family: AddressFamily,
+        proto: RouteProtocol,
+    ) -> Result<Vec<RouteMessage>, KernelError> {
+        let mut msg = RouteMessageBuilder::<IpAddr>::new().build();
+        msg.header.address_family = family;
+        msg.header.protocol = proto;
+        msg.header.scope = RouteScope::Universe;
+        msg.header.kind = RouteType::Unspec;
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        self.handle
+            .route()
+            .get(msg)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| KernelError::Netlink {
+                op: "dump routes".into(),
+                source,
+            })
+    }
+
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+fn bad(r: &HostRoute, e: impl std::fmt::Display) -> KernelError {
+    KernelError::Other(format!("route {r}: {e}"))
+}
+
+fn message(r: &HostRoute) -> Result<RouteMessage, KernelError> {
+    Ok(RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(r.dst.network(), r.dst.prefix())
+        .map_err(|e| bad(r, e))?
+        .gateway(r.via)
+        .map_err(|e| bad(r, e))?
+        .table_id(RouteHeader::RT_TABLE_MAIN.into())
+        .protocol(RouteProtocol::Other(PROTO))
+        .scope(RouteScope::Universe)
+        .kind(RouteType::Unicast)
+        .build())
+}
+
+fn addr(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+/// Destination and gateway of a route message (a default route has no Destination).
+pub fn parse(m: &RouteMessage) -> (Option<IpNetwork>, Option<IpAddr>) {
+    let mut dst = None;
+    let mut gw = None;
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(d) => dst = addr(d),
+            RouteAttribute::Gateway(g) => gw = addr(g),
+            _ => {}
+        }
+    }
+    let dst = match (dst, m.header.address_family) {
+        (Some(ip), _) => IpNetwork::new(ip, m.header.destination_prefix_length).ok(),
+        (None, AddressFamily::Inet) => IpNetwork::new(IpAddr::V4(0.into()), 0).ok(),
+        (None, AddressFamily::Inet6) => IpNetwork::new(IpAddr::V6(0.into()), 0).ok(),
+        _ => None,
+    };
+    (dst, gw)
+}
+
+fn unspecified(dst: &IpNetwork) -> IpAddr {
+    if dst.is_ipv4() {
+        IpAddr::V4(0.into())
+    } else {
+        IpAddr::V6(0.into())
+    }
+}
+
+impl RouteTable for NetlinkRoutes {
+    async fn list_owned(&self) -> Result<BTreeSet<HostRoute>, KernelError> {
+        let mut out = BTreeSet::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            for m in self.dump(family, RouteProtocol::Other(PROTO)).await? {
+                // Strict checking filters already; re-check in case of an old kernel.
+                if m.header.protocol != RouteProtocol::Other(PROTO)
+                    || m.header.table != RouteHeader::RT_TABLE_MAIN
+                {
+                    continue;
+                }
+                if let (Some(dst), gw) = parse(&m) {
+                    // An owned route without a gateway can't be wanted: mark it so plan removes it.
+                    out.insert(HostRoute {
+                        dst,
+                        via: gw.unwrap_or_else(|| unspecified(&dst)),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn replace(&self, r: &HostRoute) -> Result<(), KernelError> {
+        self.handle
+            .route()
+            .add(message(r)?)
+            .replace()
+            .execute()
+            .await
+            .map_err(|source| KernelError::Netlink {
+                op: format!("replace {r}"),
+                source,
+            })
+    }
+
+    async fn delete(&self, r: &HostRoute) -> Result<(), KernelError> {
+        let mut m = message(r)?;
+        if r.via.is_unspecified() {
+            m.attributes
+                .retain(|a| !matches!(a, RouteAttribute::Gateway(_)));
+        }
+        match self.handle.route().del(m).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if [-ENOENT, -ESRCH, ENOENT, ESRCH].contains(&e.raw_code()) =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(KernelError::Netlink {
+                op: format!("delete {r}"),
+                source,
+            }),
+        }
+    }
+
+    async fn local_view(&self) -> Result<LocalView, KernelError> {
+        let mut view = LocalView::default();
+        let addrs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| KernelError::Netlink {
+                op: "dump addresses".into(),
+                source,
+            })?;
+        for a in addrs {
+            for attr in a.attributes {
+                if let AddressAttribute::Address(ip) | AddressAttribute::Local(ip) = attr {
+                    view.addrs.insert(ip);
+                }
+            }
+        }
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            for m in self.dump(family, RouteProtocol::Unspec).await? {
+                let (dst, gw) = parse(&m);
+                let ours = m.header.protocol == RouteProtocol::Other(PROTO);
+                let has_nexthops = m
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, RouteAttribute::MultiPath(_)));
+                if let (Some(dst), None, false, false) = (dst, gw, ours, has_nexthops)
+                    && m.header.kind == RouteType::Unicast
+                    && dst.prefix() > 0
+                {
+                    view.connected.push(dst);
+                }
+            }
+        }
+        Ok(view)
+    }
+
+    async fn lookup(&self, ip: IpAddr) -> Result<NextHop, KernelError> {
+        let len = if ip.is_ipv4() { 32 } else { 128 };
+        let mut msg = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(ip, len)
+            .map_err(|e| KernelError::Other(e.to_string()))?
+            .build();
+        msg.header.table = 0;
+        msg.header.protocol = RouteProtocol::Unspec;
+        msg.header.scope = RouteScope::Universe;
+        msg.header.kind = RouteType::Unspec;
+        let answer: Result<Vec<RouteMessage>, _> =
+            self.handle.route().get(msg).execute().try_collect().await;
+        match answer {
+            Ok(msgs) => Ok(match msgs.first().map(parse) {
+                Some((_, None)) => NextHop::OnLink,
+                Some((_, gw)) => NextHop::ViaGateway(gw),
+                None => NextHop::ViaGateway(None),
+            }),
+            // ENETUNREACH / EHOSTUNREACH: no route at all, which is as unusable as a gateway.
+            Err(rtnetlink::Error::NetlinkError(_)) => Ok(NextHop::ViaGateway(None)),
+            Err(source) => Err(KernelError::Netlink {
+                op: format!("route get {ip}"),
+                source,
+            }),
+        }
+    }
+}

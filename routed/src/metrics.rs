@@ -1,0 +1,133 @@
+//! Prometheus metrics (prometheus-client), cheap to clone: every handle is an `Arc`.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Arc<Registry>,
+    pub routes_installed: Gauge,
+    pub peers: Gauge,
+    pub leases_rejected: Family<ReasonLabel, Gauge>,
+    pub peers_unreachable: Gauge,
+    pub reconcile: Counter,
+    pub reconcile_duration: Histogram,
+    pub watch_restarts: Counter,
+    pub lease_renewal_failures: Counter,
+    pub routes_repaired: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::with_prefix("hostgw");
+        let m = Metrics {
+            registry: Arc::new(Registry::default()),
+            routes_installed: Gauge::default(),
+            peers: Gauge::default(),
+            leases_rejected: Family::default(),
+            peers_unreachable: Gauge::default(),
+            reconcile: Counter::default(),
+            reconcile_duration: Histogram::new([
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            watch_restarts: Counter::default(),
+            lease_renewal_failures: Counter::default(),
+            routes_repaired: Counter::default(),
+        };
+        r.register(
+            "routes_installed",
+            "Owned routes in the kernel after the last reconcile",
+            m.routes_installed.clone(),
+        );
+        r.register("peers", "Valid peer leases", m.peers.clone());
+        r.register(
+            "leases_rejected",
+            "Leases rejected by validation",
+            m.leases_rejected.clone(),
+        );
+        r.register(
+            "peers_unreachable",
+            "Peers whose public IP is behind a router",
+            m.peers_unreachable.clone(),
+        );
+        // prometheus-client appends `_total` to counters.
+        r.register("reconcile", "Reconcile passes", m.reconcile.clone());
+        r.register(
+            "reconcile_duration_seconds",
+            "Duration of reconcile passes",
+            m.reconcile_duration.clone(),
+        );
+        r.register(
+            "etcd_watch_restarts",
+            "Lease watch restarts (broken or compacted)",
+            m.watch_restarts.clone(),
+        );
+        r.register(
+            "lease_renewal_failures",
+            "Failed keep-alives of our etcd lease",
+            m.lease_renewal_failures.clone(),
+        );
+        r.register(
+            "routes_repaired",
+            "Owned routes restored after someone removed them",
+            m.routes_repaired.clone(),
+        );
+        Metrics {
+            registry: Arc::new(r),
+            ..m
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_documented_ones() {
+        let m = Metrics::new();
+        m.leases_rejected
+            .get_or_create(&ReasonLabel {
+                reason: "overlap".into(),
+            })
+            .set(2);
+        m.reconcile.inc();
+        let text = m.encode();
+        for name in [
+            "hostgw_routes_installed ",
+            "hostgw_peers ",
+            "hostgw_leases_rejected{reason=\"overlap\"} 2",
+            "hostgw_peers_unreachable ",
+            "hostgw_reconcile_total 1",
+            "hostgw_reconcile_duration_seconds_bucket",
+            "hostgw_etcd_watch_restarts_total ",
+            "hostgw_lease_renewal_failures_total ",
+            "hostgw_routes_repaired_total ",
+        ] {
+            assert!(text.contains(name), "{name} missing in\n{text}");
+        }
+    }
+}

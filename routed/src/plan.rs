@@ -1,0 +1,174 @@
+//! The pure half of reconcile: the difference between the routes we want and the routes
+//! the kernel holds with our protocol.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+};
+
+use ipnetwork::IpNetwork;
+use serde::Serialize;
+
+/// One owned route: `<dst> via <via>` in the main table, protocol [`crate::kernel::PROTO`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct HostRoute {
+    pub dst: IpNetwork,
+    pub via: IpAddr,
+}
+
+impl fmt::Display for HostRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} via {}", self.dst, self.via)
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Owned routes whose destination nobody wants any more: deleted first.
+    pub remove: Vec<HostRoute>,
+    /// Routes missing or with another next hop: applied with replace, so a changed next
+    /// hop is swapped in one step without a window with no route.
+    pub add: Vec<HostRoute>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.add.is_empty()
+    }
+}
+
+pub fn plan(desired: &BTreeSet<HostRoute>, actual: &BTreeSet<HostRoute>) -> Plan {
+    let wanted: BTreeMap<IpNetwork, IpAddr> = desired.iter().map(|r| (r.dst, r.via)).collect();
+    let remove = actual
+        .iter()
+        .filter(|r| !wanted.contains_key(&r.dst))
+        .copied()
+        .collect();
+    let add = desired.difference(actual).copied().collect();
+    Plan { remove, add }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(dst: &str, via: &str) -> HostRoute {
+        HostRoute {
+            dst: dst.parse().unwrap(),
+            via: via.parse().unwrap(),
+        }
+    }
+
+    fn set(v: &[HostRoute]) -> BTreeSet<HostRoute> {
+        v.iter().copied().collect()
+    }
+
+    #[test]
+    fn empty_cases() {
+        assert!(plan(&set(&[]), &set(&[])).is_empty());
+        let a = r("198.18.2.0/24", "198.19.0.2");
+        assert!(plan(&set(&[a]), &set(&[a])).is_empty());
+    }
+
+    #[test]
+    fn missing_is_added_and_stale_is_removed() {
+        let a = r("198.18.2.0/24", "198.19.0.2");
+        let b = r("198.18.3.0/24", "198.19.0.3");
+        let p = plan(&set(&[a]), &set(&[b]));
+        assert_eq!(
+            p,
+            Plan {
+                remove: vec![b],
+                add: vec![a]
+            }
+        );
+    }
+
+    #[test]
+    fn changed_next_hop_is_replaced_not_removed() {
+        let old = r("198.18.2.0/24", "198.19.0.2");
+        let new = r("198.18.2.0/24", "198.19.0.7");
+        let p = plan(&set(&[new]), &set(&[old]));
+        assert_eq!(
+            p,
+            Plan {
+                remove: vec![],
+                add: vec![new]
+            }
+        );
+    }
+
+    #[test]
+    fn duplicate_owned_routes_for_one_destination() {
+        // Two owned routes with the same destination can't both exist in one table with
+        // the same metric, but a dump may still show a stale one: keep the wanted one.
+        let good = r("198.18.2.0/24", "198.19.0.2");
+        let stale = r("198.18.2.0/24", "198.19.0.9");
+        let p = plan(&set(&[good]), &set(&[good, stale]));
+        assert!(p.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn v4_and_v6_together_and_everything_removed() {
+        let a = r("198.18.2.0/24", "198.19.0.2");
+        let b = r("fd18:18:0:2::/64", "fd19:19::2");
+        let p = plan(&set(&[a, b]), &set(&[]));
+        assert_eq!(p.add, vec![a, b]);
+        let p = plan(&set(&[]), &set(&[a, b]));
+        assert_eq!(p.remove, vec![a, b]);
+        assert!(p.add.is_empty());
+    }
+
+    #[test]
+    fn every_combination_of_three_routes() {
+        // Exhaustive over subsets of a small universe with conflicting next hops.
+        let u = [
+            r("198.18.2.0/24", "198.19.0.2"),
+            r("198.18.2.0/24", "198.19.0.3"),
+            r("198.18.4.0/24", "198.19.0.4"),
+        ];
+        for dm in 0..8u8 {
+            for am in 0..8u8 {
+                let pick = |m: u8| {
+                    set(&u
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| m & (1 << i) != 0)
+                        .map(|(_, r)| *r)
+                        .collect::<Vec<_>>())
+                };
+                let (mut desired, actual) = (pick(dm), pick(am));
+                if desired.iter().filter(|r| r.dst == u[0].dst).count() > 1 {
+                    desired.remove(&u[1]); // desired never holds two next hops for one dst
+                }
+                let p = plan(&desired, &actual);
+                // Applying the plan yields exactly the desired set for the wanted dsts.
+                let mut after: BTreeMap<IpNetwork, BTreeSet<IpAddr>> = BTreeMap::new();
+                for x in &actual {
+                    after.entry(x.dst).or_default().insert(x.via);
+                }
+                for x in &p.remove {
+                    after.remove(&x.dst);
+                }
+                for x in &p.add {
+                    after.insert(x.dst, [x.via].into());
+                }
+                for d in &desired {
+                    assert!(after[&d.dst].contains(&d.via));
+                }
+                assert!(after.keys().all(|k| desired.iter().any(|d| d.dst == *k)));
+                assert!(
+                    p.add.iter().all(|a| !actual.contains(a)),
+                    "no churn for present routes"
+                );
+                assert!(
+                    p.remove
+                        .iter()
+                        .all(|x| !desired.iter().any(|d| d.dst == x.dst)),
+                    "never delete a wanted dst"
+                );
+            }
+        }
+    }
+}

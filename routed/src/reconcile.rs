@@ -1,0 +1,233 @@
+//! The reconciler: the one owner of the kernel view. Wakes on a new lease set, a netlink
+//! event (debounced), a slow resync tick, or a retry after failed routes; each pass is
+//! compute → dump → plan → apply.
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{Notify, watch};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::{
+    backoff::Backoff,
+    compute::{self, Computed, Me},
+    config::NetConfig,
+    executor::{self, Applied},
+    http::Ready,
+    kernel::RouteTable,
+    metrics::{Metrics, ReasonLabel},
+    plan::{self, HostRoute},
+    shutdown::Shutdown,
+    source::{lease::OwnLease, watch::LeasesRx},
+    validate::Reason,
+};
+
+/// Netlink events come in bursts (a link flap is several messages): wait this long.
+const DEBOUNCE: Duration = Duration::from_millis(5);
+/// More changes than this in one pass are logged as one summary line.
+const LOG_EACH_UP_TO: usize = 20;
+
+pub struct Reconciler<R> {
+    pub table: R,
+    pub cfg: NetConfig,
+    pub metrics: Metrics,
+    pub ready: Arc<Ready>,
+    pub leases: LeasesRx,
+    pub own: watch::Receiver<OwnLease>,
+    pub kick: Arc<Notify>,
+    pub resync: Duration,
+    /// What has been reported once already (unreachable peers, rejected leases).
+    pub reported: BTreeSet<(String, String)>,
+    /// Routes we installed or found in place, to tell a repair from a first install.
+    pub installed: BTreeSet<HostRoute>,
+}
+
+impl<R: RouteTable> Reconciler<R> {
+    pub fn new(
+        table: R,
+        cfg: NetConfig,
+        metrics: Metrics,
+        ready: Arc<Ready>,
+        leases: LeasesRx,
+        own: watch::Receiver<OwnLease>,
+    ) -> Self {
+        Reconciler {
+            table,
+            cfg,
+            metrics,
+            ready,
+            leases,
+            own,
+            kick: Arc::new(Notify::new()),
+            resync: Duration::from_secs(300),
+            reported: BTreeSet::new(),
+            installed: BTreeSet::new(),
+        }
+    }
+
+    pub async fn run(mut self, mut shutdown: Shutdown) {
+        let mut resync =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.resync, self.resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut backoff = Backoff::etcd();
+        loop {
+            let failed = self.pass().await;
+            let retry = match failed {
+                0 => {
+                    backoff.reset();
+                    None
+                }
+                _ => Some(tokio::time::Instant::now() + backoff.next_delay()),
+            };
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                Ok(()) = self.leases.changed() => {}
+                Ok(()) = self.own.changed() => {}
+                _ = self.kick.notified() => tokio::time::sleep(DEBOUNCE).await,
+                _ = resync.tick() => {}
+                _ = sleep_until(retry), if retry.is_some() => {}
+            }
+        }
+    }
+
+    /// One pass; returns the number of routes that failed (0 when in sync).
+    pub async fn pass(&mut self) -> usize {
+        let Some(leases) = self.leases.borrow_and_update().clone() else {
+            return 0;
+        };
+        let own = self.own.borrow_and_update().clone();
+        let start = Instant::now();
+        let span = info_span!("reconcile", leases = leases.len());
+        let failed = async {
+            let me = Me {
+                cfg: &self.cfg,
+                key: &own.name,
+                subnets: own.subnets(),
+            };
+            let computed = compute::compute(&self.table, &me, &leases).await;
+            let actual = self.table.list_owned().await;
+            match (computed, actual) {
+                (Ok(c), Ok(a)) => self.apply(c, a).await,
+                (Err(e), _) | (_, Err(e)) => {
+                    warn!(error = %e, "reading the kernel failed; will retry");
+                    1
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+        self.metrics.reconcile.inc();
+        self.metrics
+            .reconcile_duration
+            .observe(start.elapsed().as_secs_f64());
+        self.ready
+            .routes_in_sync
+            .store(failed == 0, Ordering::Relaxed);
+        failed
+    }
+
+    async fn apply(&mut self, c: Computed, actual: BTreeSet<HostRoute>) -> usize {
+        let plan = plan::plan(&c.desired, &actual);
+        let applied = executor::apply(&self.table, &plan).await;
+        self.log_applied(&applied, &actual);
+        self.report(&c);
+        let failed: BTreeSet<_> = applied.errors.iter().map(|(r, _)| r.dst).collect();
+        self.installed = c
+            .desired
+            .iter()
+            .filter(|r| !failed.contains(&r.dst))
+            .copied()
+            .collect();
+        self.metrics
+            .routes_installed
+            .set(self.installed.len() as i64);
+        applied.errors.len()
+    }
+
+    fn log_applied(&self, a: &Applied, actual: &BTreeSet<HostRoute>) {
+        let repaired: Vec<_> = a
+            .added
+            .iter()
+            .filter(|r| self.installed.contains(r) && !actual.contains(r))
+            .collect();
+        self.metrics.routes_repaired.inc_by(repaired.len() as u64);
+        if a.added.len() + a.removed.len() > LOG_EACH_UP_TO {
+            info!(
+                added = a.added.len(),
+                removed = a.removed.len(),
+                repaired = repaired.len(),
+                "routes applied"
+            );
+        } else {
+            for r in &a.removed {
+                info!(dst = %r.dst, gw = %r.via, "route removed");
+            }
+            for r in &a.added {
+                let what = if repaired.contains(&r) {
+                    "route repaired"
+                } else {
+                    "route added"
+                };
+                info!(dst = %r.dst, gw = %r.via, "{what}");
+            }
+        }
+        for (r, e) in &a.errors {
+            warn!(dst = %r.dst, gw = %r.via, error = %e, "route failed");
+        }
+    }
+
+    /// Metrics every pass; a log line only when something newly goes wrong.
+    fn report(&mut self, c: &Computed) {
+        self.metrics.peers.set(c.peers.len() as i64);
+        let unreachable: Vec<_> = c.unreachable().collect();
+        self.metrics.peers_unreachable.set(unreachable.len() as i64);
+        for reason in Reason::ALL {
+            let n = c.rejected.iter().filter(|r| r.reason == reason).count();
+            self.metrics
+                .leases_rejected
+                .get_or_create(&ReasonLabel {
+                    reason: reason.as_str().into(),
+                })
+                .set(n as i64);
+        }
+        let mut now = BTreeSet::new();
+        for p in unreachable {
+            let gw = p
+                .unreachable_via
+                .flatten()
+                .map(|g| g.to_string())
+                .unwrap_or_else(|| "none".into());
+            let k = (p.key.clone(), "unreachable".to_owned());
+            if !self.reported.contains(&k) {
+                warn!(key = %p.key, node = %p.node, gateway = %gw, "peer not on-link (reached through a router); route not installed");
+            }
+            now.insert(k);
+        }
+        for r in &c.rejected {
+            let k = (r.key.clone(), r.reason.as_str().to_owned());
+            if !self.reported.contains(&k) {
+                warn!(key = %r.key, reason = r.reason.as_str(), detail = %r.detail, "lease rejected");
+            }
+            now.insert(k);
+        }
+        self.reported = now;
+    }
+}
+
+impl OwnLease {
+    pub fn subnets(&self) -> Vec<ipnetwork::IpNetwork> {
+        std::iter::once(self.subnet)
+            .chain(self.ipv6_subnet)
+            .collect()
+    }
+}
+
+async fn sleep_until(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,58 @@
+//! `hostgw-routed release`: give this node's subnet back. Deletes our key (guarded, so only
+//! the key we just read as ours), revokes its lease, and removes the subnet file, our nft
+//! table and this node's owned routes. Peers drop their route on the delete event.
+
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use tracing::info;
+
+use crate::{
+    cli::Common,
+    error::Error,
+    etcd::{self, Keys},
+    kernel::{RouteTable, netlink::NetlinkRoutes},
+    nft, status, subnet_file,
+};
+
+pub async fn release(c: &Common) -> Result<String, Error> {
+    let keys = Keys::new(&c.etcd_prefix);
+    let mut client = etcd::connect(c).await?;
+    let (_, entries) = etcd::list(&mut client, &keys).await?;
+    let mut report = String::new();
+    match status::own_key(&entries, c) {
+        Some((name, entry)) => {
+            let key = keys.subnet(name);
+            let guard = Compare::mod_revision(key.clone(), CompareOp::Equal, entry.mod_revision);
+            let txn = Txn::new()
+                .when([guard])
+                .and_then([TxnOp::delete(key.clone(), None)]);
+            if !etcd::timeout("release transaction", client.txn(txn))
+                .await?
+                .succeeded()
+            {
+                return Err(Error::Other(format!(
+                    "{key} changed while releasing; not deleted, try again"
+                )));
+            }
+            if entry.lease_id != 0 {
+                let _ = etcd::timeout("revoke lease", client.lease_revoke(entry.lease_id)).await;
+            }
+            info!(key = %key, "released");
+            report += &format!("released {name}\n");
+        }
+        None => report += &format!("no lease for node {} in etcd\n", c.node_name),
+    }
+    subnet_file::remove(&c.subnet_file)
+        .map_err(|e| Error::Io(format!("remove {}", c.subnet_file.display()), e))?;
+    nft::remove().await?;
+    let table = NetlinkRoutes::connect()?;
+    let routes = table.list_owned().await?;
+    for r in &routes {
+        table.delete(r).await?;
+    }
+    report += &format!(
+        "removed subnet file, nft table inet {} and {} owned routes\n",
+        nft::TABLE,
+        routes.len()
+    );
+    Ok(report)
+}

@@ -1,0 +1,196 @@
+//! `hostgw-routed status`: this node's lease, every peer with its route state, drift and
+//! rejected leases — computed the way the daemon computes it, from one etcd list and the
+//! kernel of the namespace it runs in.
+
+use std::{collections::BTreeMap, fmt::Write, net::IpAddr};
+
+use ipnetwork::IpNetwork;
+use serde::Serialize;
+
+use crate::{
+    cli::{Common, StatusArgs},
+    compute::{self, Me},
+    error::Error,
+    etcd::{self, Entry, Keys},
+    kernel::{RouteTable, netlink::NetlinkRoutes},
+    plan::{self, HostRoute},
+    subnet_file,
+    validate::Rejected,
+};
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub node: String,
+    pub lease: Option<OwnView>,
+    pub peers: Vec<PeerStatus>,
+    pub drift: Drift,
+    pub rejected: Vec<Rejected>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OwnView {
+    pub key: String,
+    pub subnet: IpNetwork,
+    pub ipv6_subnet: Option<IpNetwork>,
+    pub public_ip: IpAddr,
+    pub lease_id: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PeerStatus {
+    pub key: String,
+    pub node: String,
+    pub dst: IpNetwork,
+    pub via: IpAddr,
+    /// installed | missing | unreachable
+    pub state: &'static str,
+    pub gateway: Option<IpAddr>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Drift {
+    /// Wanted but absent or with another next hop.
+    pub missing: Vec<HostRoute>,
+    /// Owned routes nobody leases.
+    pub extra: Vec<HostRoute>,
+}
+
+/// Our key: the one named by our subnet file if it carries our node name, else any with it.
+pub fn own_key<'a>(
+    entries: &'a BTreeMap<String, Entry>,
+    c: &Common,
+) -> Option<(&'a String, &'a Entry)> {
+    let mine = |e: &Entry| {
+        e.decoded
+            .as_ref()
+            .is_ok_and(|l| l.value.node_name == c.node_name)
+    };
+    let from_file = subnet_file::read(&c.subnet_file).map(|f| crate::lease::key_name(&f.subnet));
+    from_file
+        .and_then(|k| entries.get_key_value(&k).filter(|(_, e)| mine(e)))
+        .or_else(|| entries.iter().find(|(_, e)| mine(e)))
+}
+
+pub async fn status(args: &StatusArgs) -> Result<String, Error> {
+    let c = &args.common;
+    let table = NetlinkRoutes::connect()?;
+    let keys = Keys::new(&c.etcd_prefix);
+    let mut client = etcd::connect(c).await?;
+    let cfg = etcd::read_config(&mut client, &keys).await?;
+    let (_, entries) = etcd::list(&mut client, &keys).await?;
+    let own = own_key(&entries, c).and_then(|(k, e)| {
+        let l = e.decoded.as_ref().ok()?;
+        Some(OwnView {
+            key: k.clone(),
+            subnet: l.subnet,
+            ipv6_subnet: l.value.ipv6_subnet,
+            public_ip: l.value.public_ip,
+            lease_id: e.lease_id,
+        })
+    });
+    let leases = entries.into_iter().map(|(k, e)| (k, e.decoded)).collect();
+    let key = own.as_ref().map(|o| o.key.clone()).unwrap_or_default();
+    let subnets = own
+        .as_ref()
+        .map(|o| std::iter::once(o.subnet).chain(o.ipv6_subnet).collect())
+        .unwrap_or_default();
+    let computed = compute::compute(
+        &table,
+        &Me {
+            cfg: &cfg,
+            key: &key,
+            subnets,
+        },
+        &leases,
+    )
+    .await?;
+    let actual = table.list_owned().await?;
+    let p = plan::plan(&computed.desired, &actual);
+    let peers = computed
+        .peers
+        .iter()
+        .flat_map(|peer| {
+            peer.routes.iter().map(|r| PeerStatus {
+                key: peer.key.clone(),
+                node: peer.node.clone(),
+                dst: r.dst,
+                via: r.via,
+                state: match (&peer.unreachable_via, actual.contains(r)) {
+                    (Some(_), _) => "unreachable",
+                    (None, true) => "installed",
+                    (None, false) => "missing",
+                },
+                gateway: peer.unreachable_via.flatten(),
+            })
+        })
+        .collect();
+    let status = Status {
+        node: c.node_name.clone(),
+        lease: own,
+        peers,
+        drift: Drift {
+            missing: p.add,
+            extra: p.remove,
+        },
+        rejected: computed.rejected,
+    };
+    Ok(if args.json {
+        serde_json::to_string_pretty(&status).unwrap_or_default() + "\n"
+    } else {
+        render(&status)
+    })
+}
+
+pub fn render(s: &Status) -> String {
+    let mut o = String::new();
+    match &s.lease {
+        Some(l) => {
+            let v6 = l.ipv6_subnet.map(|n| format!(" + {n}")).unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "node {}: subnet {}{v6} via {} (etcd lease {:x})",
+                s.node, l.subnet, l.public_ip, l.lease_id
+            );
+        }
+        None => {
+            let _ = writeln!(o, "node {}: NO LEASE in etcd", s.node);
+        }
+    }
+    let _ = writeln!(o, "\npeers ({}):", s.peers.len());
+    for p in &s.peers {
+        let gw = p
+            .gateway
+            .map(|g| format!(" (behind router {g})"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "  {:<16} {:<22} via {:<16} {}{gw}",
+            p.node,
+            p.dst.to_string(),
+            p.via.to_string(),
+            p.state
+        );
+    }
+    let _ = write!(o, "\ndrift: ");
+    if s.drift.missing.is_empty() && s.drift.extra.is_empty() {
+        let _ = writeln!(o, "none");
+    } else {
+        let _ = writeln!(
+            o,
+            "{} missing, {} extra",
+            s.drift.missing.len(),
+            s.drift.extra.len()
+        );
+        for r in &s.drift.missing {
+            let _ = writeln!(o, "  missing  {r}");
+        }
+        for r in &s.drift.extra {
+            let _ = writeln!(o, "  extra    {r}");
+        }
+    }
+    let _ = writeln!(o, "\nrejected leases ({}):", s.rejected.len());
+    for r in &s.rejected {
+        let _ = writeln!(o, "  {:<22} {:<16} {}", r.key, r.reason.as_str(), r.detail);
+    }
+    o
+}
