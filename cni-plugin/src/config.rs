@@ -103,10 +103,10 @@ impl NetConf {
                 )));
             }
         };
-        if let Some(mtu) = raw.mtu {
-            if !(68..=65535).contains(&mtu) {
-                return Err(Error::Config(format!("mtu {mtu} is outside 68..65535")));
-            }
+        if let Some(mtu) = raw.mtu
+            && !(68..=65535).contains(&mtu)
+        {
+            return Err(Error::Config(format!("mtu {mtu} is outside 68..65535")));
         }
         let requested_ips = raw
             .runtime_config

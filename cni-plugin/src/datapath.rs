@@ -206,7 +206,7 @@ impl Datapath for FakeDatapath {
                     Mode::Bridge(b) => Some(b.clone()),
                     Mode::Ptp => None,
                 },
-                addrs: vec![],
+                addrs: p.addrs.iter().map(|a| IpNetwork::from(a.gateway)).collect(),
                 routes: host_routes,
             }),
             pod: Some(PodFacts {

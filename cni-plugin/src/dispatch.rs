@@ -124,13 +124,13 @@ fn dispatch(
     if !missing.is_empty() {
         return Err(Error::MissingEnv(missing.join(",")));
     }
-    if let Some(id) = env("CNI_CONTAINERID") {
-        if !valid_id(&id) {
-            return Err(Error::InvalidEnv {
-                msg: "invalid characters in containerID".into(),
-                details: id,
-            });
-        }
+    if let Some(id) = env("CNI_CONTAINERID")
+        && !valid_id(&id)
+    {
+        return Err(Error::InvalidEnv {
+            msg: "invalid characters in containerID".into(),
+            details: id,
+        });
     }
     if matches!(verb, Verb::Add | Verb::Del | Verb::Check) {
         let ifname = env("CNI_IFNAME").unwrap_or_default();

@@ -98,13 +98,13 @@ fn compare(
     if !pod.is_veth {
         return fail(format!("interface {} is not a veth", spec.ifname));
     }
-    if let Some(m) = want_mac {
-        if !m.eq_ignore_ascii_case(&pod.mac) {
-            return fail(format!(
-                "interface {} has MAC {}, prevResult says {m}",
-                spec.ifname, pod.mac
-            ));
-        }
+    if let Some(m) = want_mac
+        && !m.eq_ignore_ascii_case(&pod.mac)
+    {
+        return fail(format!(
+            "interface {} has MAC {}, prevResult says {m}",
+            spec.ifname, pod.mac
+        ));
     }
     for a in &spec.addrs {
         if !pod.addrs.contains(&a.addr) {
