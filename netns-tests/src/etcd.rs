@@ -1,0 +1,195 @@
+//! A real etcd (Debian's `etcd-server`, v3 API) started inside a test namespace, with an
+//! optional TLS variant whose certificates the test generates with the `openssl` CLI.
+//!
+//! etcd listens for clients on `<ip>:2379` inside its namespace and serves its own metrics
+//! on `127.0.0.1:2381` there; peers use loopback. Drop ends the process (by PID, through
+//! `Proc`) and removes the data directory.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{Netns, Proc, must, run_timeout, wait_for};
+
+/// Client certificates for a TLS etcd: CA, server (IP SAN = etcd's address), client.
+pub struct Certs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Certs {
+    pub fn generate(server_ip: &str) -> Result<Certs> {
+        let dir = tempfile::tempdir()?;
+        let d = dir.path();
+        let ossl = |args: &[&str]| must(Command::new("openssl").current_dir(d).args(args));
+        ossl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=hostgw-test-ca",
+               "-keyout", "ca.key", "-out", "ca.crt"])?;
+        for (name, ext) in [
+            ("server", format!("subjectAltName=IP:{server_ip},IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth")),
+            ("client", "extendedKeyUsage=clientAuth".to_owned()),
+        ] {
+            std::fs::write(d.join(format!("{name}.ext")), ext)?;
+            ossl(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN=hostgw-{name}"),
+                   "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr")])?;
+            ossl(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key",
+                   "-CAcreateserial", "-days", "2", "-extfile", &format!("{name}.ext"), "-out", &format!("{name}.crt")])?;
+        }
+        Ok(Certs { dir })
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+}
+
+pub struct Etcd {
+    proc: Proc,
+    ns_name: String,
+    ns_path: PathBuf,
+    _data: tempfile::TempDir,
+    /// Client URL, e.g. `http://198.19.0.1:2379`.
+    pub endpoint: String,
+    tls: Option<[PathBuf; 3]>,
+}
+
+/// A data directory in memory when possible: etcd fsyncs every write.
+fn data_dir() -> Result<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        return Ok(tempfile::Builder::new().prefix("hgwt-etcd").tempdir_in(shm)?);
+    }
+    Ok(tempfile::tempdir()?)
+}
+
+impl Etcd {
+    /// Plain-HTTP etcd on `ip` inside `ns`.
+    pub fn start(ns: &Netns, ip: &str) -> Result<Etcd> {
+        Etcd::launch(ns, ip, None)
+    }
+
+    /// etcd that requires client certificates signed by `certs`' CA.
+    pub fn start_tls(ns: &Netns, ip: &str, certs: &Certs) -> Result<Etcd> {
+        Etcd::launch(ns, ip, Some(certs))
+    }
+
+    fn launch(ns: &Netns, ip: &str, certs: Option<&Certs>) -> Result<Etcd> {
+        let data = data_dir()?;
+        let scheme = if certs.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://{ip}:2379");
+        let mut args: Vec<String> = [
+            "--name", "default",
+            "--data-dir", &data.path().display().to_string(),
+            "--listen-client-urls", &endpoint,
+            "--advertise-client-urls", &endpoint,
+            "--listen-peer-urls", "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+            "--initial-cluster", "default=http://127.0.0.1:2380",
+            "--listen-metrics-urls", "http://127.0.0.1:2381",
+            "--log-level", "error",
+            "--logger", "zap",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let tls = certs.map(|c| [c.path("ca.crt"), c.path("client.crt"), c.path("client.key")]);
+        if let Some(c) = certs {
+            for (flag, file) in [("--trusted-ca-file", "ca.crt"), ("--cert-file", "server.crt"), ("--key-file", "server.key")] {
+                args.push(flag.into());
+                args.push(c.path(file).display().to_string());
+            }
+            args.push("--client-cert-auth".into());
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let proc = ns.spawn("etcd", &argv)?;
+        let etcd = Etcd { proc, ns_name: ns.name().to_owned(), ns_path: ns.path(), _data: data, endpoint, tls };
+        wait_for("etcd health", Duration::from_secs(20), || etcd.ctl(&["endpoint", "health"]).ok())?;
+        Ok(etcd)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// The TLS flags a client needs (`--etcd-cafile …`), empty without TLS.
+    pub fn client_flags(&self) -> Vec<String> {
+        match &self.tls {
+            None => vec![],
+            Some([ca, cert, key]) => vec![
+                "--etcd-cafile".into(), ca.display().to_string(),
+                "--etcd-certfile".into(), cert.display().to_string(),
+                "--etcd-keyfile".into(), key.display().to_string(),
+            ],
+        }
+    }
+
+    fn ctl_cmd(&self) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.ns_path.display()))
+            .args(["--", "etcdctl", "--endpoints", &self.endpoint, "--command-timeout=5s"])
+            .env("ETCDCTL_API", "3");
+        if let Some([ca, cert, key]) = &self.tls {
+            c.arg(format!("--cacert={}", ca.display()))
+                .arg(format!("--cert={}", cert.display()))
+                .arg(format!("--key={}", key.display()));
+        }
+        c
+    }
+
+    /// `etcdctl ARGS` against this etcd; must succeed.
+    pub fn ctl(&self, args: &[&str]) -> Result<String> {
+        let out = run_timeout(self.ctl_cmd().args(args), Duration::from_secs(10))?;
+        if !out.status.success() {
+            bail!("etcdctl {args:?} in {}: {}", self.ns_name, String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn put(&self, key: &str, value: &str) -> Result<()> {
+        self.ctl(&["put", key, value]).map(|_| ())
+    }
+
+    /// Puts a key attached to a fresh etcd lease of `ttl` seconds; returns the lease id (hex).
+    pub fn put_leased(&self, key: &str, value: &str, ttl: u32) -> Result<String> {
+        let out = self.ctl(&["lease", "grant", &ttl.to_string()])?;
+        let id = out.split_whitespace().nth(1).context("lease grant output")?.to_owned();
+        self.ctl(&["put", "--lease", &id, key, value])?;
+        Ok(id)
+    }
+
+    pub fn del(&self, key: &str) -> Result<()> {
+        self.ctl(&["del", key]).map(|_| ())
+    }
+
+    /// Values under a prefix, as (key, value) pairs.
+    pub fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let out = self.ctl(&["get", "--prefix", prefix])?;
+        let lines: Vec<&str> = out.lines().collect();
+        Ok(lines.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0].to_owned(), c[1].to_owned())).collect())
+    }
+
+    /// etcd's own Prometheus metrics (served on loopback inside its namespace).
+    pub fn metrics(&self) -> Result<String> {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.ns_path.display()))
+            .args(["--", "curl", "-sf", "--max-time", "5", "http://127.0.0.1:2381/metrics"]);
+        must(&mut c)
+    }
+
+    /// Range requests served so far (gRPC Range calls; txn-internal reads are not counted).
+    pub fn range_requests(&self) -> Result<u64> {
+        let text = self.metrics()?;
+        Ok(metric_sum(&text, "grpc_server_handled_total", &["grpc_method=\"Range\""]) as u64)
+    }
+}
+
+/// Sum of a metric's samples whose labels contain every one of `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|lab| l.contains(lab)))
+        .filter(|l| l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

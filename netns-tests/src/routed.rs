@@ -1,0 +1,237 @@
+//! A hostgw cluster in namespaces for the route-daemon tests and benchmarks: one switch
+//! namespace with a bridge, an etcd namespace and N node namespaces on that segment
+//! (198.19.0.0/24, fd19:19::/64), each able to run `hostgw-routed`.
+
+use std::{
+    fs::File,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::{
+    Netns, Proc, bin,
+    etcd::{Certs, Etcd},
+    must, veth, wait_for,
+};
+
+pub const PREFIX: &str = "/hostgw/network";
+pub const ETCD_IP: &str = "198.19.0.2";
+pub const CONFIG: &str = r#"{"Network":"198.18.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#;
+pub const CONFIG_V6: &str = r#"{"Network":"198.18.0.0/16","SubnetLen":24,"IPv6Network":"fd18:18::/48","IPv6SubnetLen":64,"Backend":{"Type":"host-gw"}}"#;
+
+pub struct Node {
+    /// Declared before `ns`: the daemon ends before its namespace goes.
+    pub daemon: Option<Proc>,
+    pub ns: Netns,
+    pub name: String,
+    pub ip: String,
+    pub ip6: String,
+    pub subnet_file: PathBuf,
+    pub log: PathBuf,
+    pub extra_args: Vec<String>,
+}
+
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub etcd: Etcd,
+    pub etcd_ns: Netns,
+    pub sw: Netns,
+    pub certs: Option<Certs>,
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Spec<'a> {
+    pub nodes: usize,
+    pub tls: bool,
+    pub config: &'a str,
+}
+
+impl Default for Spec<'_> {
+    fn default() -> Self {
+        Spec { nodes: 3, tls: false, config: CONFIG }
+    }
+}
+
+/// Puts `ns` on the switch as `198.19.0.<host>/24` and `fd19:19::<host>/64`.
+fn attach(sw: &Netns, ns: &Netns, port: &str, host: u32) -> Result<()> {
+    veth(ns, "eth0", sw, port)?;
+    sw.ip(&["link", "set", port, "master", "br0"])?;
+    ns.ip(&["addr", "add", &format!("198.19.0.{host}/24"), "dev", "eth0"])?;
+    ns.ip(&["addr", "add", &format!("fd19:19::{host:x}/64"), "dev", "eth0", "nodad"])?;
+    Ok(())
+}
+
+impl Cluster {
+    pub fn new(spec: Spec) -> Result<Cluster> {
+        let sw = Netns::new("sw")?;
+        sw.ip(&["link", "add", "br0", "type", "bridge"])?;
+        sw.ip(&["link", "set", "br0", "up"])?;
+        let etcd_ns = Netns::new("et")?;
+        attach(&sw, &etcd_ns, "pe", 2)?;
+        let certs = if spec.tls { Some(Certs::generate(ETCD_IP)?) } else { None };
+        let etcd = match &certs {
+            Some(c) => Etcd::start_tls(&etcd_ns, ETCD_IP, c)?,
+            None => Etcd::start(&etcd_ns, ETCD_IP)?,
+        };
+        etcd.put(&format!("{PREFIX}/config"), spec.config)?;
+        let dir = tempfile::tempdir()?;
+        let mut c = Cluster { nodes: vec![], etcd, etcd_ns, sw, certs, dir };
+        for _ in 0..spec.nodes {
+            c.add_node()?;
+        }
+        Ok(c)
+    }
+
+    /// A new node namespace on the segment (not started).
+    pub fn add_node(&mut self) -> Result<usize> {
+        let i = self.nodes.len();
+        let host = 10 + i as u32;
+        let ns = Netns::new("n")?;
+        attach(&self.sw, &ns, &format!("p{i}"), host)?;
+        let name = format!("node-{i}");
+        self.nodes.push(Node {
+            daemon: None,
+            ns,
+            subnet_file: self.dir.path().join(format!("{name}/subnet.json")),
+            log: self.dir.path().join(format!("{name}.log")),
+            name,
+            ip: format!("198.19.0.{host}"),
+            ip6: format!("fd19:19::{host:x}"),
+            extra_args: vec![],
+        });
+        Ok(i)
+    }
+
+    /// The connection and identity flags of node `i` (shared by run, status, release).
+    pub fn common_args(&self, i: usize) -> Vec<String> {
+        let n = &self.nodes[i];
+        let mut a: Vec<String> = [
+            "--etcd-endpoints", &self.etcd.endpoint,
+            "--node-name", &n.name,
+            "--public-ip", &n.ip,
+            "--subnet-file", &n.subnet_file.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(self.etcd.client_flags());
+        a
+    }
+
+    pub fn start(&mut self, i: usize) -> Result<()> {
+        let mut args = vec!["run".to_owned()];
+        args.extend(self.common_args(i));
+        args.extend(["--metrics-addr".to_owned(), "127.0.0.1:9475".to_owned()]);
+        let n = &mut self.nodes[i];
+        args.extend(n.extra_args.iter().cloned());
+        let log = File::options().create(true).append(true).open(&n.log)?;
+        let mut cmd = n.ns.cmd(bin("hostgw-routed"));
+        cmd.args(&args).stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info");
+        n.daemon = Some(Proc::spawn(cmd)?);
+        Ok(())
+    }
+
+    pub fn start_all(&mut self) -> Result<()> {
+        (0..self.nodes.len()).try_for_each(|i| self.start(i))
+    }
+
+    /// Runs `hostgw-routed <sub> <common args> EXTRA` in node `i`; must succeed.
+    pub fn cli(&self, i: usize, sub: &str, extra: &[&str]) -> Result<String> {
+        let mut cmd = self.nodes[i].ns.cmd(bin("hostgw-routed"));
+        cmd.arg(sub).args(self.common_args(i)).args(extra).env("RUST_LOG", "warn");
+        must(&mut cmd)
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+
+    /// Every daemon's log, for failure messages.
+    pub fn logs(&self) -> String {
+        (0..self.nodes.len()).map(|i| format!("--- {} ---\n{}", self.nodes[i].name, self.log(i))).collect()
+    }
+
+    /// The subnet from node `i`'s subnet file, once written.
+    pub fn subnet(&self, i: usize) -> Option<String> {
+        let text = std::fs::read_to_string(&self.nodes[i].subnet_file).ok()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        v["subnet"].as_str().map(str::to_owned)
+    }
+
+    pub fn wait_subnet(&self, i: usize) -> Result<String> {
+        wait_for(&format!("subnet file of node {i}"), Duration::from_secs(20), || self.subnet(i))
+            .with_context(|| self.logs())
+    }
+
+    /// Owned routes (protocol 75) in node `i`: (dst, gateway).
+    pub fn routes(&self, i: usize) -> Result<Vec<(String, String)>> {
+        routes_in(&self.nodes[i].ns)
+    }
+
+    /// Waits until every started node has a route to every other started node's subnet.
+    pub fn wait_converged(&self, limit: Duration) -> Result<()> {
+        let started: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].daemon.is_some()).collect();
+        let subnets: Vec<(usize, String)> =
+            started.iter().map(|&i| self.wait_subnet(i).map(|s| (i, s))).collect::<Result<_>>()?;
+        wait_for("routes to every peer", limit, || {
+            started
+                .iter()
+                .all(|&i| {
+                    let routes = self.routes(i).unwrap_or_default();
+                    subnets.iter().filter(|(j, _)| *j != i).all(|(j, s)| {
+                        routes.iter().any(|(d, g)| d == s && *g == self.nodes[*j].ip)
+                    })
+                })
+                .then_some(())
+        })
+        .with_context(|| self.logs())
+    }
+
+    /// node `i`'s own metrics page.
+    pub fn metrics(&self, i: usize) -> Result<String> {
+        let mut c = self.nodes[i].ns.cmd("curl");
+        c.args(["-sf", "--max-time", "5", "http://127.0.0.1:9475/metrics"]);
+        must(&mut c)
+    }
+
+    /// HTTP status of `/readyz` on node `i`.
+    pub fn readyz(&self, i: usize) -> Result<String> {
+        let mut c = self.nodes[i].ns.cmd("curl");
+        c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "http://127.0.0.1:9475/readyz"]);
+        must(&mut c)
+    }
+}
+
+/// Owned routes (protocol 75, both families) in a namespace: (dst, gateway).
+pub fn routes_in(ns: &Netns) -> Result<Vec<(String, String)>> {
+    let mut out = vec![];
+    for fam in ["-4", "-6"] {
+        let v = must(Command::new("ip").args(["-j", fam, "-n", ns.name(), "route", "show", "proto", "75"]))?;
+        let v: Value = if v.trim().is_empty() { Value::Array(vec![]) } else { serde_json::from_str(&v)? };
+        for r in v.as_array().into_iter().flatten() {
+            let dst = r["dst"].as_str().unwrap_or_default();
+            let dst = if dst.contains('/') { dst.to_owned() } else { format!("{dst}/{}", if fam == "-4" { 32 } else { 128 }) };
+            out.push((dst, r["gateway"].as_str().unwrap_or_default().to_owned()));
+        }
+    }
+    Ok(out)
+}
+
+/// A lease value as another node would write it.
+pub fn lease_json(public_ip: &str, node: &str) -> String {
+    format!(r#"{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"host-gw","NodeName":"{node}"}}"#)
+}
+
+/// The key of a subnet such as `198.18.7.0/24`.
+pub fn subnet_key(subnet: &str) -> String {
+    format!("{PREFIX}/subnets/{}", subnet.replace('/', "-"))
+}
+
+/// Sum of a metric's samples in Prometheus text whose labels contain all of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    crate::etcd::metric_sum(text, name, labels)
+}
