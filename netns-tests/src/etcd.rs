@@ -50,6 +50,7 @@ pub struct Etcd {
     ns_name: String,
     ns_path: PathBuf,
     _data: tempfile::TempDir,
+    argv: Vec<String>,
     /// Client URL, e.g. `http://198.19.0.1:2379`.
     pub endpoint: String,
     tls: Option<[PathBuf; 3]>,
@@ -102,11 +103,39 @@ impl Etcd {
             }
             args.push("--client-cert-auth".into());
         }
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let proc = ns.spawn("etcd", &argv)?;
-        let etcd = Etcd { proc, ns_name: ns.name().to_owned(), ns_path: ns.path(), _data: data, endpoint, tls };
-        wait_for("etcd health", Duration::from_secs(20), || etcd.ctl(&["endpoint", "health"]).ok())?;
+        let mut etcd = Etcd {
+            proc: Proc { child: None },
+            ns_name: ns.name().to_owned(),
+            ns_path: ns.path(),
+            _data: data,
+            argv: args,
+            endpoint,
+            tls,
+        };
+        etcd.restart()?;
         Ok(etcd)
+    }
+
+    /// Ends etcd at once (SIGKILL), keeping its data for `restart`.
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Starts etcd (again) on the same data and waits until it is healthy.
+    pub fn restart(&mut self) -> Result<()> {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.ns_path.display())).args(["--", "etcd"]).args(&self.argv);
+        self.proc = Proc::spawn(c)?;
+        wait_for("etcd health", Duration::from_secs(20), || self.ctl(&["endpoint", "health"]).ok())?;
+        Ok(())
+    }
+
+    /// Compacts the history up to the current revision.
+    pub fn compact_now(&self) -> Result<()> {
+        let out = self.ctl(&["endpoint", "status", "-w", "json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let rev = v[0]["Status"]["header"]["revision"].as_i64().context("revision in endpoint status")?;
+        self.ctl(&["compact", &rev.to_string()]).map(|_| ())
     }
 
     pub fn pid(&self) -> u32 {

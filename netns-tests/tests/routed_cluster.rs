@@ -38,3 +38,110 @@ fn routed_three_nodes_converge_with_distinct_subnets() -> Result<()> {
     assert!(get.contains(&format!("via {}", c.nodes[1].ip)), "{get}");
     Ok(())
 }
+
+#[test]
+fn routed_deleted_route_is_back_within_a_second() -> Result<()> {
+    require_root();
+    let mut c = Cluster::new(Spec::default())?;
+    c.start_all()?;
+    c.wait_converged(Duration::from_secs(20))?;
+    let sub1 = c.subnet(1).unwrap();
+    c.nodes[0].ns.ip(&["route", "del", &sub1])?;
+    wait_for("route restored", Duration::from_secs(1), || {
+        c.routes(0).ok()?.iter().any(|(d, g)| *d == sub1 && *g == c.nodes[1].ip).then_some(())
+    })?;
+    // Replaced by someone else's route (another protocol): ours comes back too.
+    c.nodes[0].ns.ip(&["route", "replace", &sub1, "via", &c.nodes[2].ip, "proto", "static"])?;
+    wait_for("route re-owned", Duration::from_secs(1), || {
+        c.routes(0).ok()?.iter().any(|(d, g)| *d == sub1 && *g == c.nodes[1].ip).then_some(())
+    })?;
+    wait_for("repair counted", Duration::from_secs(2), || {
+        (metric(&c.metrics(0).ok()?, "hostgw_routes_repaired_total", &[]) >= 1.0).then_some(())
+    })?;
+    Ok(())
+}
+
+#[test]
+fn routed_stale_owned_route_is_pruned_at_start() -> Result<()> {
+    require_root();
+    let mut c = Cluster::new(Spec::default())?;
+    // Left behind by a node that vanished while this daemon was down; plus a route that
+    // is not ours (another protocol), which must stay.
+    c.nodes[0].ns.ip(&["route", "add", "198.18.254.0/24", "via", "198.19.0.99", "proto", "75"])?;
+    c.nodes[0].ns.ip(&["route", "add", "198.18.253.0/24", "via", "198.19.0.99", "proto", "static"])?;
+    c.start_all()?;
+    c.wait_converged(Duration::from_secs(20))?;
+    wait_for("stale route pruned", Duration::from_secs(2), || {
+        (!c.routes(0).ok()?.iter().any(|(d, _)| d == "198.18.254.0/24")).then_some(())
+    })?;
+    let all = c.nodes[0].ns.ip(&["route", "show"])?;
+    assert!(all.contains("198.18.253.0/24"), "foreign route kept: {all}");
+    Ok(())
+}
+
+#[test]
+fn routed_restart_adopts_without_flapping() -> Result<()> {
+    require_root();
+    let mut c = Cluster::new(Spec::default())?;
+    c.start_all()?;
+    c.wait_converged(Duration::from_secs(20))?;
+    let before: Vec<_> = (0..3).map(|i| c.subnet(i).unwrap()).collect();
+    let lease_before = c.etcd.get_prefix("/hostgw/network/subnets/")?;
+    let mon = |i: usize| -> Result<(hostgw_netns_tests::Proc, std::path::PathBuf)> {
+        let path = c.dir.path().join(format!("monitor-{i}.txt"));
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["-n", c.nodes[i].ns.name(), "monitor", "route"]).stdout(std::fs::File::create(&path)?);
+        Ok((hostgw_netns_tests::Proc::spawn(cmd)?, path))
+    };
+    let (mut m0, p0) = mon(0)?;
+    let (mut m1, p1) = mon(1)?;
+    std::thread::sleep(Duration::from_millis(200));
+    // A marker proving the monitors see changes at all.
+    for i in [0, 1] {
+        c.nodes[i].ns.ip(&["route", "add", "198.19.77.0/24", "via", "198.19.0.2", "proto", "static"])?;
+    }
+    // A crash, then a graceful stop: neither withdraws anything.
+    c.nodes[0].daemon.as_mut().unwrap().kill();
+    c.start(0)?;
+    std::thread::sleep(Duration::from_millis(1500));
+    c.nodes[0].daemon.as_mut().unwrap().stop(Duration::from_secs(5));
+    assert_eq!(c.routes(0)?.len(), 2, "routes stay after SIGTERM");
+    c.start(0)?;
+    c.wait_converged(Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_millis(1000));
+    m0.stop(Duration::from_secs(1));
+    m1.stop(Duration::from_secs(1));
+    for p in [p0, p1] {
+        let text = std::fs::read_to_string(&p)?;
+        assert!(text.contains("198.19.77.0/24"), "monitor saw nothing:\n{text}");
+        assert!(!text.lines().any(|l| l.starts_with("Deleted") && l.contains("proto 75")), "flap in {}:\n{text}", p.display());
+        assert!(!text.contains("proto 75"), "any change to owned routes during restart:\n{text}");
+    }
+    let after: Vec<_> = (0..3).map(|i| c.subnet(i).unwrap()).collect();
+    assert_eq!(before, after);
+    assert_eq!(lease_before, c.etcd.get_prefix("/hostgw/network/subnets/")?, "lease keys untouched");
+    assert!(c.log(0).contains("adopted our existing lease"), "{}", c.log(0));
+    Ok(())
+}
+
+#[test]
+fn routed_release_removes_the_route_everywhere_within_a_second() -> Result<()> {
+    require_root();
+    let mut c = Cluster::new(Spec::default())?;
+    c.start_all()?;
+    c.wait_converged(Duration::from_secs(20))?;
+    let sub2 = c.subnet(2).unwrap();
+    c.nodes[2].daemon.as_mut().unwrap().stop(Duration::from_secs(5));
+    let out = c.cli(2, "release", &[])?;
+    assert!(out.contains("released"), "{out}");
+    for i in [0, 1] {
+        wait_for("peer route gone", Duration::from_secs(1), || {
+            (!c.routes(i).ok()?.iter().any(|(d, _)| *d == sub2)).then_some(())
+        })?;
+    }
+    assert!(c.routes(2)?.is_empty(), "released node's own routes removed");
+    assert!(!c.nodes[2].subnet_file.exists());
+    assert!(c.nodes[2].ns.sh("nft list table inet hostgw").is_err(), "nft table removed");
+    assert!(c.etcd.get_prefix(&hostgw_netns_tests::routed::subnet_key(&sub2))?.is_empty());
+    Ok(())
+}
