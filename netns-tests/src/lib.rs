@@ -19,6 +19,7 @@ use serde_json::Value;
 
 pub mod cni;
 pub mod etcd;
+pub mod pod;
 pub mod routed;
 
 /// Root tests call this first: without root they fail loudly instead of passing quietly.
