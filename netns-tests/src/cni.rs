@@ -88,7 +88,13 @@ pub fn invoke(plugin: &Path, node: &Netns, call: &Call, stdin: &str) -> Result<R
         .stderr(Stdio::piped())
         .spawn()
         .context("spawn plugin")?;
-    child.stdin.take().expect("piped").write_all(stdin.as_bytes())?;
+    // A plugin may answer (an environment error, say) and exit before reading stdin, as the
+    // Go skel does: the write then meets a closed pipe, which is not the call's failure.
+    if let Err(e) = child.stdin.take().expect("piped").write_all(stdin.as_bytes())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Err(e.into());
+    }
     let out = wait_bounded(child, Duration::from_secs(60))?;
     Ok(Reply {
         code: out.status.code(),
