@@ -20,7 +20,8 @@ use crate::{
 
 pub const PREFIX: &str = "/hostgw/network";
 pub const ETCD_IP: &str = "198.19.0.2";
-pub const CONFIG: &str = r#"{"Network":"198.18.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#;
+pub const CONFIG: &str =
+    r#"{"Network":"198.18.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#;
 pub const CONFIG_V6: &str = r#"{"Network":"198.18.0.0/16","SubnetLen":24,"IPv6Network":"fd18:18::/48","IPv6SubnetLen":64,"Backend":{"Type":"host-gw"}}"#;
 
 pub struct Node {
@@ -52,16 +53,31 @@ pub struct Spec<'a> {
 
 impl Default for Spec<'_> {
     fn default() -> Self {
-        Spec { nodes: 3, tls: false, config: CONFIG }
+        Spec {
+            nodes: 3,
+            tls: false,
+            config: CONFIG,
+        }
     }
 }
 
 /// Puts `ns` on the switch as `198.19.0.<host>/24` and `fd19:19::<host>/64`.
 fn attach(sw: &Netns, ns: &Netns, port: &str, host: u32) -> Result<()> {
+    // Without DAD the uplink's link-local address is usable at once: the kernel sends no
+    // neighbour solicitation from a tentative one, so IPv6 between freshly made nodes
+    // would otherwise stall for the first 1-2 s. Real nodes are long past DAD.
+    ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
     veth(ns, "eth0", sw, port)?;
     sw.ip(&["link", "set", port, "master", "br0"])?;
     ns.ip(&["addr", "add", &format!("198.19.0.{host}/24"), "dev", "eth0"])?;
-    ns.ip(&["addr", "add", &format!("fd19:19::{host:x}/64"), "dev", "eth0", "nodad"])?;
+    ns.ip(&[
+        "addr",
+        "add",
+        &format!("fd19:19::{host:x}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
     Ok(())
 }
 
@@ -72,14 +88,25 @@ impl Cluster {
         sw.ip(&["link", "set", "br0", "up"])?;
         let etcd_ns = Netns::new("et")?;
         attach(&sw, &etcd_ns, "pe", 2)?;
-        let certs = if spec.tls { Some(Certs::generate(ETCD_IP)?) } else { None };
+        let certs = if spec.tls {
+            Some(Certs::generate(ETCD_IP)?)
+        } else {
+            None
+        };
         let etcd = match &certs {
             Some(c) => Etcd::start_tls(&etcd_ns, ETCD_IP, c)?,
             None => Etcd::start(&etcd_ns, ETCD_IP)?,
         };
         etcd.put(&format!("{PREFIX}/config"), spec.config)?;
         let dir = tempfile::tempdir()?;
-        let mut c = Cluster { nodes: vec![], etcd, etcd_ns, sw, certs, dir };
+        let mut c = Cluster {
+            nodes: vec![],
+            etcd,
+            etcd_ns,
+            sw,
+            certs,
+            dir,
+        };
         for _ in 0..spec.nodes {
             c.add_node()?;
         }
@@ -110,10 +137,14 @@ impl Cluster {
     pub fn common_args(&self, i: usize) -> Vec<String> {
         let n = &self.nodes[i];
         let mut a: Vec<String> = [
-            "--etcd-endpoints", &self.etcd.endpoint,
-            "--node-name", &n.name,
-            "--public-ip", &n.ip,
-            "--subnet-file", &n.subnet_file.display().to_string(),
+            "--etcd-endpoints",
+            &self.etcd.endpoint,
+            "--node-name",
+            &n.name,
+            "--public-ip",
+            &n.ip,
+            "--subnet-file",
+            &n.subnet_file.display().to_string(),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -130,7 +161,10 @@ impl Cluster {
         args.extend(n.extra_args.iter().cloned());
         let log = File::options().create(true).append(true).open(&n.log)?;
         let mut cmd = n.ns.cmd(bin("hostgw-routed"));
-        cmd.args(&args).stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info");
+        cmd.args(&args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .env("RUST_LOG", "info");
         n.daemon = Some(Proc::spawn(cmd)?);
         Ok(())
     }
@@ -142,7 +176,10 @@ impl Cluster {
     /// Runs `hostgw-routed <sub> <common args> EXTRA` in node `i`; must succeed.
     pub fn cli(&self, i: usize, sub: &str, extra: &[&str]) -> Result<String> {
         let mut cmd = self.nodes[i].ns.cmd(bin("hostgw-routed"));
-        cmd.arg(sub).args(self.common_args(i)).args(extra).env("RUST_LOG", "warn");
+        cmd.arg(sub)
+            .args(self.common_args(i))
+            .args(extra)
+            .env("RUST_LOG", "warn");
         must(&mut cmd)
     }
 
@@ -152,7 +189,9 @@ impl Cluster {
 
     /// Every daemon's log, for failure messages.
     pub fn logs(&self) -> String {
-        (0..self.nodes.len()).map(|i| format!("--- {} ---\n{}", self.nodes[i].name, self.log(i))).collect()
+        (0..self.nodes.len())
+            .map(|i| format!("--- {} ---\n{}", self.nodes[i].name, self.log(i)))
+            .collect()
     }
 
     /// The subnet from node `i`'s subnet file, once written.
@@ -163,8 +202,12 @@ impl Cluster {
     }
 
     pub fn wait_subnet(&self, i: usize) -> Result<String> {
-        wait_for(&format!("subnet file of node {i}"), Duration::from_secs(20), || self.subnet(i))
-            .with_context(|| self.logs())
+        wait_for(
+            &format!("subnet file of node {i}"),
+            Duration::from_secs(20),
+            || self.subnet(i),
+        )
+        .with_context(|| self.logs())
     }
 
     /// Owned routes (protocol 75) in node `i`: (dst, gateway).
@@ -174,16 +217,22 @@ impl Cluster {
 
     /// Waits until every started node has a route to every other started node's subnet.
     pub fn wait_converged(&self, limit: Duration) -> Result<()> {
-        let started: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].daemon.is_some()).collect();
-        let subnets: Vec<(usize, String)> =
-            started.iter().map(|&i| self.wait_subnet(i).map(|s| (i, s))).collect::<Result<_>>()?;
+        let started: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].daemon.is_some())
+            .collect();
+        let subnets: Vec<(usize, String)> = started
+            .iter()
+            .map(|&i| self.wait_subnet(i).map(|s| (i, s)))
+            .collect::<Result<_>>()?;
         wait_for("routes to every peer", limit, || {
             started
                 .iter()
                 .all(|&i| {
                     let routes = self.routes(i).unwrap_or_default();
                     subnets.iter().filter(|(j, _)| *j != i).all(|(j, s)| {
-                        routes.iter().any(|(d, g)| d == s && *g == self.nodes[*j].ip)
+                        routes
+                            .iter()
+                            .any(|(d, g)| d == s && *g == self.nodes[*j].ip)
                     })
                 })
                 .then_some(())
@@ -201,7 +250,16 @@ impl Cluster {
     /// HTTP status of `/readyz` on node `i`.
     pub fn readyz(&self, i: usize) -> Result<String> {
         let mut c = self.nodes[i].ns.cmd("curl");
-        c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "http://127.0.0.1:9475/readyz"]);
+        c.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:9475/readyz",
+        ]);
         must(&mut c)
     }
 }
@@ -210,11 +268,28 @@ impl Cluster {
 pub fn routes_in(ns: &Netns) -> Result<Vec<(String, String)>> {
     let mut out = vec![];
     for fam in ["-4", "-6"] {
-        let v = must(Command::new("ip").args(["-j", fam, "-n", ns.name(), "route", "show", "proto", "75"]))?;
-        let v: Value = if v.trim().is_empty() { Value::Array(vec![]) } else { serde_json::from_str(&v)? };
+        let v = must(Command::new("ip").args([
+            "-j",
+            fam,
+            "-n",
+            ns.name(),
+            "route",
+            "show",
+            "proto",
+            "75",
+        ]))?;
+        let v: Value = if v.trim().is_empty() {
+            Value::Array(vec![])
+        } else {
+            serde_json::from_str(&v)?
+        };
         for r in v.as_array().into_iter().flatten() {
             let dst = r["dst"].as_str().unwrap_or_default();
-            let dst = if dst.contains('/') { dst.to_owned() } else { format!("{dst}/{}", if fam == "-4" { 32 } else { 128 }) };
+            let dst = if dst.contains('/') {
+                dst.to_owned()
+            } else {
+                format!("{dst}/{}", if fam == "-4" { 32 } else { 128 })
+            };
             out.push((dst, r["gateway"].as_str().unwrap_or_default().to_owned()));
         }
     }
@@ -223,7 +298,9 @@ pub fn routes_in(ns: &Netns) -> Result<Vec<(String, String)>> {
 
 /// A lease value as another node would write it.
 pub fn lease_json(public_ip: &str, node: &str) -> String {
-    format!(r#"{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"host-gw","NodeName":"{node}"}}"#)
+    format!(
+        r#"{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"host-gw","NodeName":"{node}"}}"#
+    )
 }
 
 /// The key of a subnet such as `198.18.7.0/24`.
