@@ -326,7 +326,15 @@ async fn ensure_bridge(h: &Handle, name: &str, spec: &PodSpec) -> Result<(LinkIn
     let link = match link_by_name(h, name).await? {
         Some(l) => l,
         None => {
-            let msg = LinkBridge::new(name).mtu(spec.mtu).up().build();
+            // An explicit MAC pins the bridge's address; left to the kernel it follows the
+            // lowest port MAC and changes as pods come and go (and with it every pod's ARP entry).
+            let mut mac: [u8; 6] = rand::random();
+            mac[0] = (mac[0] & 0xfe) | 0x02;
+            let msg = LinkBridge::new(name)
+                .mtu(spec.mtu)
+                .address(mac.to_vec())
+                .up()
+                .build();
             match h.link().add(msg).execute().await {
                 Ok(()) => {}
                 // A concurrent ADD created it first: fine.
@@ -494,8 +502,14 @@ async fn configure_pod_end(h: &Handle, spec: &PodSpec) -> Result<LinkInfo, Error
             let gw = IpNetwork::new(a.gateway, full).expect("full prefix");
             add_route(h, gw, None, index, RouteScope::Link).await?;
         }
+        // A pod attached twice to this network keeps the default route of its first
+        // attachment; the second interface still gets its address and on-link route.
         let default = crate::datapath::default_route(a.addr);
-        add_route(h, default, Some(a.gateway), index, RouteScope::Universe).await?;
+        match add_route(h, default, Some(a.gateway), index, RouteScope::Universe).await {
+            Err(Error::Netlink { source, .. })
+                if netlink_errno(&source) == Some(nix::errno::Errno::EEXIST as i32) => {}
+            other => other?,
+        }
     }
     Ok(LinkInfo {
         name: spec.ifname.clone(),
