@@ -14,6 +14,7 @@ use std::{
     net::IpAddr,
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
+    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
@@ -24,9 +25,6 @@ use nix::{
 };
 
 use crate::{Attachment, Error, Pool, error::Result};
-
-const FIRST_PAUSE: Duration = Duration::from_millis(1);
-const MAX_PAUSE: Duration = Duration::from_millis(20);
 
 /// A network's directory. Cheap to open: one mkdir and one open, no scan.
 #[derive(Debug)]
@@ -67,37 +65,58 @@ impl Store {
         &self.dir
     }
 
-    /// Takes the exclusive lock, polling with LOCK_NB (1 ms growing to 20 ms) so that a
-    /// stuck holder turns into [`Error::LockTimeout`] instead of a hung pod sandbox.
-    /// Blocks the calling thread.
+    /// Takes the exclusive lock, waiting at most `timeout`, so that a stuck holder turns
+    /// into [`Error::LockTimeout`] instead of a hung pod sandbox.
+    ///
+    /// The uncontended case is one non-blocking flock. Under contention a helper thread
+    /// makes the blocking call, so the kernel wakes us the moment the holder lets go
+    /// (polling with sleeps added up to its sleep interval to every waiter of a 100-pod
+    /// burst). On timeout the helper is left blocked; if it gets the lock later it finds
+    /// nobody listening and drops it at once, and the plugin process exits anyway.
     pub fn lock(&self, timeout: Duration) -> Result<Locked<'_>> {
         // A fresh open file description per call: flock belongs to the description, so
         // two guards from one Store exclude each other like guards of two processes.
-        let mut file = self.open_lock_file()?;
-        // None: a timeout too large to add to now, i.e. wait for as long as it takes.
-        let deadline = Instant::now().checked_add(timeout);
-        let mut pause = FIRST_PAUSE;
-        loop {
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(flock) => {
-                    return Ok(Locked {
-                        store: self,
-                        _flock: flock,
-                    });
-                }
-                Err((f, Errno::EWOULDBLOCK | Errno::EINTR)) => file = f,
-                Err((_, errno)) => return Err(Error::io("lock", &self.lock_path, errno.into())),
-            }
-            let now = Instant::now();
-            let left = deadline.map_or(MAX_PAUSE, |d| d.saturating_duration_since(now));
-            if left.is_zero() {
-                return Err(Error::LockTimeout {
-                    path: self.lock_path.clone(),
-                    timeout,
+        let file = self.open_lock_file()?;
+        let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(flock) => {
+                return Ok(Locked {
+                    store: self,
+                    _flock: flock,
                 });
             }
-            thread::sleep(pause.min(left));
-            pause = (pause * 2).min(MAX_PAUSE);
+            Err((f, Errno::EWOULDBLOCK | Errno::EINTR)) => f,
+            Err((_, errno)) => return Err(Error::io("lock", &self.lock_path, errno.into())),
+        };
+        let (tx, rx) = mpsc::sync_channel(1);
+        thread::Builder::new()
+            .name("ipam-lock".into())
+            .spawn(move || {
+                let mut file = file;
+                let got = loop {
+                    match Flock::lock(file, FlockArg::LockExclusive) {
+                        Ok(flock) => break Ok(flock),
+                        Err((f, Errno::EINTR)) => file = f,
+                        Err((_, errno)) => break Err(errno),
+                    }
+                };
+                let _ = tx.send(got);
+            })
+            .map_err(|e| Error::io("spawn lock waiter", &self.lock_path, e))?;
+        let waited = match Instant::now().checked_add(timeout) {
+            Some(_) => rx.recv_timeout(timeout).map_err(|_| ()),
+            // A timeout too large to add to now: wait for as long as it takes.
+            None => rx.recv().map_err(|_| ()),
+        };
+        match waited {
+            Ok(Ok(flock)) => Ok(Locked {
+                store: self,
+                _flock: flock,
+            }),
+            Ok(Err(errno)) => Err(Error::io("lock", &self.lock_path, errno.into())),
+            Err(()) => Err(Error::LockTimeout {
+                path: self.lock_path.clone(),
+                timeout,
+            }),
         }
     }
 
