@@ -2,6 +2,8 @@
 //! afterwards in both modes, where the MTU comes from, what a failed ADD leaves, and
 //! that DEL is total (cni-notes §4 cases 10-16, 18, 27-29, 33, 34, 44-47, 49-51, 54, 55).
 
+use std::time::Duration;
+
 use anyhow::Result;
 use hostgw_netns_tests::{
     Netns,
@@ -10,7 +12,7 @@ use hostgw_netns_tests::{
         NETWORK, Node, addrs, err_code, global_addrs, host_veth_name, link, ns_path, ok_empty,
         ok_json, routes, sysctl, with,
     },
-    require_root, veth,
+    require_root, veth, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -773,5 +775,43 @@ fn cni_subnet_sources() -> Result<()> {
     assert!(!pod.links()?.contains(&"eth0".to_owned()));
     let r = n.add_ok(&with(&conf, "subnet", json!("198.18.7.0/24")), "c1", &pod)?;
     assert_eq!(r["ips"][0]["address"], "198.18.7.2/24");
+    Ok(())
+}
+
+/// The pod end is created directly inside the pod (IFLA_NET_NS_FD), never born in the node
+/// and moved: the node's link events during ADD name no `eth0`.
+#[test]
+fn cni_pod_end_is_born_in_the_pod() -> Result<()> {
+    require_root();
+    for mode in ["ptp", "bridge"] {
+        let n = node("born", None)?;
+        let events = n.tmp.path().join("events");
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["-n", n.ns.name(), "monitor", "link"])
+            .stdout(std::fs::File::create(&events)?);
+        let mut monitor = hostgw_netns_tests::Proc::spawn(cmd)?;
+        let seen = |what: &str| std::fs::read_to_string(&events).is_ok_and(|t| t.contains(what));
+        // The monitor is listening once a change of lo shows up.
+        wait_for("ip monitor to start", Duration::from_secs(5), || {
+            n.ns.ip(&["link", "set", "lo", "mtu", "65000"]).ok()?;
+            seen("lo:").then_some(())
+        })?;
+        let pod = Netns::new("pod")?;
+        n.add_ok(&n.conf(mode, "1.0.0"), "c1", &pod)?;
+        let hv = host_veth_name(NETWORK, "c1", "eth0");
+        wait_for("the host veth's events", Duration::from_secs(5), || {
+            seen(&hv).then_some(())
+        })?;
+        monitor.stop(Duration::from_secs(2));
+        let text = std::fs::read_to_string(&events)?;
+        // `N: eth0@…: <…>` or `Deleted N: eth0@…` would be the pod end passing through.
+        let in_node = text.lines().any(|l| {
+            l.split(": ")
+                .nth(1)
+                .is_some_and(|name| name.starts_with("eth0"))
+        });
+        assert!(!in_node, "{mode}: eth0 appeared in the node:\n{text}");
+        assert_eq!(link(&pod, "eth0")?["linkinfo"]["info_kind"], "veth");
+    }
     Ok(())
 }
