@@ -25,17 +25,60 @@ impl Certs {
         let dir = tempfile::tempdir()?;
         let d = dir.path();
         let ossl = |args: &[&str]| must(Command::new("openssl").current_dir(d).args(args));
-        ossl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=hostgw-test-ca",
-               "-keyout", "ca.key", "-out", "ca.crt"])?;
+        ossl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=hostgw-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ])?;
         for (name, ext) in [
-            ("server", format!("subjectAltName=IP:{server_ip},IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth")),
+            (
+                "server",
+                format!(
+                    "subjectAltName=IP:{server_ip},IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"
+                ),
+            ),
             ("client", "extendedKeyUsage=clientAuth".to_owned()),
         ] {
             std::fs::write(d.join(format!("{name}.ext")), ext)?;
-            ossl(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN=hostgw-{name}"),
-                   "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr")])?;
-            ossl(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key",
-                   "-CAcreateserial", "-days", "2", "-extfile", &format!("{name}.ext"), "-out", &format!("{name}.crt")])?;
+            ossl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN=hostgw-{name}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ])?;
+            ossl(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.crt"),
+            ])?;
         }
         Ok(Certs { dir })
     }
@@ -60,7 +103,9 @@ pub struct Etcd {
 fn data_dir() -> Result<tempfile::TempDir> {
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
-        return Ok(tempfile::Builder::new().prefix("hgwt-etcd").tempdir_in(shm)?);
+        return Ok(tempfile::Builder::new()
+            .prefix("hgwt-etcd")
+            .tempdir_in(shm)?);
     }
     Ok(tempfile::tempdir()?)
 }
@@ -81,23 +126,37 @@ impl Etcd {
         let scheme = if certs.is_some() { "https" } else { "http" };
         let endpoint = format!("{scheme}://{ip}:2379");
         let mut args: Vec<String> = [
-            "--name", "default",
-            "--data-dir", &data.path().display().to_string(),
-            "--listen-client-urls", &endpoint,
-            "--advertise-client-urls", &endpoint,
-            "--listen-peer-urls", "http://127.0.0.1:2380",
-            "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-            "--initial-cluster", "default=http://127.0.0.1:2380",
-            "--listen-metrics-urls", "http://127.0.0.1:2381",
-            "--log-level", "error",
-            "--logger", "zap",
+            "--name",
+            "default",
+            "--data-dir",
+            &data.path().display().to_string(),
+            "--listen-client-urls",
+            &endpoint,
+            "--advertise-client-urls",
+            &endpoint,
+            "--listen-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            "default=http://127.0.0.1:2380",
+            "--listen-metrics-urls",
+            "http://127.0.0.1:2381",
+            "--log-level",
+            "error",
+            "--logger",
+            "zap",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
         let tls = certs.map(|c| [c.path("ca.crt"), c.path("client.crt"), c.path("client.key")]);
         if let Some(c) = certs {
-            for (flag, file) in [("--trusted-ca-file", "ca.crt"), ("--cert-file", "server.crt"), ("--key-file", "server.key")] {
+            for (flag, file) in [
+                ("--trusted-ca-file", "ca.crt"),
+                ("--cert-file", "server.crt"),
+                ("--key-file", "server.key"),
+            ] {
                 args.push(flag.into());
                 args.push(c.path(file).display().to_string());
             }
@@ -124,9 +183,13 @@ impl Etcd {
     /// Starts etcd (again) on the same data and waits until it is healthy.
     pub fn restart(&mut self) -> Result<()> {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.ns_path.display())).args(["--", "etcd"]).args(&self.argv);
+        c.arg(format!("--net={}", self.ns_path.display()))
+            .args(["--", "etcd"])
+            .args(&self.argv);
         self.proc = Proc::spawn(c)?;
-        wait_for("etcd health", Duration::from_secs(20), || self.ctl(&["endpoint", "health"]).ok())?;
+        wait_for("etcd health", Duration::from_secs(20), || {
+            self.ctl(&["endpoint", "health"]).ok()
+        })?;
         Ok(())
     }
 
@@ -134,7 +197,9 @@ impl Etcd {
     pub fn compact_now(&self) -> Result<()> {
         let out = self.ctl(&["endpoint", "status", "-w", "json"])?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
-        let rev = v[0]["Status"]["header"]["revision"].as_i64().context("revision in endpoint status")?;
+        let rev = v[0]["Status"]["header"]["revision"]
+            .as_i64()
+            .context("revision in endpoint status")?;
         self.ctl(&["compact", &rev.to_string()]).map(|_| ())
     }
 
@@ -147,9 +212,12 @@ impl Etcd {
         match &self.tls {
             None => vec![],
             Some([ca, cert, key]) => vec![
-                "--etcd-cafile".into(), ca.display().to_string(),
-                "--etcd-certfile".into(), cert.display().to_string(),
-                "--etcd-keyfile".into(), key.display().to_string(),
+                "--etcd-cafile".into(),
+                ca.display().to_string(),
+                "--etcd-certfile".into(),
+                cert.display().to_string(),
+                "--etcd-keyfile".into(),
+                key.display().to_string(),
             ],
         }
     }
@@ -157,7 +225,13 @@ impl Etcd {
     fn ctl_cmd(&self) -> Command {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net={}", self.ns_path.display()))
-            .args(["--", "etcdctl", "--endpoints", &self.endpoint, "--command-timeout=5s"])
+            .args([
+                "--",
+                "etcdctl",
+                "--endpoints",
+                &self.endpoint,
+                "--command-timeout=5s",
+            ])
             .env("ETCDCTL_API", "3");
         if let Some([ca, cert, key]) = &self.tls {
             c.arg(format!("--cacert={}", ca.display()))
@@ -171,7 +245,11 @@ impl Etcd {
     pub fn ctl(&self, args: &[&str]) -> Result<String> {
         let out = run_timeout(self.ctl_cmd().args(args), Duration::from_secs(10))?;
         if !out.status.success() {
-            bail!("etcdctl {args:?} in {}: {}", self.ns_name, String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "etcdctl {args:?} in {}: {}",
+                self.ns_name,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -183,7 +261,11 @@ impl Etcd {
     /// Puts a key attached to a fresh etcd lease of `ttl` seconds; returns the lease id (hex).
     pub fn put_leased(&self, key: &str, value: &str, ttl: u32) -> Result<String> {
         let out = self.ctl(&["lease", "grant", &ttl.to_string()])?;
-        let id = out.split_whitespace().nth(1).context("lease grant output")?.to_owned();
+        let id = out
+            .split_whitespace()
+            .nth(1)
+            .context("lease grant output")?
+            .to_owned();
         self.ctl(&["put", "--lease", &id, key, value])?;
         Ok(id)
     }
@@ -196,21 +278,41 @@ impl Etcd {
     pub fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>> {
         let out = self.ctl(&["get", "--prefix", prefix])?;
         let lines: Vec<&str> = out.lines().collect();
-        Ok(lines.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0].to_owned(), c[1].to_owned())).collect())
+        Ok(lines
+            .chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| (c[0].to_owned(), c[1].to_owned()))
+            .collect())
     }
 
     /// etcd's own Prometheus metrics (served on loopback inside its namespace).
     pub fn metrics(&self) -> Result<String> {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.ns_path.display()))
-            .args(["--", "curl", "-sf", "--max-time", "5", "http://127.0.0.1:2381/metrics"]);
-        must(&mut c)
+        c.arg(format!("--net={}", self.ns_path.display())).args([
+            "--",
+            "curl",
+            "-sf",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:2381/metrics",
+        ]);
+        // `.output()` reads while curl writes (the page is larger than a pipe buffer, which
+        // `run_timeout` would only drain after exit); curl's --max-time bounds it.
+        let out = c.output()?;
+        if !out.status.success() {
+            bail!("scrape etcd metrics: {}", out.status);
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Range requests served so far (gRPC Range calls; txn-internal reads are not counted).
     pub fn range_requests(&self) -> Result<u64> {
         let text = self.metrics()?;
-        Ok(metric_sum(&text, "grpc_server_handled_total", &["grpc_method=\"Range\""]) as u64)
+        Ok(metric_sum(
+            &text,
+            "grpc_server_handled_total",
+            &["grpc_method=\"Range\""],
+        ) as u64)
     }
 }
 
@@ -221,4 +323,71 @@ pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
         .filter(|l| l[name.len()..].starts_with(['{', ' ']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+impl Etcd {
+    /// Writes many keys quickly: one gRPC-gateway transaction per 100 keys (plain HTTP only),
+    /// instead of one etcdctl process per key.
+    pub fn put_many(&self, kvs: &[(String, String)]) -> Result<()> {
+        for chunk in kvs.chunks(100) {
+            let ops: Vec<String> = chunk
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        r#"{{"request_put":{{"key":"{}","value":"{}"}}}}"#,
+                        b64(k),
+                        b64(v)
+                    )
+                })
+                .collect();
+            let body = format!(r#"{{"success":[{}]}}"#, ops.join(","));
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", self.ns_path.display())).args([
+                "--",
+                "curl",
+                "-sf",
+                "--max-time",
+                "10",
+                "-X",
+                "POST",
+                "--data-binary",
+                &body,
+                &format!("{}/v3/kv/txn", self.endpoint),
+            ]);
+            let out = must(&mut c)?;
+            if !out.contains("\"succeeded\":true") {
+                bail!("bulk put failed: {out}");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn b64(s: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64() {
+        assert_eq!(super::b64("hostgw"), "aG9zdGd3");
+        assert_eq!(super::b64("ab"), "YWI=");
+        assert_eq!(super::b64("a"), "YQ==");
+    }
 }

@@ -19,7 +19,10 @@ fn routed_three_nodes_converge_with_distinct_subnets() -> Result<()> {
     assert_eq!(subnets.len(), 3, "distinct subnets: {subnets:?}");
     for i in 0..3 {
         let file = std::fs::read_to_string(&c.nodes[i].subnet_file)?;
-        assert!(file.contains(r#""network":"198.18.0.0/16""#) && file.contains(r#""mtu":1500"#), "{file}");
+        assert!(
+            file.contains(r#""network":"198.18.0.0/16""#) && file.contains(r#""mtu":1500"#),
+            "{file}"
+        );
         assert_eq!(c.routes(i)?.len(), 2, "node {i}: {:?}", c.routes(i)?);
     }
     // Forwarding on, our nft table installed, ready.
@@ -27,7 +30,9 @@ fn routed_three_nodes_converge_with_distinct_subnets() -> Result<()> {
     assert_eq!(fwd.trim(), "1");
     let nft = c.nodes[0].ns.sh("nft list table inet hostgw")?;
     assert!(nft.contains("ip saddr 198.18.0.0/16 accept"), "{nft}");
-    wait_for("readyz 200", Duration::from_secs(5), || (c.readyz(0).ok()? == "200").then_some(()))?;
+    wait_for("readyz 200", Duration::from_secs(5), || {
+        (c.readyz(0).ok()? == "200").then_some(())
+    })?;
     let m = c.metrics(0)?;
     assert_eq!(metric(&m, "hostgw_routes_installed", &[]), 2.0, "{m}");
     assert_eq!(metric(&m, "hostgw_peers", &[]), 2.0);
@@ -48,12 +53,28 @@ fn routed_deleted_route_is_back_within_a_second() -> Result<()> {
     let sub1 = c.subnet(1).unwrap();
     c.nodes[0].ns.ip(&["route", "del", &sub1])?;
     wait_for("route restored", Duration::from_secs(1), || {
-        c.routes(0).ok()?.iter().any(|(d, g)| *d == sub1 && *g == c.nodes[1].ip).then_some(())
+        c.routes(0)
+            .ok()?
+            .iter()
+            .any(|(d, g)| *d == sub1 && *g == c.nodes[1].ip)
+            .then_some(())
     })?;
     // Replaced by someone else's route (another protocol): ours comes back too.
-    c.nodes[0].ns.ip(&["route", "replace", &sub1, "via", &c.nodes[2].ip, "proto", "static"])?;
+    c.nodes[0].ns.ip(&[
+        "route",
+        "replace",
+        &sub1,
+        "via",
+        &c.nodes[2].ip,
+        "proto",
+        "static",
+    ])?;
     wait_for("route re-owned", Duration::from_secs(1), || {
-        c.routes(0).ok()?.iter().any(|(d, g)| *d == sub1 && *g == c.nodes[1].ip).then_some(())
+        c.routes(0)
+            .ok()?
+            .iter()
+            .any(|(d, g)| *d == sub1 && *g == c.nodes[1].ip)
+            .then_some(())
     })?;
     wait_for("repair counted", Duration::from_secs(2), || {
         (metric(&c.metrics(0).ok()?, "hostgw_routes_repaired_total", &[]) >= 1.0).then_some(())
@@ -67,12 +88,32 @@ fn routed_stale_owned_route_is_pruned_at_start() -> Result<()> {
     let mut c = Cluster::new(Spec::default())?;
     // Left behind by a node that vanished while this daemon was down; plus a route that
     // is not ours (another protocol), which must stay.
-    c.nodes[0].ns.ip(&["route", "add", "198.18.254.0/24", "via", "198.19.0.99", "proto", "75"])?;
-    c.nodes[0].ns.ip(&["route", "add", "198.18.253.0/24", "via", "198.19.0.99", "proto", "static"])?;
+    c.nodes[0].ns.ip(&[
+        "route",
+        "add",
+        "198.18.254.0/24",
+        "via",
+        "198.19.0.99",
+        "proto",
+        "75",
+    ])?;
+    c.nodes[0].ns.ip(&[
+        "route",
+        "add",
+        "198.18.253.0/24",
+        "via",
+        "198.19.0.99",
+        "proto",
+        "static",
+    ])?;
     c.start_all()?;
     c.wait_converged(Duration::from_secs(20))?;
     wait_for("stale route pruned", Duration::from_secs(2), || {
-        (!c.routes(0).ok()?.iter().any(|(d, _)| d == "198.18.254.0/24")).then_some(())
+        (!c.routes(0)
+            .ok()?
+            .iter()
+            .any(|(d, _)| d == "198.18.254.0/24"))
+        .then_some(())
     })?;
     let all = c.nodes[0].ns.ip(&["route", "show"])?;
     assert!(all.contains("198.18.253.0/24"), "foreign route kept: {all}");
@@ -90,7 +131,8 @@ fn routed_restart_adopts_without_flapping() -> Result<()> {
     let mon = |i: usize| -> Result<(hostgw_netns_tests::Proc, std::path::PathBuf)> {
         let path = c.dir.path().join(format!("monitor-{i}.txt"));
         let mut cmd = std::process::Command::new("ip");
-        cmd.args(["-n", c.nodes[i].ns.name(), "monitor", "route"]).stdout(std::fs::File::create(&path)?);
+        cmd.args(["-n", c.nodes[i].ns.name(), "monitor", "route"])
+            .stdout(std::fs::File::create(&path)?);
         Ok((hostgw_netns_tests::Proc::spawn(cmd)?, path))
     };
     let (mut m0, p0) = mon(0)?;
@@ -98,13 +140,25 @@ fn routed_restart_adopts_without_flapping() -> Result<()> {
     std::thread::sleep(Duration::from_millis(200));
     // A marker proving the monitors see changes at all.
     for i in [0, 1] {
-        c.nodes[i].ns.ip(&["route", "add", "198.19.77.0/24", "via", "198.19.0.2", "proto", "static"])?;
+        c.nodes[i].ns.ip(&[
+            "route",
+            "add",
+            "198.19.77.0/24",
+            "via",
+            "198.19.0.2",
+            "proto",
+            "static",
+        ])?;
     }
     // A crash, then a graceful stop: neither withdraws anything.
     c.nodes[0].daemon.as_mut().unwrap().kill();
     c.start(0)?;
     std::thread::sleep(Duration::from_millis(1500));
-    c.nodes[0].daemon.as_mut().unwrap().stop(Duration::from_secs(5));
+    c.nodes[0]
+        .daemon
+        .as_mut()
+        .unwrap()
+        .stop(Duration::from_secs(5));
     assert_eq!(c.routes(0)?.len(), 2, "routes stay after SIGTERM");
     c.start(0)?;
     c.wait_converged(Duration::from_secs(10))?;
@@ -113,14 +167,34 @@ fn routed_restart_adopts_without_flapping() -> Result<()> {
     m1.stop(Duration::from_secs(1));
     for p in [p0, p1] {
         let text = std::fs::read_to_string(&p)?;
-        assert!(text.contains("198.19.77.0/24"), "monitor saw nothing:\n{text}");
-        assert!(!text.lines().any(|l| l.starts_with("Deleted") && l.contains("proto 75")), "flap in {}:\n{text}", p.display());
-        assert!(!text.contains("proto 75"), "any change to owned routes during restart:\n{text}");
+        assert!(
+            text.contains("198.19.77.0/24"),
+            "monitor saw nothing:\n{text}"
+        );
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("Deleted") && l.contains("proto 75")),
+            "flap in {}:\n{text}",
+            p.display()
+        );
+        assert!(
+            !text.contains("proto 75"),
+            "any change to owned routes during restart:\n{text}"
+        );
     }
     let after: Vec<_> = (0..3).map(|i| c.subnet(i).unwrap()).collect();
     assert_eq!(before, after);
-    assert_eq!(lease_before, c.etcd.get_prefix("/hostgw/network/subnets/")?, "lease keys untouched");
-    assert!(c.log(0).contains("adopted our existing lease"), "{}", c.log(0));
+    assert_eq!(
+        lease_before,
+        c.etcd.get_prefix("/hostgw/network/subnets/")?,
+        "lease keys untouched"
+    );
+    assert!(
+        c.log(0).contains("adopted our existing lease"),
+        "{}",
+        c.log(0)
+    );
     Ok(())
 }
 
@@ -131,7 +205,11 @@ fn routed_release_removes_the_route_everywhere_within_a_second() -> Result<()> {
     c.start_all()?;
     c.wait_converged(Duration::from_secs(20))?;
     let sub2 = c.subnet(2).unwrap();
-    c.nodes[2].daemon.as_mut().unwrap().stop(Duration::from_secs(5));
+    c.nodes[2]
+        .daemon
+        .as_mut()
+        .unwrap()
+        .stop(Duration::from_secs(5));
     let out = c.cli(2, "release", &[])?;
     assert!(out.contains("released"), "{out}");
     for i in [0, 1] {
@@ -139,9 +217,19 @@ fn routed_release_removes_the_route_everywhere_within_a_second() -> Result<()> {
             (!c.routes(i).ok()?.iter().any(|(d, _)| *d == sub2)).then_some(())
         })?;
     }
-    assert!(c.routes(2)?.is_empty(), "released node's own routes removed");
+    assert!(
+        c.routes(2)?.is_empty(),
+        "released node's own routes removed"
+    );
     assert!(!c.nodes[2].subnet_file.exists());
-    assert!(c.nodes[2].ns.sh("nft list table inet hostgw").is_err(), "nft table removed");
-    assert!(c.etcd.get_prefix(&hostgw_netns_tests::routed::subnet_key(&sub2))?.is_empty());
+    assert!(
+        c.nodes[2].ns.sh("nft list table inet hostgw").is_err(),
+        "nft table removed"
+    );
+    assert!(
+        c.etcd
+            .get_prefix(&hostgw_netns_tests::routed::subnet_key(&sub2))?
+            .is_empty()
+    );
     Ok(())
 }
