@@ -79,7 +79,9 @@ pub trait Datapath {
     fn setup(&self, spec: &PodSpec) -> Result<PodLinks, Error>;
     /// Deletes the host veth (and with it the pod end and the host routes through it).
     /// Returns whether there was anything to delete.
-    fn teardown(&self, host_veth: &str) -> Result<bool, Error>;
+    /// Only if it is ours: its alias is `alias`, or empty (an ADD killed before it set the
+    /// alias). A foreign link that happens to hold the name is left alone.
+    fn teardown(&self, host_veth: &str, alias: &str) -> Result<bool, Error>;
     fn observe(&self, spec: &PodSpec) -> Result<Observed, Error>;
     /// Host links whose alias starts with `alias_prefix`, as (name, alias).
     fn host_veths(&self, alias_prefix: &str) -> Result<Vec<(String, String)>, Error>;
@@ -173,13 +175,13 @@ impl Datapath for FakeDatapath {
         })
     }
 
-    fn teardown(&self, host_veth: &str) -> Result<bool, Error> {
+    fn teardown(&self, host_veth: &str, alias: &str) -> Result<bool, Error> {
         self.calls
             .borrow_mut()
             .push(format!("teardown {host_veth}"));
         let mut pods = self.pods.borrow_mut();
         let before = pods.len();
-        pods.retain(|p| p.host_veth != host_veth);
+        pods.retain(|p| p.host_veth != host_veth || p.alias != alias);
         Ok(pods.len() != before)
     }
 

@@ -121,19 +121,19 @@ impl Datapath for NetlinkDatapath {
         ensure_forwarding(&spec.addrs)?;
         let host = self.host()?;
         let (pod, pod_fd) = self.pod(&spec.netns)?;
-        let result = self.block_on(async {
-            let bridge = match &spec.mode {
-                Mode::Bridge(name) => Some(ensure_bridge(&host, name, spec).await?),
-                Mode::Ptp => None,
-            };
-            create_veth(&host, spec, pod_fd).await?;
-            let host_info = configure_host_end(&host, spec, bridge.as_ref().map(|b| b.1)).await?;
-            Ok((bridge.map(|b| b.0), host_info))
-        });
-        let (bridge, host_info) = match result {
+        let bridge = match &spec.mode {
+            Mode::Bridge(name) => Some(self.block_on(ensure_bridge(&host, name, spec))?),
+            Mode::Ptp => None,
+        };
+        // Nothing to undo when the veth could not be made: whatever holds the name is not
+        // ours to delete.
+        self.block_on(create_veth(&host, spec, pod_fd))?;
+        let bridge_index = bridge.as_ref().map(|b| b.1);
+        let host_info = match self.block_on(configure_host_end(&host, spec, bridge_index)) {
             Ok(x) => x,
             Err(e) => return Err(self.undo(spec, e)),
         };
+        let bridge = bridge.map(|b| b.0);
         // Per-interface sysctls must be set before the link comes up and addresses land.
         let ns = &self
             .pods
@@ -158,11 +158,17 @@ impl Datapath for NetlinkDatapath {
         }
     }
 
-    fn teardown(&self, host_veth: &str) -> Result<bool, Error> {
+    fn teardown(&self, host_veth: &str, alias: &str) -> Result<bool, Error> {
         let host = self.host()?;
         self.block_on(async {
-            let msg = LinkUnspec::new_with_name(host_veth).build();
-            match host.link().del_with_message(msg).execute().await {
+            let Some(link) = link_by_name(&host, host_veth).await? else {
+                return Ok(false);
+            };
+            let ours = link_alias(&link).is_none_or(|a| a.is_empty() || a == alias);
+            if !ours || !is_kind(&link, InfoKind::Veth) {
+                return Ok(false);
+            }
+            match host.link().del(link.header.index).execute().await {
                 Ok(()) => Ok(true),
                 Err(e) if netlink_errno(&e) == Some(libc_enodev()) => Ok(false),
                 Err(e) => Err(Error::netlink(format!("delete {host_veth}"))(e)),
@@ -251,7 +257,7 @@ impl NetlinkDatapath {
     /// Rollback of a failed setup: deleting the host end removes the pod end, its
     /// addresses and the host routes through it. The original error is what counts.
     fn undo(&self, spec: &PodSpec, err: Error) -> Error {
-        let _ = self.teardown(&spec.host_veth);
+        let _ = self.teardown(&spec.host_veth, &spec.alias);
         err
     }
 }

@@ -11,7 +11,7 @@ pub fn del(conf: &NetConf, req: &Attach, dp: &dyn Datapath) -> Result<(), Error>
     if let Err(e) = released {
         errors.push(e);
     }
-    if let Err(e) = dp.teardown(&req.host_veth(conf)) {
+    if let Err(e) = dp.teardown(&req.host_veth(conf), &req.alias(conf)) {
         errors.push(e);
     }
     join_errors(errors)

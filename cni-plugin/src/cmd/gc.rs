@@ -16,9 +16,10 @@ pub fn gc(conf: &NetConf, dp: &dyn Datapath) -> Result<(), Error> {
     match released {
         Ok(list) => {
             for (_, att) in list {
-                if let Err(e) =
-                    dp.teardown(&host_veth_name(&conf.name, &att.container_id, &att.ifname))
-                {
+                if let Err(e) = dp.teardown(
+                    &host_veth_name(&conf.name, &att.container_id, &att.ifname),
+                    &alias(&conf.name, &att.container_id, &att.ifname),
+                ) {
                     errors.push(e);
                 }
             }
@@ -32,8 +33,8 @@ pub fn gc(conf: &NetConf, dp: &dyn Datapath) -> Result<(), Error> {
         .collect();
     match dp.host_veths(&alias_prefix(&conf.name)) {
         Ok(links) => {
-            for (name, _) in links.into_iter().filter(|(_, a)| !keep.contains(a)) {
-                if let Err(e) = dp.teardown(&name) {
+            for (name, link_alias) in links.into_iter().filter(|(_, a)| !keep.contains(a)) {
+                if let Err(e) = dp.teardown(&name, &link_alias) {
                     errors.push(e);
                 }
             }
