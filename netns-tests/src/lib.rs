@@ -18,7 +18,10 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 pub mod cni;
+pub mod containerd;
+pub mod dataplane;
 pub mod etcd;
+pub mod manifests;
 pub mod pod;
 pub mod routed;
 
