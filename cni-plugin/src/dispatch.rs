@@ -140,10 +140,12 @@ fn dispatch(
         })?;
     }
     let mut input = Vec::new();
-    stdin.read_to_end(&mut input).map_err(Error::Stdin)?;
+    let read = stdin.read_to_end(&mut input);
     if verb == Verb::Version {
+        // VERSION needs nothing from stdin: a failed or unfinished read still gets an answer.
         return Ok(Some(version_answer(&input)));
     }
+    read.map_err(Error::Stdin)?;
 
     let value: Value = serde_json::from_slice(&input).map_err(|e| Error::Decode(e.to_string()))?;
     let name = match value.get("name") {

@@ -14,7 +14,13 @@ pub mod netns;
 pub mod result;
 pub mod version;
 
-use std::io::Write;
+use std::{
+    io::{Read, Write},
+    os::fd::AsFd,
+    time::{Duration, Instant},
+};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 /// The process entry: real environment, stdin/stdout, the kernel. Returns the exit code.
 pub fn main_with_process_io() -> i32 {
@@ -31,9 +37,15 @@ pub fn main_with_process_io() -> i32 {
         }
     };
     let getenv = |k: &str| std::env::var(k).ok();
+    let bound = match getenv("CNI_COMMAND").as_deref() {
+        Some("VERSION") => Duration::from_millis(100),
+        _ => Duration::from_secs(10),
+    };
     let outcome = dispatch::run(
         &getenv,
-        &mut std::io::stdin().lock(),
+        &mut BoundedStdin {
+            deadline: Instant::now() + bound,
+        },
         &mut std::io::stdout().lock(),
         &mut std::io::stderr(),
         &dp,
@@ -42,6 +54,29 @@ pub fn main_with_process_io() -> i32 {
         log_line(outcome.log_file.as_deref(), &line);
     }
     outcome.code
+}
+
+/// stdin that gives up at a deadline. Runtimes write the config and close the pipe at
+/// once; one that leaves it open must not hang the call. Reads go straight to fd 0 (not
+/// through std's buffer) so that poll() sees every byte still to be read.
+struct BoundedStdin {
+    deadline: Instant,
+}
+
+impl Read for BoundedStdin {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let stdin = std::io::stdin();
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, timeout)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "stdin was not closed in time: the runtime must write the config and close it",
+            ));
+        }
+        Ok(nix::unistd::read(stdin.as_fd(), buf)?)
+    }
 }
 
 /// Logs go to the configured file, else stderr; never stdout.

@@ -102,6 +102,9 @@ fn version_echoes_the_request_and_lists_versions() {
     );
     let r = run(&[("CNI_COMMAND", "VERSION")], "", &dp);
     assert_eq!(r.json()["cniVersion"], "1.1.0");
+    let r = run_with(&[("CNI_COMMAND", "VERSION")], &mut Broken, &dp);
+    assert_eq!(r.code, 0, "VERSION answers even when stdin fails");
+    assert_eq!(r.json()["cniVersion"], "1.1.0");
 }
 
 #[test]
