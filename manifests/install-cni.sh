@@ -1,0 +1,53 @@
+#!/bin/sh
+# Installs the hostgw CNI plugin and its conflist on the host, each in one rename(2), so a
+# container runtime never executes a half-written binary or parses a half-written conflist.
+# Run by the DaemonSet's init container (busybox sh) and usable by hand on any host.
+#
+#   HOST_ROOT     where the host's / is mounted          (default /host)
+#   SRC_PLUGIN    the plugin binary to install            (default /hostgw)
+#   SRC_CONFLIST  the conflist to install                 (default /etc/hostgw/10-hostgw.conflist)
+#   CNI_BIN_DIR   plugin directory on the host            (default /opt/cni/bin)
+#   CNI_CONF_DIR  conflist directory on the host          (default /etc/cni/net.d)
+#   CONFLIST_NAME file name of the conflist               (default 10-hostgw.conflist)
+#
+# Each file is copied to a temporary name in its destination directory (same filesystem),
+# given its mode, flushed, and renamed over the destination. The old file's inode is never
+# written to: a runtime that has it open or is executing it keeps the complete old version.
+set -eu
+
+HOST_ROOT=${HOST_ROOT:-/host}
+SRC_PLUGIN=${SRC_PLUGIN:-/hostgw}
+SRC_CONFLIST=${SRC_CONFLIST:-/etc/hostgw/10-hostgw.conflist}
+CNI_BIN_DIR=${CNI_BIN_DIR:-/opt/cni/bin}
+CNI_CONF_DIR=${CNI_CONF_DIR:-/etc/cni/net.d}
+CONFLIST_NAME=${CONFLIST_NAME:-10-hostgw.conflist}
+
+log() { echo "install-cni: $*" >&2; }
+
+# install_atomic SRC DEST_DIR NAME MODE
+install_atomic() {
+  src=$1 dir=$2 name=$3 mode=$4
+  [ -f "$src" ] || { log "$src does not exist"; exit 1; }
+  mkdir -p "$dir"
+  # Hidden, and not ending in .conf/.conflist/.json: a runtime scanning the directory
+  # never loads the temporary file as a network config.
+  tmp="$dir/.$name.hostgw-tmp.$$"
+  # A temporary file left by an install killed mid-copy is removed, never renamed.
+  trap 'rm -f "$tmp"' EXIT INT TERM
+  rm -f "$tmp"
+  cp "$src" "$tmp"
+  chmod "$mode" "$tmp"
+  sync "$tmp" 2>/dev/null || sync
+  mv -f "$tmp" "$dir/$name"
+  trap - EXIT INT TERM
+  log "installed $dir/$name (mode $mode)"
+}
+
+# Temporary files of earlier installs that were killed before their rename.
+for stale in "$HOST_ROOT$CNI_BIN_DIR"/.hostgw.hostgw-tmp.* \
+             "$HOST_ROOT$CNI_CONF_DIR"/."$CONFLIST_NAME".hostgw-tmp.*; do
+  if [ -e "$stale" ]; then rm -f "$stale"; fi
+done
+
+install_atomic "$SRC_PLUGIN" "$HOST_ROOT$CNI_BIN_DIR" hostgw 0755
+install_atomic "$SRC_CONFLIST" "$HOST_ROOT$CNI_CONF_DIR" "$CONFLIST_NAME" 0644
