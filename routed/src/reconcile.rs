@@ -110,7 +110,7 @@ impl<R: RouteTable> Reconciler<R> {
             let computed = compute::compute(&self.table, &me, &leases).await;
             let actual = self.table.list_owned().await;
             match (computed, actual) {
-                (Ok(c), Ok(a)) => self.apply(c, a).await,
+                (Ok(c), Ok(a)) => self.apply(c, a, start.elapsed()).await,
                 (Err(e), _) | (_, Err(e)) => {
                     warn!(error = %e, "reading the kernel failed; will retry");
                     1
@@ -129,10 +129,11 @@ impl<R: RouteTable> Reconciler<R> {
         failed
     }
 
-    async fn apply(&mut self, c: Computed, actual: BTreeSet<HostRoute>) -> usize {
+    async fn apply(&mut self, c: Computed, actual: BTreeSet<HostRoute>, read: Duration) -> usize {
         let plan = plan::plan(&c.desired, &actual);
+        let t = Instant::now();
         let applied = executor::apply(&self.table, &plan).await;
-        self.log_applied(&applied, &actual);
+        self.log_applied(&applied, &actual, (read, t.elapsed()));
         self.report(&c);
         let failed: BTreeSet<_> = applied.errors.iter().map(|(r, _)| r.dst).collect();
         self.installed = c
@@ -147,7 +148,12 @@ impl<R: RouteTable> Reconciler<R> {
         applied.errors.len()
     }
 
-    fn log_applied(&self, a: &Applied, actual: &BTreeSet<HostRoute>) {
+    fn log_applied(
+        &self,
+        a: &Applied,
+        actual: &BTreeSet<HostRoute>,
+        (read, apply): (Duration, Duration),
+    ) {
         let repaired: Vec<_> = a
             .added
             .iter()
@@ -159,6 +165,8 @@ impl<R: RouteTable> Reconciler<R> {
                 added = a.added.len(),
                 removed = a.removed.len(),
                 repaired = repaired.len(),
+                read_ms = read.as_millis() as u64,
+                apply_ms = apply.as_millis() as u64,
                 "routes applied"
             );
         } else {

@@ -21,9 +21,13 @@ const LEASES: usize = 5_000;
 const SAMPLES: usize = 200;
 const IDLE: Duration = Duration::from_secs(60);
 
+/// `bench-routed [convergence]`: all benchmarks, or only the first.
 fn main() -> Result<()> {
     require_root();
     convergence()?;
+    if std::env::args().nth(1).as_deref() == Some("convergence") {
+        return Ok(());
+    }
     let mut c = Cluster::new(Spec::default())?;
     c.start_all()?;
     c.wait_converged(Duration::from_secs(20))?;
@@ -35,15 +39,27 @@ fn main() -> Result<()> {
 
 fn owned_count(ns: &str) -> Result<usize> {
     // `.output()` reads while the child writes: 5,000 routes overflow a pipe buffer.
-    let out = Command::new("ip").args(["-n", ns, "route", "show", "proto", "75"]).output()?;
-    Ok(out.stdout.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count())
+    let out = Command::new("ip")
+        .args(["-n", ns, "route", "show", "proto", "75"])
+        .output()?;
+    Ok(out
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count())
 }
 
 fn convergence() -> Result<()> {
     let cfg = r#"{"Network":"198.18.0.0/16","SubnetLen":29,"Backend":{"Type":"host-gw"}}"#;
-    let mut c = Cluster::new(Spec { nodes: 1, tls: false, config: cfg })?;
+    let mut c = Cluster::new(Spec {
+        nodes: 1,
+        tls: false,
+        config: cfg,
+    })?;
     // Peers spread over 198.19.0.0/16, all on the node's segment.
-    c.nodes[0].ns.ip(&["addr", "add", "198.19.255.10/16", "dev", "eth0"])?;
+    c.nodes[0]
+        .ns
+        .ip(&["addr", "add", "198.19.255.10/16", "dev", "eth0"])?;
     let kvs: Vec<(String, String)> = (1..LEASES)
         .map(|i| {
             let subnet = format!("198.18.{}.{}/29", i / 32, (i % 32) * 8);
@@ -55,28 +71,62 @@ fn convergence() -> Result<()> {
     let ns = c.nodes[0].ns.name().to_owned();
     let start = Instant::now();
     c.start(0)?;
-    wait_for("all routes", Duration::from_secs(30), || (owned_count(&ns).ok()? >= LEASES - 1).then_some(()))
-        .with_context(|| format!("{} routes; log:\n{}", owned_count(&ns).unwrap_or(0), c.log(0)))?;
+    wait_for("all routes", Duration::from_secs(30), || {
+        (owned_count(&ns).ok()? >= LEASES - 1).then_some(())
+    })
+    .with_context(|| {
+        format!(
+            "{} routes; log:\n{}",
+            owned_count(&ns).unwrap_or(0),
+            c.log(0)
+        )
+    })?;
     let took = start.elapsed();
     std::thread::sleep(Duration::from_secs(1));
     let pid = c.nodes[0].daemon.as_ref().map(|p| p.pid()).unwrap_or(0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hwm = status.lines().find(|l| l.starts_with("VmHWM")).unwrap_or("VmHWM: ?").to_owned();
-    println!("convergence: {LEASES} leases in etcd, {} routes installed {:.0} ms after start (process start to last route, polled every ~5 ms)", LEASES - 1, took.as_secs_f64() * 1e3);
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .unwrap_or("VmHWM: ?")
+        .to_owned();
+    println!(
+        "convergence: {LEASES} leases in etcd, {} routes installed {:.0} ms after start (process start to last route, polled every ~5 ms)",
+        LEASES - 1,
+        took.as_secs_f64() * 1e3
+    );
+    if let Some(l) = c.log(0).lines().find(|l| l.contains("routes applied")) {
+        println!(
+            "  daemon: {}",
+            l.split("routes applied").nth(1).unwrap_or("").trim()
+        );
+    }
     println!("peak RSS: {}", hwm.trim_start_matches("VmHWM:").trim());
     Ok(())
 }
 
 /// Seconds since midnight UTC of an `ip -ts monitor` line: `[2026-11-22T17:06:20.887300] …`.
 fn ts(line: &str) -> Option<f64> {
-    let t = line.strip_prefix('[')?.split(']').next()?.split('T').nth(1)?;
+    let t = line
+        .strip_prefix('[')?
+        .split(']')
+        .next()?
+        .split('T')
+        .nth(1)?;
     let mut p = t.split(':');
-    let (h, m, s): (f64, f64, f64) = (p.next()?.parse().ok()?, p.next()?.parse().ok()?, p.next()?.parse().ok()?);
+    let (h, m, s): (f64, f64, f64) = (
+        p.next()?.parse().ok()?,
+        p.next()?.parse().ok()?,
+        p.next()?.parse().ok()?,
+    );
     Some(h * 3600.0 + m * 60.0 + s)
 }
 
 fn now_of_day() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() % 86_400.0).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() % 86_400.0)
+        .unwrap_or(0.0)
 }
 
 struct Monitor {
@@ -88,8 +138,13 @@ impl Monitor {
     fn start(c: &Cluster, i: usize, name: &str) -> Result<Monitor> {
         let path = c.dir.path().join(name);
         let mut cmd = Command::new("ip");
-        cmd.args(["-ts", "-n", c.nodes[i].ns.name(), "monitor", "route"]).env("TZ", "UTC").stdout(std::fs::File::create(&path)?);
-        let m = Monitor { _proc: Proc::spawn(cmd)?, path };
+        cmd.args(["-ts", "-n", c.nodes[i].ns.name(), "monitor", "route"])
+            .env("TZ", "UTC")
+            .stdout(std::fs::File::create(&path)?);
+        let m = Monitor {
+            _proc: Proc::spawn(cmd)?,
+            path,
+        };
         std::thread::sleep(Duration::from_millis(200));
         Ok(m)
     }
@@ -100,7 +155,9 @@ impl Monitor {
         wait_for(needle, Duration::from_secs(3), || {
             let text = std::fs::read_to_string(&self.path).ok()?;
             text.lines()
-                .filter(|l| l.contains(needle) && l.contains("proto 75") && (l.contains("Deleted") != added))
+                .filter(|l| {
+                    l.contains(needle) && l.contains("proto 75") && (l.contains("Deleted") != added)
+                })
                 .filter_map(ts)
                 .find(|t| *t >= from)
         })
@@ -110,15 +167,24 @@ impl Monitor {
 fn percentiles(name: &str, mut v: Vec<f64>, extra: &str) {
     v.sort_by(|a, b| a.total_cmp(b));
     let p = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1] * 1e3;
-    println!("{name}: n={} p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms{extra}", v.len(), p(0.5), p(0.99), p(1.0));
+    println!(
+        "{name}: n={} p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms{extra}",
+        v.len(),
+        p(0.5),
+        p(0.99),
+        p(1.0)
+    );
 }
 
 /// A new lease written to etcd until its route appears on node 1.
 fn propagation(c: &Cluster) -> Result<Vec<String>> {
     let mon = Monitor::start(c, 1, "prop.txt")?;
     let used: Vec<String> = (0..3).filter_map(|i| c.subnet(i)).collect();
-    let free: Vec<String> =
-        (1..=254).map(|n| format!("198.18.{n}.0/24")).filter(|s| !used.contains(s)).take(SAMPLES).collect();
+    let free: Vec<String> = (1..=254)
+        .map(|n| format!("198.18.{n}.0/24"))
+        .filter(|s| !used.contains(s))
+        .take(SAMPLES)
+        .collect();
     if free.len() < SAMPLES {
         bail!("not enough free subnets");
     }
@@ -126,13 +192,24 @@ fn propagation(c: &Cluster) -> Result<Vec<String>> {
     for (k, subnet) in free.iter().enumerate() {
         let t0 = now_of_day();
         let started = Instant::now();
-        c.etcd.put(&subnet_key(subnet), &lease_json(&format!("198.19.0.{}", 100 + k % 100), &format!("p{k}")))?;
+        c.etcd.put(
+            &subnet_key(subnet),
+            &lease_json(&format!("198.19.0.{}", 100 + k % 100), &format!("p{k}")),
+        )?;
         put.push(started.elapsed().as_secs_f64());
         let seen = mon.wait(&format!("{subnet} via"), true, t0)?;
         lat.push(seen - t0);
     }
-    percentiles("propagation (etcd put on one side to route in another node's kernel)", lat, "");
-    percentiles("  of which the etcdctl put command itself", put, " (process start + gRPC; an upper bound on overhead)");
+    percentiles(
+        "propagation (etcd put on one side to route in another node's kernel)",
+        lat,
+        "",
+    );
+    percentiles(
+        "  of which the etcdctl put command itself",
+        put,
+        " (process start + gRPC; an upper bound on overhead)",
+    );
     let _ = PREFIX;
     Ok(free)
 }
