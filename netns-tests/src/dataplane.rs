@@ -77,7 +77,7 @@ pub const MODES: &[(&str, &str, &str)] = &[
     ),
     (
         "reference",
-        "reference bridge+host-gw",
+        "reference CNI bridge",
         "pod → veth → refbr0 (CNI bridge + host-local) → node0 (hand route) → switch → node1 → refbr0 → veth → pod",
     ),
     (
@@ -121,6 +121,8 @@ pub struct Options {
     pub lat_secs: u32,
     /// sockperf runs per mode.
     pub lat_runs: usize,
+    /// Stream counts of the throughput runs (1 and 4 unless told).
+    pub streams: Vec<u32>,
     /// Modes to measure (ids); empty means all. `native` is always measured.
     pub modes: Vec<String>,
     /// Investigation knobs (ids of `TUNES`).
@@ -141,6 +143,7 @@ impl Options {
             runs: 3,
             lat_secs: 3,
             lat_runs: 3,
+            streams: vec![1, 4],
             modes: vec![],
             tune: vec![],
             hold: 0,
@@ -183,6 +186,12 @@ impl Options {
                 "--lat-secs" => o.lat_secs = val()?.parse()?,
                 "--lat-runs" => o.lat_runs = val()?.parse()?,
                 "--modes" => o.modes = split_list(&val()?),
+                "--streams" => {
+                    o.streams = split_list(&val()?)
+                        .iter()
+                        .map(|x| x.parse())
+                        .collect::<Result<_, _>>()?
+                }
                 "--tune" => o.tune = split_list(&val()?),
                 "--hold" => o.hold = val()?.parse()?,
                 "-h" | "--help" => bail!("{}", usage()),
@@ -220,7 +229,7 @@ fn split_list(s: &str) -> Vec<String> {
 pub fn usage() -> String {
     let mut s = String::from(
         "bench-dataplane [--smoke] [--out DIR] [--secs N] [--runs N] [--lat-secs N] [--lat-runs N]\n\
-         \x20               [--modes a,b,…] [--tune a,b,…] [--hold SECS]\nmodes:",
+         \x20               [--streams 1,4] [--modes a,b,…] [--tune a,b,…] [--hold SECS]\nmodes:",
     );
     for (id, _, path) in MODES {
         let _ = write!(s, "\n  {id:<14} {path}");
@@ -977,7 +986,7 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> Result<Value> {
 
     let mut tcp: BTreeMap<(&str, u32), Vec<Tcp>> = BTreeMap::new();
     let mut lat: BTreeMap<&str, Vec<Lat>> = BTreeMap::new();
-    for streams in [1u32, 4] {
+    for &streams in &opts.streams {
         for round in 0..opts.runs {
             for p in &topo.pairs {
                 let r = iperf(p, streams, opts.secs)?;
@@ -1012,7 +1021,9 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> Result<Value> {
     for p in &topo.pairs {
         let (_, label, path) = MODES.iter().find(|(id, ..)| *id == p.mode).unwrap();
         let t = |s: u32| {
-            let runs = &tcp[&(p.mode, s)];
+            let Some(runs) = tcp.get(&(p.mode, s)) else {
+                return Value::Null;
+            };
             json!({
                 "gbps": stats(&runs.iter().map(|r| r.gbps).collect::<Vec<_>>()),
                 "cpu_s_per_gbit": median_opt(&runs.iter().map(|r| r.cpu_s_per_gbit).collect::<Vec<_>>()),
@@ -1045,7 +1056,7 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> Result<Value> {
         "machine": machine(),
         "load_average": {"before": load_before, "after": load_after},
         "params": {
-            "iperf3_seconds": opts.secs, "iperf3_runs": opts.runs, "streams": [1, 4],
+            "iperf3_seconds": opts.secs, "iperf3_runs": opts.runs, "streams": opts.streams,
             "latency": "sockperf ping-pong, UDP, 14-byte messages (sockperf's default), --full-rtt",
             "latency_seconds": opts.lat_secs, "latency_runs": opts.lat_runs,
             "tunes": opts.tune.iter().map(|t| json!({"id": t, "what": TUNES.iter().find(|(id, _)| id == t).map(|x| x.1)})).collect::<Vec<_>>(),
@@ -1217,22 +1228,36 @@ pub fn svg(report: &Value) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let title = format!(
-        "hostgw data plane: {} on {} CPUs, kernel {}{}",
+    let smoke = report["smoke"].as_bool() == Some(true);
+    let title = if smoke {
+        "hostgw data plane (SMOKE RUN: 1 s per mode, not a measurement)"
+    } else {
+        "hostgw data plane: pod to pod across two nodes vs native, overlay and reference"
+    };
+    let sub = format!(
+        "{} · {} × {} · kernel {} · load average before/after {} / {} · iperf3 {} s × {} runs, sockperf {} s × {} runs",
         report["date"].as_str().unwrap_or(""),
         report["machine"]["cpus"],
+        report["machine"]["cpu"].as_str().unwrap_or("?"),
         report["machine"]["kernel"].as_str().unwrap_or("?"),
-        if report["smoke"].as_bool() == Some(true) {
-            " (SMOKE RUN: 1 s per mode, not a measurement)"
-        } else {
-            ""
-        }
+        report["load_average"]["before"].as_str().unwrap_or("?"),
+        report["load_average"]["after"].as_str().unwrap_or("?"),
+        report["params"]["iperf3_seconds"],
+        report["params"]["iperf3_runs"],
+        report["params"]["latency_seconds"],
+        report["params"]["latency_runs"],
     );
     let _ = writeln!(
         s,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="16" font-weight="bold">{}</text>"#,
+        r#"<text x="{}" y="24" text-anchor="middle" font-size="17" font-weight="bold">{}</text>"#,
         w / 2.0,
-        esc(&title)
+        esc(title)
+    );
+    let _ = writeln!(
+        s,
+        r##"<text x="{}" y="42" text-anchor="middle" font-size="11" fill="#444">{}</text>"##,
+        w / 2.0,
+        esc(&sub)
     );
 
     struct Series<'a> {
@@ -1240,7 +1265,12 @@ pub fn svg(report: &Value) -> String {
         path: [&'a str; 2],
         color: &'a str,
     }
-    let mut panel = |top: f64, height: f64, ylabel: &str, series: &[Series], ratio: &[&str]| {
+    let mut panel = |top: f64,
+                     height: f64,
+                     ptitle: &str,
+                     ylabel: &str,
+                     series: &[Series],
+                     ratio: &[&str]| {
         let vmax = modes
             .iter()
             .flat_map(|m| {
@@ -1278,24 +1308,34 @@ pub fn svg(report: &Value) -> String {
         );
         let _ = writeln!(
             s,
-            r#"<text x="18" y="{:.1}" text-anchor="middle" transform="rotate(-90 18 {:.1})">{}</text>"#,
+            r#"<text x="22" y="{:.1}" text-anchor="middle" transform="rotate(-90 22 {:.1})">{}</text>"#,
             top + height / 2.0,
             top + height / 2.0,
             esc(ylabel)
         );
-        // Legend.
-        let mut lx = left + 10.0;
+        let _ = writeln!(
+            s,
+            r#"<text x="{left}" y="{:.1}" font-size="13" font-weight="bold">{}</text>"#,
+            top - 10.0,
+            esc(ptitle)
+        );
+        // Legend, right-aligned above the plot.
+        let legend_w: f64 = series
+            .iter()
+            .map(|se| 30.0 + 7.0 * se.name.chars().count() as f64)
+            .sum();
+        let mut lx = w - right - legend_w;
         for se in series {
             let _ = writeln!(
                 s,
                 r#"<rect x="{lx:.1}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
-                top - 18.0,
+                top - 21.0,
                 se.color,
                 lx + 16.0,
-                top - 8.0,
+                top - 11.0,
                 esc(se.name)
             );
-            lx += 30.0 + 7.0 * se.name.len() as f64;
+            lx += 30.0 + 7.0 * se.name.chars().count() as f64;
         }
         let bar_w = (group_w * 0.7) / series.len() as f64;
         for (i, m) in modes.iter().enumerate() {
@@ -1367,9 +1407,10 @@ pub fn svg(report: &Value) -> String {
         }
     };
     panel(
-        60.0,
-        260.0,
-        "TCP throughput, Gbit/s (iperf3; bar = median, whisker = min–max)",
+        90.0,
+        250.0,
+        "TCP throughput (iperf3): bar = median, whisker = min–max of the runs",
+        "Gbit/s",
         &[
             Series {
                 name: "1 stream",
@@ -1385,9 +1426,10 @@ pub fn svg(report: &Value) -> String {
         &["tcp_1", "tcp_4"],
     );
     panel(
-        440.0,
-        240.0,
-        "UDP request/response round trip, µs (sockperf ping-pong)",
+        455.0,
+        230.0,
+        "UDP request/response round trip (sockperf ping-pong): median over runs of each run's p50 / p99",
+        "µs",
         &[
             Series {
                 name: "p50",
@@ -1426,7 +1468,9 @@ fn nice_ceiling(v: f64) -> f64 {
 }
 
 fn trim_num(v: f64) -> String {
-    if v >= 100.0 {
+    if v == v.round() {
+        format!("{v:.0}")
+    } else if v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 10.0 {
         format!("{v:.1}")

@@ -5,7 +5,9 @@
 //! ```text
 //! cargo build --release --workspace --bins
 //! cargo run --release -p hostgw-netns-tests --bin bench-dataplane -- [--smoke] [--out DIR]
-//!     [--secs 5] [--runs 3] [--lat-secs 3] [--lat-runs 3] [--modes a,b] [--tune a,b] [--hold S]
+//!     [--secs 5] [--runs 3] [--lat-secs 3] [--lat-runs 3] [--streams 1,4] [--modes a,b]
+//!     [--tune a,b] [--hold S]
+//! target/release/bench-dataplane --render bench-out/dataplane.json   # redraw chart + table
 //! ```
 //!
 //! Needs root. Writes `DIR/dataplane.json` and `DIR/dataplane.svg` (DIR defaults to
@@ -17,6 +19,18 @@ use hostgw_netns_tests::{dataplane, require_root};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // `--render DIR/dataplane.json`: redraw the chart and the table of an earlier run.
+    if args.first().map(String::as_str) == Some("--render") {
+        let path = std::path::PathBuf::from(
+            args.get(1)
+                .map(String::as_str)
+                .unwrap_or("bench-out/dataplane.json"),
+        );
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        std::fs::write(path.with_extension("svg"), dataplane::svg(&report))?;
+        print!("{}", dataplane::table(&report));
+        return Ok(());
+    }
     let mut opts = dataplane::Options::parse(&args)?;
     opts.command = std::iter::once("bench-dataplane".to_owned())
         .chain(args)
