@@ -1468,9 +1468,7 @@ fn nice_ceiling(v: f64) -> f64 {
 }
 
 fn trim_num(v: f64) -> String {
-    if v == v.round() {
-        format!("{v:.0}")
-    } else if v >= 100.0 {
+    if v == v.round() || v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 10.0 {
         format!("{v:.1}")
