@@ -17,6 +17,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+pub mod cluster;
 pub mod cni;
 pub mod containerd;
 pub mod dataplane;

@@ -1,0 +1,401 @@
+//! Whole-system fixtures for the cluster tests and the demo: pods wired by the real `hostgw`
+//! plugin on the nodes of a routed [`Cluster`] (with the conflist the DaemonSet ships),
+//! traffic between them (ICMP, TCP, a continuous ping whose losses are counted), and
+//! `ip monitor route` recorders that prove what did *not* change.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::{
+    Netns, Proc, bin,
+    cni::{Call, Reply, invoke},
+    manifests::shipped_plugin_conf,
+    must,
+    routed::Cluster,
+    run_timeout, wait_for,
+};
+
+/// A pod: a namespace whose `eth0` the plugin made, on node `node`.
+pub struct Pod {
+    pub name: String,
+    pub node: usize,
+    pub ip: String,
+    pub ip6: Option<String>,
+    pub ns: Netns,
+}
+
+impl Pod {
+    /// Its addresses: IPv4, then IPv6 when dual-stack.
+    pub fn addrs(&self) -> Vec<&str> {
+        std::iter::once(self.ip.as_str())
+            .chain(self.ip6.as_deref())
+            .collect()
+    }
+}
+
+/// The IPAM store of node `node` (its `dataDir`).
+pub fn ipam_dir(c: &Cluster, node: usize) -> PathBuf {
+    c.dir.path().join(format!("{}-ipam", c.nodes[node].name))
+}
+
+/// The plugin config a runtime on node `node` hands the plugin: the shipped conflist's
+/// entry, with `subnetFile` and `dataDir` pointed at the node's own files.
+pub fn pod_conf(c: &Cluster, node: usize) -> Value {
+    shipped_plugin_conf(&[
+        ("subnetFile", json!(c.nodes[node].subnet_file)),
+        ("dataDir", json!(ipam_dir(c, node))),
+    ])
+}
+
+/// Runs the plugin on node `node` as a runtime does.
+pub fn plugin(c: &Cluster, node: usize, call: &Call, conf: &Value) -> Result<Reply> {
+    invoke(&bin("hostgw"), &c.nodes[node].ns, call, &conf.to_string())
+}
+
+/// The addresses (without prefix) of an ADD result: (IPv4, IPv6).
+pub fn result_addrs(result: &Value) -> Result<(String, Option<String>)> {
+    let mut v4 = None;
+    let mut v6 = None;
+    for ip in result["ips"].as_array().into_iter().flatten() {
+        let a = ip["address"].as_str().context("address in result")?;
+        let a = a.split('/').next().unwrap_or(a).to_owned();
+        if a.contains(':') {
+            v6.get_or_insert(a);
+        } else {
+            v4.get_or_insert(a);
+        }
+    }
+    Ok((v4.with_context(|| format!("no IPv4 in {result}"))?, v6))
+}
+
+/// A new pod on node `node`, wired by ADD (container ID = `name`).
+pub fn add_pod(c: &Cluster, node: usize, name: &str) -> Result<Pod> {
+    let ns = Netns::new("pod")?;
+    let path = ns.path().display().to_string();
+    let reply = plugin(
+        c,
+        node,
+        &Call::attach("ADD", name, &path),
+        &pod_conf(c, node),
+    )?;
+    if !reply.ok() {
+        bail!(
+            "ADD {name} on {} failed ({:?}): {} {}",
+            c.nodes[node].name,
+            reply.code,
+            reply.stdout,
+            reply.stderr
+        );
+    }
+    let (ip, ip6) = result_addrs(&reply.json()?)?;
+    Ok(Pod {
+        name: name.to_owned(),
+        node,
+        ip,
+        ip6,
+        ns,
+    })
+}
+
+/// DEL of a pod, as the runtime does when it goes; must succeed.
+pub fn del_pod(c: &Cluster, pod: &Pod) -> Result<()> {
+    let path = pod.ns.path().display().to_string();
+    let reply = plugin(
+        c,
+        pod.node,
+        &Call::attach("DEL", &pod.name, &path),
+        &pod_conf(c, pod.node),
+    )?;
+    if !reply.ok() {
+        bail!("DEL {} failed: {} {}", pod.name, reply.stdout, reply.stderr);
+    }
+    Ok(())
+}
+
+/// One ping of one second: did it come back?
+pub fn ping_once(from: &Netns, to: &str) -> bool {
+    run_timeout(
+        from.cmd("ping").args(["-c", "1", "-W", "1", to]),
+        Duration::from_secs(5),
+    )
+    .is_ok_and(|o| o.status.success())
+}
+
+/// Pings until one answer, for at most 5 s (the first packet may wait for neighbour
+/// resolution).
+pub fn ping(from: &Netns, to: &str) -> Result<()> {
+    wait_for(
+        &format!("{} to reach {to}", from.name()),
+        Duration::from_secs(5),
+        || ping_once(from, to).then_some(()),
+    )
+}
+
+/// A TCP server in `pod` on `port` answering every connection with the pod's name
+/// (busybox `nc`, listening on both families). Ends with the pod.
+pub fn tcp_server(pod: &Pod, port: u16) -> Result<Proc> {
+    let mut cmd = pod.ns.cmd("busybox");
+    cmd.args([
+        "nc",
+        "-ll",
+        "-p",
+        &port.to_string(),
+        "-e",
+        "echo",
+        &pod.name,
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let p = Proc::spawn(cmd)?;
+    wait_for(
+        &format!("{} listening on {port}", pod.name),
+        Duration::from_secs(5),
+        || {
+            let out = pod.ns.sh("ss -Hltn").ok()?;
+            out.contains(&format!(":{port} ")).then_some(())
+        },
+    )?;
+    Ok(p)
+}
+
+/// Connects to `ip:port` from `from` and returns what the server said.
+pub fn tcp_get(from: &Netns, ip: &str, port: u16) -> Result<String> {
+    let out = must(
+        from.cmd("busybox")
+            .args(["nc", "-w", "2", ip, &port.to_string()]),
+    )?;
+    Ok(out.trim().to_owned())
+}
+
+/// A TCP exchange with the server of `to` on `port` that must answer `to`'s name (retried
+/// for at most 5 s, like `ping`).
+pub fn tcp(from: &Netns, ip: &str, port: u16, expect: &str) -> Result<()> {
+    let mut last = String::new();
+    wait_for(
+        &format!("TCP from {} to {ip}:{port}", from.name()),
+        Duration::from_secs(5),
+        || match tcp_get(from, ip, port) {
+            Ok(s) if s == expect => Some(()),
+            Ok(s) => {
+                last = format!("answer {s:?}, expected {expect:?}");
+                None
+            }
+            Err(e) => {
+                last = e.to_string();
+                None
+            }
+        },
+    )
+    .with_context(|| last.clone())
+}
+
+/// Every pod reaches every other pod (ICMP on each family both have, and TCP to the
+/// server on `port` if `tcp_port` is set). Returns the number of (pair, family) checked.
+pub fn all_reach(pods: &[Pod], tcp_port: Option<u16>) -> Result<usize> {
+    let mut n = 0;
+    for a in pods {
+        for b in pods.iter().filter(|b| b.name != a.name) {
+            let fams = [
+                Some((&b.ip, true)),
+                b.ip6.as_ref().map(|i| (i, a.ip6.is_some())),
+            ];
+            for (ip, both) in fams.into_iter().flatten() {
+                if !both {
+                    continue;
+                }
+                ping(&a.ns, ip).with_context(|| format!("ping {} -> {} ({ip})", a.name, b.name))?;
+                if let Some(port) = tcp_port {
+                    tcp(&a.ns, ip, port, &b.name)
+                        .with_context(|| format!("TCP {} -> {} ({ip})", a.name, b.name))?;
+                }
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// What a finished `ping` run counted.
+#[derive(Debug)]
+pub struct PingStats {
+    pub sent: u32,
+    pub received: u32,
+    pub text: String,
+}
+
+impl PingStats {
+    pub fn lost(&self) -> u32 {
+        self.sent.saturating_sub(self.received)
+    }
+}
+
+/// A continuous ping running in the background (`ping -i INTERVAL -c COUNT`), its output
+/// in a file.
+pub struct PingRun {
+    proc: Proc,
+    out: PathBuf,
+}
+
+impl PingRun {
+    pub fn start(
+        from: &Netns,
+        to: &str,
+        count: u32,
+        interval: Duration,
+        dir: &Path,
+    ) -> Result<PingRun> {
+        let out = dir.join(format!("ping-{}-{to}.txt", from.name()));
+        let mut cmd = from.cmd("ping");
+        cmd.args([
+            "-n",
+            "-i",
+            &format!("{:.3}", interval.as_secs_f64()),
+            "-c",
+            &count.to_string(),
+            "-W",
+            "1",
+            to,
+        ])
+        .stdout(std::fs::File::create(&out)?)
+        .stderr(Stdio::null());
+        Ok(PingRun {
+            proc: Proc::spawn(cmd)?,
+            out,
+        })
+    }
+
+    /// Waits (at most `limit`) for the run to end and parses its summary.
+    pub fn finish(mut self, limit: Duration) -> Result<PingStats> {
+        wait_for("ping run to end", limit, || self.proc.exited())?;
+        let text = std::fs::read_to_string(&self.out)?;
+        let line = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .with_context(|| format!("no ping summary in:\n{text}"))?;
+        let num = |word: &str| -> Option<u32> {
+            let words: Vec<&str> = line.split([' ', ',']).filter(|w| !w.is_empty()).collect();
+            let i = words.iter().position(|w| *w == word)?;
+            words.get(i.checked_sub(1)?)?.parse().ok()
+        };
+        Ok(PingStats {
+            sent: num("packets").context("transmitted count")?,
+            received: num("received").context("received count")?,
+            text,
+        })
+    }
+}
+
+/// `ip -n NS monitor route` recording to a file, proven live before `start` returns (a
+/// marker blackhole route is added and seen, then removed).
+pub struct RouteMonitor {
+    proc: Proc,
+    path: PathBuf,
+}
+
+/// A marker address per monitor, in the node-link range and never a real node.
+fn marker() -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 250 + 1;
+    format!("198.19.250.{n}/32")
+}
+
+impl RouteMonitor {
+    pub fn start(ns: &Netns, dir: &Path) -> Result<RouteMonitor> {
+        let path = dir.join(format!("monitor-{}.txt", ns.name()));
+        let mut cmd = Command::new("ip");
+        cmd.args(["-n", ns.name(), "monitor", "route"])
+            .stdout(std::fs::File::create(&path)?)
+            .stderr(Stdio::null());
+        let m = RouteMonitor {
+            proc: Proc::spawn(cmd)?,
+            path,
+        };
+        let mark = marker();
+        let dst = mark.trim_end_matches("/32").to_owned();
+        let limit = Duration::from_secs(5);
+        let t = Instant::now();
+        // The monitor may not be subscribed yet: add the marker until it is seen.
+        loop {
+            ns.ip(&["route", "replace", "blackhole", &mark, "proto", "static"])?;
+            std::thread::sleep(Duration::from_millis(50));
+            if m.text().contains(&dst) {
+                break;
+            }
+            ns.ip(&["route", "del", &mark])?;
+            if t.elapsed() > limit {
+                bail!("ip monitor in {} saw nothing within {limit:?}", ns.name());
+            }
+        }
+        ns.ip(&["route", "del", &mark])?;
+        Ok(m)
+    }
+
+    /// What it printed so far.
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.path).unwrap_or_default()
+    }
+
+    /// Ends it; returns what it printed after the marker (only the changes under test).
+    pub fn stop(mut self) -> String {
+        std::thread::sleep(Duration::from_millis(100));
+        self.proc.stop(Duration::from_secs(1));
+        let text = self.text();
+        let lines: Vec<&str> = text.lines().collect();
+        let after = lines
+            .iter()
+            .rposition(|l| l.contains("198.19.250."))
+            .map_or(0, |i| i + 1);
+        lines[after..].join("\n")
+    }
+}
+
+/// Lines of a route monitor's output that touch an owned route (`proto 75`) or one of
+/// `dsts` (route destinations as `ip` prints them).
+pub fn owned_changes(text: &str, dsts: &[String]) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.contains("proto 75") || dsts.iter().any(|d| l.contains(d.as_str())))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Polls `f` every few milliseconds until it holds; returns how long that took, or fails
+/// after `limit` with `what`.
+pub fn time_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Result<Duration> {
+    let t = Instant::now();
+    loop {
+        if f() {
+            return Ok(t.elapsed());
+        }
+        if t.elapsed() > limit {
+            bail!("{what}: not within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Whether node `i` has an owned route to `dst`, via `via` if given.
+pub fn has_route(c: &Cluster, i: usize, dst: &str, via: Option<&str>) -> bool {
+    c.routes(i).is_ok_and(|r| {
+        r.iter()
+            .any(|(d, g)| d == dst && via.is_none_or(|v| v == g))
+    })
+}
+
+/// `hostgw-routed status --json` of node `i`.
+pub fn status_json(c: &Cluster, i: usize) -> Result<Value> {
+    let text = c.cli(i, "status", &["--json"])?;
+    serde_json::from_str(&text).with_context(|| format!("status --json: {text}"))
+}
+
+/// The IPv6 subnet in node `i`'s subnet file (dual-stack).
+pub fn subnet6(c: &Cluster, i: usize) -> Option<String> {
+    let text = std::fs::read_to_string(&c.nodes[i].subnet_file).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    v["ipv6Subnet"].as_str().map(str::to_owned)
+}
