@@ -43,6 +43,11 @@ install_atomic() {
   log "installed $dir/$name (mode $mode)"
 }
 
+# Both sources first: never install a new plugin next to a conflist that cannot follow.
+for src in "$SRC_PLUGIN" "$SRC_CONFLIST"; do
+  [ -f "$src" ] || { log "$src does not exist; nothing installed"; exit 1; }
+done
+
 # Temporary files of earlier installs that were killed before their rename.
 for stale in "$HOST_ROOT$CNI_BIN_DIR"/.hostgw.hostgw-tmp.* \
              "$HOST_ROOT$CNI_CONF_DIR"/."$CONFLIST_NAME".hostgw-tmp.*; do

@@ -27,3 +27,20 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest"
   cargo install --locked cargo-nextest
 fi
+
+# --- manifests (issue 6): offline validation of the Kubernetes manifests -----------------
+# kubernetes-validate bundles the Kubernetes JSON schemas, so tests/tests/manifests.rs runs
+# offline; PyYAML comes with it. Debian's own python3 refuses a plain `pip install`
+# (externally managed), hence the fallback.
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "setup: installing kubernetes-validate"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  python3 -m pip install --quiet kubernetes-validate==1.37.0 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages kubernetes-validate==1.37.0
+fi
+command -v systemd-analyze >/dev/null 2>&1 || echo "setup: systemd-analyze missing; the unit is only parsed, not verified"
+# --- end manifests -----------------------------------------------------------------------

@@ -52,7 +52,7 @@ pub struct RunOpts {
     pub args: Vec<String>,
     pub host_net: bool,
     pub privileged: bool,
-    /// `CAP_…` names; `cap_drop: ["ALL"]` then `cap_add` gives exactly those.
+    /// `CAP_…` names; `cap_drop: ["ALL"]` with `cap_add` gives exactly the added ones.
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -61,6 +61,51 @@ pub struct RunOpts {
     /// Extra `ctr run` flags (`--cni`, …), placed before the image.
     pub extra: Vec<String>,
 }
+
+/// Every Linux capability, for `cap_drop: ["ALL"]`.
+pub const ALL_CAPS: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
 
 const START_SCRIPT: &str = r#"
 set -eu
@@ -242,7 +287,14 @@ impl Containerd {
         if o.privileged {
             a.push("--privileged".into());
         }
-        for c in &o.cap_drop {
+        // ctr 1.6 knows no "ALL", and applies drops after adds: name every capability to
+        // drop except those to add (dropping an absent one is a no-op).
+        let drops: Vec<String> = if o.cap_drop.iter().any(|c| c == "ALL") {
+            ALL_CAPS.iter().map(|c| c.to_string()).collect()
+        } else {
+            o.cap_drop.clone()
+        };
+        for c in drops.iter().filter(|c| !o.cap_add.contains(c)) {
             a.extend(["--cap-drop".into(), c.clone()]);
         }
         for c in &o.cap_add {

@@ -1,0 +1,299 @@
+//! The image is tested, not only written: `manifests/build-image.sh` assembles it from the
+//! built binaries, containerd (inside a node namespace, in a private mount namespace) runs
+//! its three containers the way the DaemonSet does — the install-cni and forwarding init
+//! containers, then `hostgw-routed` with host networking and only NET_ADMIN + NET_RAW — and
+//! it must program routes exactly like the bare binary on the other node. Pods on both
+//! nodes are then wired with the shipped conflist (`manifests/10-hostgw.conflist`, the one
+//! the ConfigMap carries) and the plugin the image installed, and reach each other.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use hostgw_netns_tests::{
+    Netns, bin,
+    cni::{Call, invoke},
+    containerd::{Containerd, RunOpts},
+    manifests::{self, Image, shipped_conflist, shipped_plugin_conf},
+    must, require_root,
+    routed::{Cluster, Spec, routes_in},
+    wait_for,
+};
+use serde_json::{Value, json};
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+fn ro(p: impl Into<PathBuf>, dst: &str) -> (PathBuf, PathBuf, bool) {
+    (p.into(), PathBuf::from(dst), true)
+}
+
+fn rw(p: impl Into<PathBuf>, dst: impl Into<PathBuf>) -> (PathBuf, PathBuf, bool) {
+    (p.into(), dst.into(), false)
+}
+
+/// What the DaemonSet's containers get: no capability for install-cni, NET_ADMIN for the
+/// forwarding init container (the kernel wants it for net sysctls), NET_ADMIN and NET_RAW
+/// for the daemon.
+fn caps(add: &[&str]) -> RunOpts {
+    RunOpts {
+        cap_drop: s(&["ALL"]),
+        cap_add: add.iter().map(|c| format!("CAP_{c}")).collect(),
+        ..RunOpts::default()
+    }
+}
+
+fn sysctl(ns: &Netns, path: &str) -> Result<String> {
+    Ok(must(ns.cmd("cat").arg(path))?.trim().to_owned())
+}
+
+struct Pod {
+    ns: Netns,
+    ip: String,
+}
+
+/// A pod on `node`, wired by `plugin` with the shipped conflist (only the node-local paths
+/// point into the test's tempdir).
+fn add_pod(cluster: &Cluster, node: usize, plugin: &Path, id: &str) -> Result<Pod> {
+    let conf = shipped_plugin_conf(&[
+        ("subnetFile", json!(cluster.nodes[node].subnet_file)),
+        (
+            "dataDir",
+            json!(cluster.dir.path().join(format!("ipam-{node}"))),
+        ),
+    ]);
+    let ns = Netns::new("pod")?;
+    let path = ns.path().display().to_string();
+    let reply = invoke(
+        plugin,
+        &cluster.nodes[node].ns,
+        &Call::attach("ADD", id, &path),
+        &conf.to_string(),
+    )?;
+    ensure!(
+        reply.ok(),
+        "ADD {id} on node {node}: {} {}",
+        reply.stdout,
+        reply.stderr
+    );
+    let result = reply.json()?;
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .context("no address in the result")?
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    Ok(Pod { ns, ip })
+}
+
+fn ping(from: &Pod, to: &Pod) -> Result<()> {
+    must(from.ns.cmd("ping").args(["-c", "1", "-W", "2", &to.ip]))
+        .with_context(|| format!("ping {} from {}", to.ip, from.ip))?;
+    Ok(())
+}
+
+#[test]
+fn image_heavy_programs_routes_like_the_bare_binary() -> Result<()> {
+    require_root();
+    let image = Image::build()?;
+    // TLS etcd, as the DaemonSet's Secret mount expects.
+    let mut cluster = Cluster::new(Spec {
+        nodes: 2,
+        tls: true,
+        ..Spec::default()
+    })?;
+    cluster.start(0)?;
+    let ctd = Containerd::start(&cluster.nodes[1].ns)?;
+    let names = ctd.import(&image.tar())?;
+    ensure!(
+        names.contains(&image.name),
+        "import named {names:?}, not {}",
+        image.name
+    );
+
+    // --- init container 1: install-cni, against a host root of our own ---
+    let host = tempfile::tempdir()?;
+    let (bin_dir, conf_dir) = (
+        host.path().join("opt/cni/bin"),
+        host.path().join("etc/cni/net.d"),
+    );
+    std::fs::create_dir_all(&bin_dir)?;
+    std::fs::create_dir_all(&conf_dir)?;
+    // The ConfigMap volume: the one conflist of manifests/.
+    let configmap = tempfile::tempdir()?;
+    std::fs::copy(
+        manifests::dir().join("10-hostgw.conflist"),
+        configmap.path().join("10-hostgw.conflist"),
+    )?;
+    std::fs::copy(
+        manifests::dir().join("net-conf.json"),
+        configmap.path().join("net-conf.json"),
+    )?;
+    let mut o = caps(&[]);
+    o.args = s(&["/bin/sh", "/install-cni.sh"]);
+    o.env = vec![("HOST_ROOT".into(), "/host".into())];
+    o.mounts = vec![
+        rw(&bin_dir, "/host/opt/cni/bin"),
+        rw(&conf_dir, "/host/etc/cni/net.d"),
+        ro(configmap.path(), "/etc/hostgw"),
+    ];
+    let (st, out) = ctd.run_once(&image.name, "install-cni", &o, Duration::from_secs(60))?;
+    ensure!(st.success(), "install-cni failed: {out}");
+    let plugin = bin_dir.join("hostgw");
+    ensure!(
+        std::fs::read(&plugin)? == std::fs::read(bin("hostgw"))?,
+        "installed plugin differs from the built one"
+    );
+    ensure!(std::fs::metadata(&plugin)?.permissions().mode() & 0o777 == 0o755);
+    let installed: Value = serde_json::from_str(&std::fs::read_to_string(
+        conf_dir.join("10-hostgw.conflist"),
+    )?)?;
+    ensure!(
+        installed == shipped_conflist(),
+        "installed conflist: {installed}"
+    );
+
+    // --- init container 2: forwarding, through the host's /proc/sys/net ---
+    let node1 = &cluster.nodes[1].ns;
+    node1.sysctl("net.ipv4.ip_forward", "0")?;
+    let mut o = caps(&["NET_ADMIN"]);
+    o.host_net = true;
+    o.args = s(&["/bin/sh", "/enable-forwarding.sh"]);
+    o.mounts = vec![
+        rw("/proc/sys/net", "/host/proc/sys/net"),
+        ro(configmap.path(), "/etc/hostgw"),
+    ];
+    let (st, out) = ctd.run_once(&image.name, "forwarding", &o, Duration::from_secs(60))?;
+    ensure!(st.success(), "forwarding failed: {out}");
+    ensure!(sysctl(node1, "/proc/sys/net/ipv4/ip_forward")? == "1");
+
+    // --- the daemon: host network, NET_ADMIN + NET_RAW, read-only /proc/sys ---
+    let subnet_dir = cluster.nodes[1].subnet_file.parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(&subnet_dir)?;
+    let certs = cluster.certs.as_ref().unwrap().dir.path().to_path_buf();
+    let mut o = caps(&["NET_ADMIN", "NET_RAW"]);
+    o.host_net = true;
+    o.args = s(&["/usr/local/bin/hostgw-routed", "run"]);
+    o.args.extend(cluster.common_args(1));
+    o.args.extend(s(&["--metrics-addr", "127.0.0.1:9475"]));
+    o.env = vec![("RUST_LOG".into(), "info".into())];
+    o.mounts = vec![
+        rw(&subnet_dir, &subnet_dir),
+        ro(&certs, &certs.display().to_string()),
+    ];
+    ctd.run_with(&image.name, "hostgw-routed", &o)?;
+    let diag = || {
+        format!(
+            "--- image's hostgw-routed ---\n{}\n--- containerd ---\n{}\n{}",
+            ctd.container_log("hostgw-routed"),
+            ctd.log(),
+            cluster.logs()
+        )
+    };
+
+    let s0 = cluster.wait_subnet(0)?;
+    let s1 = wait_for("node 1's subnet file", Duration::from_secs(30), || {
+        cluster.subnet(1)
+    })
+    .with_context(diag)?;
+    ensure!(s0 != s1, "both nodes leased {s0}");
+    let (ip0, ip1) = (cluster.nodes[0].ip.clone(), cluster.nodes[1].ip.clone());
+    wait_for(
+        "each node's route to the other",
+        Duration::from_secs(20),
+        || {
+            let r0 = cluster.routes(0).ok()?;
+            let r1 = cluster.routes(1).ok()?;
+            (r0.contains(&(s1.clone(), ip1.clone())) && r1.contains(&(s0.clone(), ip0.clone())))
+                .then_some(())
+        },
+    )
+    .with_context(diag)?;
+    ensure!(
+        cluster.routes(1)? == vec![(s0.clone(), ip0.clone())],
+        "node 1 owns exactly the route to node 0: {:?}",
+        cluster.routes(1)?
+    );
+    wait_for(
+        "/readyz 200 from the image",
+        Duration::from_secs(20),
+        || (cluster.readyz(1).ok()? == "200").then_some(()),
+    )
+    .with_context(diag)?;
+    // The image's nft made the table.
+    let table = must(node1.cmd("nft").args(["list", "table", "inet", "hostgw"]))?;
+    ensure!(table.contains("198.18.0.0/16"), "nft table: {table}");
+    ensure!(ctd.task_status("hostgw-routed").as_deref() == Some("RUNNING"));
+    // It ran with exactly NET_ADMIN (12) and NET_RAW (13), as the DaemonSet grants.
+    let pid = ctd.task_pid("hostgw-routed").context("daemon's pid")?;
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let cap_eff = st
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .context("CapEff")?
+        .trim()
+        .to_owned();
+    ensure!(
+        u64::from_str_radix(&cap_eff, 16)? == (1 << 12) | (1 << 13),
+        "the daemon's effective capabilities are {cap_eff}"
+    );
+
+    // `status` from the image agrees.
+    let mut o = caps(&["NET_ADMIN"]);
+    o.host_net = true;
+    o.args = s(&["/usr/local/bin/hostgw-routed", "status", "--json"]);
+    o.args.extend(cluster.common_args(1));
+    o.mounts = vec![
+        ro(&subnet_dir, &subnet_dir.display().to_string()),
+        ro(&certs, &certs.display().to_string()),
+    ];
+    let (st, out) = ctd.run_once(&image.name, "status", &o, Duration::from_secs(60))?;
+    ensure!(st.success(), "status failed: {out}");
+    let json_start = out.find('{').context("no JSON in status output")?;
+    let status: Value = serde_json::from_str(&out[json_start..])?;
+    ensure!(status["lease"]["subnet"] == json!(s1), "status: {status}");
+    ensure!(
+        status["peers"][0]["state"] == "installed" && status["peers"][0]["via"] == json!(ip0),
+        "status: {status}"
+    );
+
+    // Pods wired by the shipped conflist: the image-installed plugin on node 1, the built
+    // one on node 0; they reach each other across the nodes.
+    let p0 = add_pod(&cluster, 0, &bin("hostgw"), "pod-0")?;
+    let p1 = add_pod(&cluster, 1, &plugin, "pod-1")?;
+    ping(&p0, &p1)?;
+    ping(&p1, &p0)?;
+
+    // SIGTERM through containerd, as kubelet stops the pod: the routes stay (no flap).
+    ctd.kill("hostgw-routed")?;
+    ensure!(
+        routes_in(node1)? == vec![(s0.clone(), ip0.clone())],
+        "node 1 lost its route when the container stopped"
+    );
+    ping(&p1, &p0)?;
+    drop(ctd);
+    if let Some(left) = leftover_processes() {
+        bail!("processes of containerd survived: {left}");
+    }
+    Ok(())
+}
+
+/// containerd, shims or runc still running anywhere (none of this test's may survive;
+/// nothing else on a test machine runs them).
+fn leftover_processes() -> Option<String> {
+    let out = std::process::Command::new("ps")
+        .args(["-eo", "pid,args"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let left: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("hgwt-containerd") && !l.contains("ps -eo"))
+        .collect();
+    (!left.is_empty()).then(|| left.join("\n"))
+}
