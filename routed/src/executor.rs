@@ -27,11 +27,7 @@ pub async fn apply<R: RouteTable>(table: &R, plan: &Plan) -> Applied {
         .collect::<Vec<_>>()
         .await;
     sort(&mut out, removed, true);
-    let added = stream::iter(&plan.add)
-        .map(|r| async move { (*r, table.replace(r).await) })
-        .buffer_unordered(IN_FLIGHT)
-        .collect::<Vec<_>>()
-        .await;
+    let added = table.replace_all(&plan.add).await;
     sort(&mut out, added, false);
     out
 }

@@ -11,6 +11,7 @@ use ipnetwork::IpNetwork;
 
 use crate::plan::HostRoute;
 
+pub mod batch;
 pub mod fake;
 pub mod netlink;
 
@@ -58,6 +59,16 @@ pub trait RouteTable {
     fn replace(&self, r: &HostRoute) -> impl Future<Output = Result<(), KernelError>>;
     /// Deletes our route; a route already gone is success.
     fn delete(&self, r: &HostRoute) -> impl Future<Output = Result<(), KernelError>>;
+    /// Replaces many routes; implementations may batch. Default: one `replace` each,
+    /// many in flight.
+    async fn replace_all(&self, routes: &[HostRoute]) -> batch::Results {
+        use futures::{StreamExt, stream};
+        stream::iter(routes)
+            .map(move |r| async move { (*r, self.replace(r).await) })
+            .buffer_unordered(128)
+            .collect::<Vec<_>>()
+            .await
+    }
     fn local_view(&self) -> impl Future<Output = Result<LocalView, KernelError>>;
     /// `ip route get <ip>`.
     fn lookup(&self, ip: IpAddr) -> impl Future<Output = Result<NextHop, KernelError>>;

@@ -73,7 +73,7 @@ fn bad(r: &HostRoute, e: impl std::fmt::Display) -> KernelError {
     KernelError::Other(format!("route {r}: {e}"))
 }
 
-fn message(r: &HostRoute) -> Result<RouteMessage, KernelError> {
+pub(super) fn message(r: &HostRoute) -> Result<RouteMessage, KernelError> {
     Ok(RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(r.dst.network(), r.dst.prefix())
         .map_err(|e| bad(r, e))?
@@ -156,6 +156,17 @@ impl RouteTable for NetlinkRoutes {
                 op: format!("replace {r}"),
                 source,
             })
+    }
+
+    async fn replace_all(&self, routes: &[HostRoute]) -> super::batch::Results {
+        let owned = routes.to_vec();
+        match tokio::task::spawn_blocking(move || super::batch::replace_all(&owned)).await {
+            Ok(results) => results,
+            Err(e) => routes
+                .iter()
+                .map(|r| (*r, Err(KernelError::Other(format!("replace {r}: {e}")))))
+                .collect(),
+        }
     }
 
     async fn delete(&self, r: &HostRoute) -> Result<(), KernelError> {
