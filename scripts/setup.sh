@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  protobuf-compiler          # etcd-client's build needs protoc
+  protobuf-compiler libprotobuf-dev  # etcd-client's build needs protoc and descriptor.proto
   etcd-server etcd-client    # a real etcd (3.4, v3 API) for the daemon's tests
   iproute2 nftables ethtool iputils-ping tcpdump procps util-linux openssl curl
   containernetworking-plugins  # the reference bridge/host-local, benchmarked against

@@ -66,7 +66,8 @@ pub fn unique(tag: &str) -> String {
     format!("{tag}{}x{n}", std::process::id() % 10_000)
 }
 
-/// Runs a command to completion with a bound on its run time.
+/// Runs a command to completion with a bound on its run time. Its output is drained while
+/// it runs, so a child that prints more than a pipe holds cannot block on a full pipe.
 pub fn run_timeout(cmd: &mut Command, limit: Duration) -> Result<Output> {
     let mut child = cmd
         .stdin(Stdio::null())
@@ -74,10 +75,21 @@ pub fn run_timeout(cmd: &mut Command, limit: Duration) -> Result<Output> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("spawn {cmd:?}"))?;
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait()?.is_some() {
-            return Ok(child.wait_with_output()?);
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -85,7 +97,12 @@ pub fn run_timeout(cmd: &mut Command, limit: Duration) -> Result<Output> {
             bail!("{cmd:?} did not finish within {limit:?}");
         }
         thread::sleep(Duration::from_millis(5));
-    }
+    };
+    Ok(Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
 }
 
 /// Runs a command that must succeed; returns its stdout.
