@@ -196,6 +196,15 @@ fn image_heavy_programs_routes_like_the_bare_binary() -> Result<()> {
         )
     };
 
+    // The one daemon behaviour this deployment relies on, named plainly when it is missing.
+    std::thread::sleep(Duration::from_millis(500));
+    let log = ctd.container_log("hostgw-routed");
+    ensure!(
+        !log.contains("enable forwarding: Read-only file system"),
+        "hostgw-routed wrote net.ipv4.ip_forward although the forwarding init container had \
+         set it: /proc/sys is read-only in an unprivileged container, so the daemon must leave \
+         a forwarding sysctl that is already 1 alone (routed/src/nft.rs ensure_forwarding)\n{log}"
+    );
     let s0 = cluster.wait_subnet(0)?;
     let s1 = wait_for("node 1's subnet file", Duration::from_secs(30), || {
         cluster.subnet(1)
