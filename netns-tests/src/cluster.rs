@@ -399,3 +399,39 @@ pub fn subnet6(c: &Cluster, i: usize) -> Option<String> {
     let v: Value = serde_json::from_str(&text).ok()?;
     v["ipv6Subnet"].as_str().map(str::to_owned)
 }
+
+/// A pod subnet `198.18.<n>.0/24` (n from `from` up) that no node of `c` holds.
+pub fn free_subnet(c: &Cluster, from: u8) -> String {
+    let used: Vec<String> = (0..c.nodes.len()).filter_map(|i| c.subnet(i)).collect();
+    (from..=254)
+        .map(|n| format!("198.18.{n}.0/24"))
+        .find(|s| !used.contains(s))
+        .expect("a free subnet")
+}
+
+/// Polls until every node in `nodes` satisfies `f`; returns, for each node, how long after
+/// `t0` it first did. Fails after `limit` with the daemons' logs.
+pub fn first_times(
+    c: &Cluster,
+    nodes: &[usize],
+    t0: Instant,
+    limit: Duration,
+    mut f: impl FnMut(usize) -> bool,
+) -> Result<Vec<Duration>> {
+    let mut seen: Vec<Option<Duration>> = vec![None; nodes.len()];
+    while seen.iter().any(Option::is_none) {
+        for (k, &i) in nodes.iter().enumerate() {
+            if seen[k].is_none() && f(i) {
+                seen[k] = Some(t0.elapsed());
+            }
+        }
+        if t0.elapsed() > limit {
+            bail!(
+                "not every node of {nodes:?} within {limit:?} (first seen: {seen:?})\n{}",
+                c.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(seen.into_iter().flatten().collect())
+}

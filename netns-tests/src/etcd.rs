@@ -391,3 +391,188 @@ mod tests {
         assert_eq!(super::b64("a"), "YQ==");
     }
 }
+
+impl Etcd {
+    /// Puts `key` `count` times (one revision and one watch event each) with `value`, in
+    /// one curl process over the gRPC gateway (plain HTTP only): history that piles up
+    /// quickly in a stalled watcher's stream.
+    pub fn put_repeatedly(&self, key: &str, value: &str, count: usize) -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let body = dir.path().join("body.json");
+        std::fs::write(
+            &body,
+            format!(r#"{{"key":"{}","value":"{}"}}"#, b64(key), b64(value)),
+        )?;
+        let url = format!("{}/v3/kv/put", self.endpoint);
+        let mut cfg = String::new();
+        for i in 0..count {
+            if i > 0 {
+                cfg.push_str("next\n");
+            }
+            cfg.push_str(&format!(
+                "url = \"{url}\"\ndata-binary = \"@{}\"\noutput = \"/dev/null\"\nsilent\nfail\nmax-time = 10\n",
+                body.display()
+            ));
+        }
+        let cfg_path = dir.path().join("curl.cfg");
+        std::fs::write(&cfg_path, cfg)?;
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.ns_path.display()))
+            .args(["--", "curl", "-K"])
+            .arg(&cfg_path);
+        let o = run_timeout(&mut c, Duration::from_secs(120))?;
+        if !o.status.success() {
+            bail!("curl puts: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        Ok(())
+    }
+
+    /// The current revision of the store.
+    pub fn revision(&self) -> Result<i64> {
+        let out = self.ctl(&["endpoint", "status", "-w", "json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        v[0]["Status"]["header"]["revision"]
+            .as_i64()
+            .context("revision in endpoint status")
+    }
+
+    /// Whether the process still runs.
+    pub fn alive(&mut self) -> bool {
+        self.proc.pid() != 0 && self.proc.exited().is_none()
+    }
+}
+
+/// etcd as operators run it: several members, each in its own namespace on its own
+/// address (`<ip>:2379` for clients, `<ip>:2380` for peers), one cluster.
+pub struct EtcdCluster {
+    pub members: Vec<Etcd>,
+    /// Every member's client URL, comma-separated (for `--etcd-endpoints`).
+    pub endpoints: String,
+    ids: Vec<u64>,
+}
+
+impl EtcdCluster {
+    /// Starts one member per (namespace, address) and waits until each is healthy (which
+    /// needs a quorum, so all are started first).
+    pub fn start(members: &[(&Netns, &str)]) -> Result<EtcdCluster> {
+        let token = crate::unique("etc");
+        let initial: Vec<String> = members
+            .iter()
+            .enumerate()
+            .map(|(i, (_, ip))| format!("m{i}=http://{ip}:2380"))
+            .collect();
+        let mut out = Vec::new();
+        for (i, (ns, ip)) in members.iter().enumerate() {
+            let data = data_dir()?;
+            let endpoint = format!("http://{ip}:2379");
+            let peer = format!("http://{ip}:2380");
+            let args: Vec<String> = [
+                "--name",
+                &format!("m{i}"),
+                "--data-dir",
+                &data.path().display().to_string(),
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &initial.join(","),
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                &token,
+                "--listen-metrics-urls",
+                "http://127.0.0.1:2381",
+                "--log-level",
+                "error",
+                "--logger",
+                "zap",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let mut m = Etcd {
+                proc: Proc { child: None },
+                ns_name: ns.name().to_owned(),
+                ns_path: ns.path(),
+                _data: data,
+                argv: args,
+                endpoint,
+                tls: None,
+            };
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", m.ns_path.display()))
+                .args(["--", "etcd"])
+                .args(&m.argv);
+            m.proc = Proc::spawn(c)?;
+            out.push(m);
+        }
+        for m in &out {
+            wait_for("etcd member health", Duration::from_secs(30), || {
+                m.ctl(&["endpoint", "health"]).ok()
+            })?;
+        }
+        let mut ids = Vec::new();
+        for m in &out {
+            let (id, _) = m.ids()?;
+            ids.push(id);
+        }
+        Ok(EtcdCluster {
+            endpoints: out
+                .iter()
+                .map(|m| m.endpoint.clone())
+                .collect::<Vec<_>>()
+                .join(","),
+            members: out,
+            ids,
+        })
+    }
+
+    /// Index of the member that is leader now, as the live members agree; `None` while
+    /// there is none (an election is under way) or they disagree.
+    pub fn leader(&mut self) -> Option<usize> {
+        let mut seen = None;
+        for i in 0..self.members.len() {
+            if !self.members[i].alive() {
+                continue;
+            }
+            let (_, leader) = self.members[i].ids().ok()?;
+            let idx = self.ids.iter().position(|&id| id == leader)?;
+            if !self.members[idx].alive() || seen.is_some_and(|s| s != idx) {
+                return None;
+            }
+            seen = Some(idx);
+        }
+        seen
+    }
+
+    /// Ends member `i` at once (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        self.members[i].kill();
+    }
+
+    /// `etcdctl ARGS` through the first live member.
+    pub fn ctl(&mut self, args: &[&str]) -> Result<String> {
+        let i = (0..self.members.len())
+            .find(|&i| self.members[i].alive())
+            .context("no live etcd member")?;
+        self.members[i].ctl(args)
+    }
+}
+
+impl Etcd {
+    /// (this member's ID, the leader's ID) from `endpoint status`.
+    fn ids(&self) -> Result<(u64, u64)> {
+        let out = self.ctl(&["endpoint", "status", "-w", "json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let s = &v[0]["Status"];
+        Ok((
+            s["header"]["member_id"].as_u64().context("member_id")?,
+            s["leader"].as_u64().context("leader")?,
+        ))
+    }
+}

@@ -312,3 +312,11 @@ pub fn subnet_key(subnet: &str) -> String {
 pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
     crate::etcd::metric_sum(text, name, labels)
 }
+
+impl Cluster {
+    /// Puts another namespace on the segment (port `port` of br0) as `198.19.0.<host>/24`
+    /// and `fd19:19::<host>/64`: more etcd members, say.
+    pub fn attach_to_segment(&self, ns: &Netns, port: &str, host: u32) -> Result<()> {
+        attach(&self.sw, ns, port, host)
+    }
+}

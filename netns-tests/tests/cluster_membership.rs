@@ -11,34 +11,10 @@ use std::{
 use anyhow::{Context, Result};
 use hostgw_netns_tests::{
     Proc, bin,
-    cluster::{add_pod, all_reach, del_pod, has_route, ping_once},
+    cluster::{add_pod, all_reach, del_pod, first_times, has_route, ping_once},
     require_root,
     routed::{Cluster, Spec, subnet_key},
 };
-
-/// Polls until every node in `nodes` satisfies `f`; returns for each node when it first did
-/// (from `t0`). Fails after `limit`.
-fn first_times(
-    c: &Cluster,
-    nodes: &[usize],
-    t0: Instant,
-    limit: Duration,
-    mut f: impl FnMut(usize) -> bool,
-) -> Result<Vec<Duration>> {
-    let mut seen: Vec<Option<Duration>> = vec![None; nodes.len()];
-    while seen.iter().any(Option::is_none) {
-        for (k, &i) in nodes.iter().enumerate() {
-            if seen[k].is_none() && f(i) {
-                seen[k] = Some(t0.elapsed());
-            }
-        }
-        if t0.elapsed() > limit {
-            anyhow::bail!("not every node within {limit:?}: {seen:?}\n{}", c.logs());
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    Ok(seen.into_iter().flatten().collect())
-}
 
 #[test]
 fn cluster_node_join_and_release_are_routed_within_a_second() -> Result<()> {
