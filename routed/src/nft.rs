@@ -107,13 +107,22 @@ pub async fn remove() -> Result<(), NftError> {
     }
 }
 
-/// IP forwarding on, in the namespace this process runs in.
+/// IP forwarding on, in the namespace this process runs in. A sysctl that is already 1 is
+/// left alone: in the DaemonSet /proc/sys is read-only and an init container has set it,
+/// and writing `ip_forward` also resets per-device settings.
 pub fn ensure_forwarding(v6: bool) -> std::io::Result<()> {
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+    ensure_one("/proc/sys/net/ipv4/ip_forward")?;
     if v6 {
-        std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
+        ensure_one("/proc/sys/net/ipv6/conf/all/forwarding")?;
     }
     Ok(())
+}
+
+fn ensure_one(path: &str) -> std::io::Result<()> {
+    if std::fs::read_to_string(path)?.trim() == "1" {
+        return Ok(());
+    }
+    std::fs::write(path, "1")
 }
 
 #[cfg(test)]
