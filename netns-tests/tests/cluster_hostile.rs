@@ -1,0 +1,213 @@
+//! Hostile leases written straight into etcd while pods talk: none becomes a route, every
+//! node reports each one in `status` and its metrics, no existing route moves, the pods'
+//! traffic (also to the subnet a hostile lease overlaps) loses nothing, and once the
+//! leases are gone so are the reports.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::Result;
+use hostgw_netns_tests::{
+    cluster::{
+        PingRun, RouteMonitor, add_pod, all_reach, free_subnet, has_route, owned_changes,
+        status_json, tcp_server,
+    },
+    require_root,
+    routed::{Cluster, Spec, lease_json, metric, subnet_key},
+    wait_for,
+};
+
+const PORT: u16 = 7000;
+
+/// (key name, reason) of every rejected lease in `status --json`.
+fn rejected(status: &serde_json::Value) -> BTreeMap<String, String> {
+    status["rejected"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["key"].as_str().unwrap_or("?").to_owned(),
+                r["reason"].as_str().unwrap_or("?").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn cluster_hostile_leases_route_nothing_and_are_reported_everywhere() -> Result<()> {
+    require_root();
+    let mut c = Cluster::new(Spec::default())?;
+    c.start_all()?;
+    c.wait_converged(Duration::from_secs(20))?;
+    let pods = [
+        add_pod(&c, 0, "pod-a")?,
+        add_pod(&c, 1, "pod-b")?,
+        add_pod(&c, 2, "pod-c")?,
+    ];
+    let _servers: Vec<_> = pods
+        .iter()
+        .map(|p| tcp_server(p, PORT))
+        .collect::<Result<_>>()?;
+    all_reach(&pods, Some(PORT))?;
+    // 198.19.5.0/24 lies behind a router (the etcd host) on every node.
+    for n in &c.nodes {
+        n.ns.ip(&["route", "add", "198.19.5.0/24", "via", "198.19.0.2"])?;
+    }
+    let before: Vec<_> = (0..3).map(|i| c.routes(i)).collect::<Result<_>>()?;
+    let monitors: Vec<RouteMonitor> = (0..3)
+        .map(|i| RouteMonitor::start(&c.nodes[i].ns, c.dir.path()))
+        .collect::<Result<_>>()?;
+    // pod-a → pod-b, whose subnet a hostile lease overlaps.
+    let run = PingRun::start(
+        &pods[0].ns,
+        &pods[1].ip,
+        300,
+        Duration::from_millis(10),
+        c.dir.path(),
+    )?;
+
+    let sub1 = c.subnet(1).unwrap();
+    let free: Vec<String> = {
+        let mut v = Vec::new();
+        let mut from = 200;
+        for _ in 0..4 {
+            let s = free_subnet(&c, from);
+            from = s.split('.').nth(2).unwrap().parse::<u8>().unwrap() + 1;
+            v.push(s);
+        }
+        v
+    };
+    let name = |s: &str| s.replace('/', "-");
+    let overlap = sub1.replace(".0/24", ".0/25");
+    let (own_hop, loopback, routed_hop, garbage) = (&free[0], &free[1], &free[2], &free[3]);
+    let hostile: Vec<(String, String)> = vec![
+        (
+            "198.17.9.0/24".into(),
+            lease_json("198.19.0.52", "h-outside"),
+        ),
+        (overlap.clone(), lease_json("198.19.0.51", "h-overlap")),
+        (own_hop.clone(), lease_json(&c.nodes[0].ip, "h-own-hop")),
+        (loopback.clone(), lease_json("127.0.0.1", "h-loopback")),
+        (routed_hop.clone(), lease_json("198.19.5.7", "h-routed")),
+        (garbage.clone(), "{garbage".into()),
+    ];
+    for (s, v) in &hostile {
+        c.etcd.put(&subnet_key(s), v)?;
+    }
+    // A good lease written last: once every node routes it, every node has seen the rest
+    // (one watch, in revision order).
+    let good = free_subnet(&c, 240);
+    c.etcd
+        .put(&subnet_key(&good), &lease_json("198.19.0.60", "h-good"))?;
+    wait_for(
+        "the good lease routed everywhere",
+        Duration::from_secs(2),
+        || {
+            (0..3)
+                .all(|i| has_route(&c, i, &good, Some("198.19.0.60")))
+                .then_some(())
+        },
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Routes: the nodes' and the good one; node 0's address as next hop is node 0's own
+    // problem only (for nodes 1 and 2 it is a peer address like any other).
+    for i in 0..3 {
+        let mut want = before[i].clone();
+        want.push((good.clone(), "198.19.0.60".into()));
+        if i != 0 {
+            want.push((own_hop.clone(), c.nodes[0].ip.clone()));
+        }
+        want.sort();
+        let mut got = c.routes(i)?;
+        got.sort();
+        assert_eq!(got, want, "node {i}: only legitimate routes\n{}", c.log(i));
+    }
+    // Reported on every node, each for what it is from that node.
+    for i in 0..3 {
+        let st = status_json(&c, i)?;
+        let mut want: BTreeMap<String, String> = [
+            ("198.17.9.0-24".to_owned(), "outside-network"),
+            (
+                name(&overlap),
+                if i == 1 { "own-subnet" } else { "overlap" },
+            ),
+            (name(loopback), "bad-next-hop"),
+            (name(garbage), "malformed"),
+        ]
+        .into_iter()
+        .map(|(k, r)| (k, r.to_owned()))
+        .collect();
+        if i == 0 {
+            want.insert(name(own_hop), "bad-next-hop".into());
+        }
+        assert_eq!(rejected(&st), want, "node {i} status: {st:#}");
+        let unreachable: Vec<_> = st["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["state"] == "unreachable")
+            .collect();
+        assert_eq!(unreachable.len(), 1, "node {i}: {st:#}");
+        assert_eq!(unreachable[0]["node"], "h-routed");
+        assert_eq!(unreachable[0]["gateway"], "198.19.0.2");
+        assert!(
+            st["drift"]["missing"].as_array().unwrap().is_empty()
+                && st["drift"]["extra"].as_array().unwrap().is_empty(),
+            "node {i}: {st:#}"
+        );
+        let m = c.metrics(i)?;
+        for (reason, n) in [
+            ("outside-network", 1.0),
+            ("overlap", if i == 1 { 0.0 } else { 1.0 }),
+            ("own-subnet", if i == 1 { 1.0 } else { 0.0 }),
+            ("bad-next-hop", if i == 0 { 2.0 } else { 1.0 }),
+            ("malformed", 1.0),
+        ] {
+            assert_eq!(
+                metric(
+                    &m,
+                    "hostgw_leases_rejected",
+                    &[&format!("reason=\"{reason}\"")]
+                ),
+                n,
+                "node {i} {reason}"
+            );
+        }
+        assert_eq!(metric(&m, "hostgw_peers_unreachable", &[]), 1.0, "node {i}");
+    }
+    let s = run.finish(Duration::from_secs(20))?;
+    assert_eq!(s.lost(), 0, "pod traffic disturbed:\n{}", s.text);
+    all_reach(&pods, Some(PORT))?;
+
+    // Gone from etcd: gone from the reports.
+    for (s, _) in &hostile {
+        c.etcd.del(&subnet_key(s))?;
+    }
+    c.etcd.del(&subnet_key(&good))?;
+    wait_for("reports cleared", Duration::from_secs(3), || {
+        (0..3)
+            .all(|i| {
+                let Ok(m) = c.metrics(i) else { return false };
+                metric(&m, "hostgw_leases_rejected", &[]) == 0.0
+                    && metric(&m, "hostgw_peers_unreachable", &[]) == 0.0
+            })
+            .then_some(())
+    })?;
+    for (i, m) in monitors.into_iter().enumerate() {
+        let text = m.stop();
+        let dsts: Vec<String> = before[i].iter().map(|(d, _)| d.clone()).collect();
+        let moved: Vec<String> = owned_changes(&text, &dsts)
+            .into_iter()
+            .filter(|l| !l.contains(&good) && !l.contains(own_hop.as_str()))
+            .collect();
+        assert!(
+            moved.is_empty(),
+            "node {i}: existing routes changed or a hostile route appeared:\n{}",
+            moved.join("\n")
+        );
+        assert!(rejected(&status_json(&c, i)?).is_empty());
+        assert_eq!(c.routes(i)?, before[i], "node {i}");
+    }
+    Ok(())
+}
