@@ -1,0 +1,260 @@
+//! 200 pod ADD/DEL cycles on one node of a running cluster (its daemon reconciling on
+//! every netlink event the plugin causes), with the plugin SIGKILLed in a tenth of the
+//! ADDs and those sandboxes simply gone, as a runtime that lost track leaves them; then GC
+//! with the live attachments: no reservation, link or route leaks, no two live pods ever
+//! shared an address, and the live pods still talk across nodes.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    io::Write,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use hostgw_netns_tests::{
+    Netns, bin,
+    cluster::{Pod, add_pod, del_pod, ipam_dir, ping, ping_once, plugin, pod_conf},
+    cni::{Call, command},
+    pod::{NETWORK, host_veth_name, ns_path, routes},
+    require_root,
+    routed::{CONFIG_V6, Cluster, Spec},
+};
+use serde_json::{Value, json};
+
+const CYCLES: usize = 200;
+const LIVE: usize = 8;
+
+/// Reservations of node `node`: address → container ID.
+fn reservations(c: &Cluster, node: usize) -> Result<BTreeMap<String, String>> {
+    let dir = ipam_dir(c, node).join(NETWORK);
+    let mut out = BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Ok(out);
+    };
+    for e in rd {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "lock" || name.starts_with("last_reserved_ip.") {
+            continue;
+        }
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        out.insert(name, text.lines().next().unwrap_or("").trim().to_owned());
+    }
+    Ok(out)
+}
+
+/// Host veths of node `node`.
+fn host_veths(c: &Cluster, node: usize) -> Result<BTreeSet<String>> {
+    Ok(c.nodes[node]
+        .ns
+        .links()?
+        .into_iter()
+        .filter(|l| l.starts_with("hgw"))
+        .collect())
+}
+
+/// Destinations of the node's routes through host veths (the plugin's per-pod routes).
+fn pod_routes(c: &Cluster, node: usize) -> Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    for fam in ["-4", "-6"] {
+        for r in routes(&c.nodes[node].ns, fam)? {
+            if r.contains(" dev hgw") {
+                let dst = r.split_whitespace().next().unwrap_or("?");
+                out.insert(
+                    dst.trim_end_matches("/32")
+                        .trim_end_matches("/128")
+                        .to_owned(),
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// ADD of `id` into `pod`, SIGKILLed `delay` after spawn. Returns whether it had finished.
+fn add_killed_after(c: &Cluster, id: &str, pod: &Netns, delay: Duration) -> Result<bool> {
+    let path = ns_path(pod);
+    let mut child = command(
+        &bin("hostgw"),
+        &c.nodes[0].ns,
+        &Call::attach("ADD", id, &path),
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()?;
+    let spawned = Instant::now();
+    let _ = child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(pod_conf(c, 0).to_string().as_bytes());
+    if let Some(left) = delay.checked_sub(spawned.elapsed()) {
+        std::thread::sleep(left);
+    }
+    let finished = child.try_wait()?.is_some();
+    let _ = child.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            bail!("killed plugin did not go away");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(finished)
+}
+
+#[test]
+fn cluster_heavy_200_pod_cycles_with_killed_plugins_then_gc_leak_nothing() -> Result<()> {
+    require_root();
+    let mut c = Cluster::new(Spec {
+        nodes: 2,
+        tls: false,
+        config: CONFIG_V6,
+    })?;
+    c.start_all()?;
+    c.wait_converged(Duration::from_secs(20))?;
+    let owned_before = c.routes(0)?;
+    let remote = add_pod(&c, 1, "remote")?;
+
+    // How long a whole ADD takes here and now (the quickest of three), so that the kills
+    // spread over all of it.
+    let mut full = Duration::MAX;
+    for k in 0..3 {
+        let t = Instant::now();
+        let p = add_pod(&c, 0, &format!("probe-{k}"))?;
+        full = full.min(t.elapsed());
+        del_pod(&c, &p)?;
+    }
+
+    let mut live: VecDeque<Pod> = VecDeque::new();
+    let (mut adds, mut killed_finished, mut killed_midway, mut killed_early) = (0, 0, 0, 0);
+    let mut seen_addrs = 0usize;
+    let t0 = Instant::now();
+    for k in 0..CYCLES {
+        let id = format!("churn-{k}");
+        if k % 10 == 3 {
+            // A tenth of the ADDs: killed at 0..1.1× a whole ADD; the sandbox then goes
+            // without a DEL (its namespace is deleted, taking the pod end with it).
+            let pod = Netns::new("pod")?;
+            let j = (k / 10) as f64;
+            let delay = full.mul_f64(j * 1.1 / (CYCLES / 10) as f64);
+            let before = reservations(&c, 0)?.len();
+            let finished = add_killed_after(&c, &id, &pod, delay)?;
+            let traces = reservations(&c, 0)?.len() > before
+                || host_veths(&c, 0)?.contains(&host_veth_name(NETWORK, &id, "eth0"));
+            match (finished, traces) {
+                (true, _) => killed_finished += 1,
+                (false, true) => killed_midway += 1,
+                (false, false) => killed_early += 1,
+            }
+            drop(pod);
+        } else {
+            let pod = add_pod(&c, 0, &id)
+                .with_context(|| format!("cycle {k}; reservations {:?}", reservations(&c, 0)))?;
+            adds += 1;
+            // No two live pods share an address, and the store says it is this pod's.
+            let res = reservations(&c, 0)?;
+            for a in pod.addrs() {
+                for other in &live {
+                    assert!(
+                        !other.addrs().contains(&a),
+                        "cycle {k}: {id} got {a}, which live pod {} holds",
+                        other.name
+                    );
+                }
+                assert_eq!(
+                    res.get(a).map(String::as_str),
+                    Some(id.as_str()),
+                    "cycle {k}: {a}"
+                );
+                seen_addrs += 1;
+            }
+            live.push_back(pod);
+            if live.len() > LIVE {
+                let old = live.pop_front().unwrap();
+                del_pod(&c, &old).with_context(|| format!("cycle {k}"))?;
+            }
+        }
+        if k % 50 == 49 {
+            let p = live.back().unwrap();
+            ping(&p.ns, &remote.ip).with_context(|| format!("cycle {k}: {} to remote", p.name))?;
+        }
+    }
+    let churn_time = t0.elapsed();
+
+    // GC with the live attachments, as the runtime sends it.
+    let valid: Vec<Value> = live
+        .iter()
+        .map(|p| json!({"containerID": p.name, "ifname": "eth0"}))
+        .collect();
+    let mut conf = pod_conf(&c, 0);
+    conf["cniVersion"] = json!("1.1.0");
+    conf["cni.dev/valid-attachments"] = json!(valid);
+    let reply = plugin(
+        &c,
+        0,
+        &Call {
+            command: "GC",
+            path: Some("/opt/cni/bin"),
+            ..Default::default()
+        },
+        &conf,
+    )?;
+    assert!(reply.ok(), "GC failed: {} {}", reply.stdout, reply.stderr);
+
+    let want_addrs: BTreeMap<String, String> = live
+        .iter()
+        .flat_map(|p| {
+            p.addrs()
+                .into_iter()
+                .map(|a| (a.to_owned(), p.name.clone()))
+        })
+        .collect();
+    let want_veths: BTreeSet<String> = live
+        .iter()
+        .map(|p| host_veth_name(NETWORK, &p.name, "eth0"))
+        .collect();
+    let want_routes: BTreeSet<String> = want_addrs.keys().cloned().collect();
+    eprintln!(
+        "{CYCLES} cycles in {churn_time:?} (whole ADD {full:?}): {adds} ADDs, {} killed \
+         ({killed_finished} finished, {killed_midway} mid-way, {killed_early} early); \
+         {seen_addrs} addresses handed out",
+        CYCLES - adds
+    );
+    assert_eq!(reservations(&c, 0)?, want_addrs, "reservations after GC");
+    assert_eq!(host_veths(&c, 0)?, want_veths, "host veths after GC");
+    assert_eq!(pod_routes(&c, 0)?, want_routes, "pod routes after GC");
+    assert!(
+        killed_midway > 0,
+        "no kill landed mid-way: the test proved nothing"
+    );
+    // The daemon never touched the plugin's routes nor lost its own.
+    assert_eq!(c.routes(0)?, owned_before, "owned routes of node 0");
+    assert!(!c.log(0).contains("route removed"), "{}", c.log(0));
+    for p in &live {
+        for (from, to) in [(&p.ns, &remote.ip), (&remote.ns, &p.ip)] {
+            assert!(
+                ping_once(from, to) || ping(from, to).is_ok(),
+                "{} <-> remote",
+                p.name
+            );
+        }
+        if let (Some(a), Some(b)) = (&p.ip6, &remote.ip6) {
+            ping(&p.ns, b)?;
+            ping(&remote.ns, a)?;
+        }
+    }
+    for p in &live {
+        del_pod(&c, p)?;
+    }
+    assert!(
+        reservations(&c, 0)?.is_empty(),
+        "{:?}",
+        reservations(&c, 0)?
+    );
+    assert!(host_veths(&c, 0)?.is_empty());
+    assert!(pod_routes(&c, 0)?.is_empty());
+    Ok(())
+}
