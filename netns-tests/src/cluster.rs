@@ -435,3 +435,255 @@ pub fn first_times(
     }
     Ok(seen.into_iter().flatten().collect())
 }
+
+// === pods through a real runtime ===
+
+/// Name `ctr images import` gives the image of [`busybox_image`].
+pub const BUSYBOX_IMAGE: &str = "localhost/hgwt-busybox:1";
+
+const BUSYBOX_SCRIPT: &str = r#"
+set -eu
+out=$1
+bb=$(command -v busybox)
+if ldd "$bb" >/dev/null 2>&1; then echo "busybox is dynamically linked; install busybox-static" >&2; exit 1; fi
+r=$out/rootfs
+mkdir -p "$r/bin" "$r/etc" "$r/proc" "$r/sys" "$r/dev" "$r/tmp" "$r/run"
+install -m 0755 "$bb" "$r/bin/busybox"
+for a in $("$bb" --list); do [ "$a" = busybox ] || ln -sf busybox "$r/bin/$a"; done
+printf 'root:x:0:0:root:/:/bin/sh\n' >"$r/etc/passwd"
+printf 'root:x:0:\n' >"$r/etc/group"
+l=$out/layout
+umoci init --layout "$l"
+umoci new --image "$l:1"
+umoci insert --image "$l:1" "$r" / >/dev/null
+umoci config --image "$l:1" --os linux --architecture amd64 \
+  --config.cmd /bin/sh --config.env PATH=/bin --config.workingdir /
+umoci gc --layout "$l"
+sed -i 's|"org.opencontainers.image.ref.name":"1"|&,"io.containerd.image.name":"localhost/hgwt-busybox:1"|' "$l/index.json"
+grep -q io.containerd.image.name "$l/index.json"
+tar -C "$l" -cf "$out/busybox.tar" .
+"#;
+
+/// Builds a small OCI image of this machine's busybox-static with umoci (nothing is
+/// downloaded) into `dir`; returns the tarball for `ctr images import`, which names it
+/// [`BUSYBOX_IMAGE`].
+pub fn busybox_image(dir: &Path) -> Result<PathBuf> {
+    must(
+        Command::new("bash")
+            .args(["-c", BUSYBOX_SCRIPT, "busybox-image"])
+            .arg(dir),
+    )?;
+    Ok(dir.join("busybox.tar"))
+}
+
+const CNI_HOST_SCRIPT: &str = r#"
+set -eu
+r=$1 subnet_dir=$2 plugin=$3 conflist=$4 install=$5
+for d in /etc /opt /var/lib; do
+  mkdir -p "$r/upper$d" "$r/work$d"
+  mount -t overlay hgwt-cni -o "lowerdir=$d,upperdir=$r/upper$d,workdir=$r/work$d" "$d"
+done
+mkdir -p /run/hostgw
+mount --bind "$subnet_dir" /run/hostgw
+HOST_ROOT=/ SRC_PLUGIN="$plugin" SRC_CONFLIST="$conflist" sh "$install"
+"#;
+
+/// The node's CNI files as the runtime of containerd's mount namespace sees them: `/etc`,
+/// `/opt` and `/var/lib` overlaid there with writable layers in `dir` (the host's never
+/// change), the plugin and the shipped conflist installed by `manifests/install-cni.sh` as
+/// the DaemonSet's init container installs them (`/opt/cni/bin/hostgw`,
+/// `/etc/cni/net.d/10-hostgw.conflist`), and `/run/hostgw` bound to the node daemon's
+/// subnet-file directory. Declare it before the `Containerd` so it outlives it.
+pub struct CniHost {
+    pub dir: tempfile::TempDir,
+}
+
+impl CniHost {
+    pub fn new() -> Result<CniHost> {
+        Ok(CniHost {
+            dir: tempfile::Builder::new().prefix("hgwt-cnihost").tempdir()?,
+        })
+    }
+
+    /// Sets the files up in the mount namespace of `ctd` for node `node` of `c`.
+    pub fn install(
+        &self,
+        ctd: &crate::containerd::Containerd,
+        c: &Cluster,
+        node: usize,
+    ) -> Result<()> {
+        let subnet_dir = c.nodes[node]
+            .subnet_file
+            .parent()
+            .context("subnet file directory")?;
+        let m = crate::manifests::dir();
+        must(
+            Command::new("nsenter")
+                .arg(format!("--mount=/proc/{}/ns/mnt", ctd.pid()))
+                .args(["--", "sh", "-c", CNI_HOST_SCRIPT, "cni-host"])
+                .arg(self.dir.path())
+                .arg(subnet_dir)
+                .arg(bin("hostgw"))
+                .arg(m.join("10-hostgw.conflist"))
+                .arg(m.join("install-cni.sh")),
+        )?;
+        Ok(())
+    }
+
+    /// The plugin's IPAM store (`/var/lib/cni/networks/<network>` inside), seen from here.
+    pub fn net_dir(&self, network: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("upper/var/lib/cni/networks")
+            .join(network)
+    }
+
+    /// Reservations (address → first line of the file) of `network`.
+    pub fn reservations(
+        &self,
+        network: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        let mut out = std::collections::BTreeMap::new();
+        let Ok(rd) = std::fs::read_dir(self.net_dir(network)) else {
+            return Ok(out);
+        };
+        for e in rd {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == "lock" || name.starts_with("last_reserved_ip.") {
+                continue;
+            }
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            out.insert(name, text.lines().next().unwrap_or("").trim().to_owned());
+        }
+        Ok(out)
+    }
+}
+
+/// A container started by `ctr run --cni --rm` (not detached, so that ctr itself calls the
+/// plugin's DEL when the task ends, as it does) on a thread of `scope`; ends when the task
+/// is killed.
+pub struct CtrPod<'s> {
+    pub id: String,
+    /// The container ID the plugin sees (`<containerd namespace>-<id>`).
+    pub cni_id: String,
+    pub ip: String,
+    handle: std::thread::ScopedJoinHandle<'s, Result<(std::process::ExitStatus, String)>>,
+}
+
+impl<'s> CtrPod<'s> {
+    /// Runs a busybox container `id` with the plugin's network and waits until it has an
+    /// IPv4 address on `eth0`.
+    pub fn start<'e>(
+        scope: &'s std::thread::Scope<'s, 'e>,
+        ctd: &'s crate::containerd::Containerd,
+        id: &str,
+    ) -> Result<CtrPod<'s>> {
+        let opts = crate::containerd::RunOpts {
+            args: [
+                "sh",
+                "-c",
+                "trap 'exit 0' TERM; while :; do sleep 0.2; done",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            extra: vec!["--cni".into()],
+            ..Default::default()
+        };
+        let owned = id.to_owned();
+        let handle = scope
+            .spawn(move || ctd.run_once(BUSYBOX_IMAGE, &owned, &opts, Duration::from_secs(300)));
+        let ip = wait_for(
+            &format!("container {id} running with an address"),
+            Duration::from_secs(60),
+            || {
+                if handle.is_finished() {
+                    return Some(None);
+                }
+                if ctd.task_status(id).as_deref() != Some("RUNNING") {
+                    return None;
+                }
+                let out = ctd
+                    .ctr(&[
+                        "task",
+                        "exec",
+                        "--exec-id",
+                        "addr",
+                        id,
+                        "ip",
+                        "-o",
+                        "-4",
+                        "addr",
+                        "show",
+                        "eth0",
+                    ])
+                    .ok()?;
+                let a = out.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
+                Some(Some(a.split('/').next()?.to_owned()))
+            },
+        )?;
+        let Some(ip) = ip else {
+            let out = handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("ctr thread panicked"))??;
+            bail!(
+                "ctr run --cni {id} ended at once ({}):\n{}\n{}",
+                out.0,
+                out.1,
+                ctd.log()
+            );
+        };
+        Ok(CtrPod {
+            id: id.to_owned(),
+            cni_id: format!("{}-{id}", crate::containerd::NAMESPACE),
+            ip,
+            handle,
+        })
+    }
+
+    /// Runs `args` inside the container (`ctr task exec`); returns stdout.
+    pub fn exec(
+        &self,
+        ctd: &crate::containerd::Containerd,
+        exec_id: &str,
+        args: &[&str],
+    ) -> Result<String> {
+        let mut a = vec!["task", "exec", "--exec-id", exec_id, &self.id];
+        a.extend_from_slice(args);
+        ctd.ctr(&a)
+    }
+
+    /// Pings `to` from inside the container until one answer (at most 5 s).
+    pub fn ping(&self, ctd: &crate::containerd::Containerd, to: &str) -> Result<()> {
+        let mut n = 0;
+        wait_for(
+            &format!("container {} to reach {to}", self.id),
+            Duration::from_secs(5),
+            || {
+                n += 1;
+                self.exec(
+                    ctd,
+                    &format!("ping{n}"),
+                    &["ping", "-c", "1", "-W", "1", to],
+                )
+                .ok()
+                .map(drop)
+            },
+        )
+    }
+
+    /// The runtime's teardown: the task is stopped (SIGTERM), and `ctr run` calls the
+    /// plugin's DEL, deletes the task and removes the container. Returns ctr's output.
+    pub fn stop(self, ctd: &crate::containerd::Containerd) -> Result<String> {
+        ctd.ctr(&["task", "kill", "--signal", "SIGTERM", &self.id])?;
+        let (st, out) = self
+            .handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("ctr thread panicked"))??;
+        if !st.success() {
+            bail!("ctr run {} ended with {st}:\n{out}", self.id);
+        }
+        Ok(out)
+    }
+}
