@@ -478,13 +478,14 @@ pub fn busybox_image(dir: &Path) -> Result<PathBuf> {
 
 const CNI_HOST_SCRIPT: &str = r#"
 set -eu
-r=$1 subnet_dir=$2 plugin=$3 conflist=$4 install=$5
+r=$1 subnet_dir=$2 data_dir=$3 plugin=$4 conflist=$5 install=$6
 for d in /etc /opt /var/lib; do
   mkdir -p "$r/upper$d" "$r/work$d"
   mount -t overlay hgwt-cni -o "lowerdir=$d,upperdir=$r/upper$d,workdir=$r/work$d" "$d"
 done
-mkdir -p /run/hostgw
+mkdir -p /run/hostgw /var/lib/cni/networks
 mount --bind "$subnet_dir" /run/hostgw
+mount --bind "$data_dir" /var/lib/cni/networks
 HOST_ROOT=/ SRC_PLUGIN="$plugin" SRC_CONFLIST="$conflist" sh "$install"
 "#;
 
@@ -492,8 +493,11 @@ HOST_ROOT=/ SRC_PLUGIN="$plugin" SRC_CONFLIST="$conflist" sh "$install"
 /// `/opt` and `/var/lib` overlaid there with writable layers in `dir` (the host's never
 /// change), the plugin and the shipped conflist installed by `manifests/install-cni.sh` as
 /// the DaemonSet's init container installs them (`/opt/cni/bin/hostgw`,
-/// `/etc/cni/net.d/10-hostgw.conflist`), and `/run/hostgw` bound to the node daemon's
-/// subnet-file directory. Declare it before the `Containerd` so it outlives it.
+/// `/etc/cni/net.d/10-hostgw.conflist`), `/run/hostgw` bound to the node daemon's
+/// subnet-file directory, and `/var/lib/cni/networks` bound to the node's IPAM store
+/// ([`ipam_dir`]): one store per node, shared with the pods [`add_pod`] wires there (two
+/// stores on one node would hand out the same address twice). Declare it before the
+/// `Containerd` so it outlives it.
 pub struct CniHost {
     pub dir: tempfile::TempDir,
 }
@@ -516,6 +520,8 @@ impl CniHost {
             .subnet_file
             .parent()
             .context("subnet file directory")?;
+        let data_dir = ipam_dir(c, node);
+        std::fs::create_dir_all(&data_dir)?;
         let m = crate::manifests::dir();
         must(
             Command::new("nsenter")
@@ -523,52 +529,48 @@ impl CniHost {
                 .args(["--", "sh", "-c", CNI_HOST_SCRIPT, "cni-host"])
                 .arg(self.dir.path())
                 .arg(subnet_dir)
+                .arg(&data_dir)
                 .arg(bin("hostgw"))
                 .arg(m.join("10-hostgw.conflist"))
                 .arg(m.join("install-cni.sh")),
         )?;
         Ok(())
     }
+}
 
-    /// The plugin's IPAM store (`/var/lib/cni/networks/<network>` inside), seen from here.
-    pub fn net_dir(&self, network: &str) -> PathBuf {
-        self.dir
-            .path()
-            .join("upper/var/lib/cni/networks")
-            .join(network)
-    }
-
-    /// Reservations (address → first line of the file) of `network`.
-    pub fn reservations(
-        &self,
-        network: &str,
-    ) -> Result<std::collections::BTreeMap<String, String>> {
-        let mut out = std::collections::BTreeMap::new();
-        let Ok(rd) = std::fs::read_dir(self.net_dir(network)) else {
-            return Ok(out);
-        };
-        for e in rd {
-            let e = e?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name == "lock" || name.starts_with("last_reserved_ip.") {
-                continue;
-            }
-            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-            out.insert(name, text.lines().next().unwrap_or("").trim().to_owned());
+/// Reservations of node `node` (address → container ID), from its IPAM store.
+pub fn reservations(
+    c: &Cluster,
+    node: usize,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let dir = ipam_dir(c, node).join(crate::pod::NETWORK);
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Ok(out);
+    };
+    for e in rd {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "lock" || name.starts_with("last_reserved_ip.") {
+            continue;
         }
-        Ok(out)
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        out.insert(name, text.lines().next().unwrap_or("").trim().to_owned());
     }
+    Ok(out)
 }
 
 /// A container started by `ctr run --cni --rm` (not detached, so that ctr itself calls the
-/// plugin's DEL when the task ends, as it does) on a thread of `scope`; ends when the task
-/// is killed.
+/// plugin's DEL when the task ends, as it does) on a thread of `scope`. `stop` is the
+/// runtime's teardown; dropped without it (a failed assertion), the task is SIGKILLed so
+/// that the scope can end.
 pub struct CtrPod<'s> {
     pub id: String,
     /// The container ID the plugin sees (`<containerd namespace>-<id>`).
     pub cni_id: String,
     pub ip: String,
-    handle: std::thread::ScopedJoinHandle<'s, Result<(std::process::ExitStatus, String)>>,
+    ctd: &'s crate::containerd::Containerd,
+    handle: Option<std::thread::ScopedJoinHandle<'s, Result<(std::process::ExitStatus, String)>>>,
 }
 
 impl<'s> CtrPod<'s> {
@@ -594,37 +596,33 @@ impl<'s> CtrPod<'s> {
         let owned = id.to_owned();
         let handle = scope
             .spawn(move || ctd.run_once(BUSYBOX_IMAGE, &owned, &opts, Duration::from_secs(300)));
+        let mut pod = CtrPod {
+            id: id.to_owned(),
+            cni_id: format!("{}-{id}", crate::containerd::NAMESPACE),
+            ip: String::new(),
+            ctd,
+            handle: Some(handle),
+        };
         let ip = wait_for(
             &format!("container {id} running with an address"),
             Duration::from_secs(60),
             || {
-                if handle.is_finished() {
+                if pod.handle.as_ref().is_none_or(|h| h.is_finished()) {
                     return Some(None);
                 }
                 if ctd.task_status(id).as_deref() != Some("RUNNING") {
                     return None;
                 }
-                let out = ctd
-                    .ctr(&[
-                        "task",
-                        "exec",
-                        "--exec-id",
-                        "addr",
-                        id,
-                        "ip",
-                        "-o",
-                        "-4",
-                        "addr",
-                        "show",
-                        "eth0",
-                    ])
+                let out = pod
+                    .exec("addr", &["ip", "-o", "-4", "addr", "show", "eth0"])
                     .ok()?;
                 let a = out.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
                 Some(Some(a.split('/').next()?.to_owned()))
             },
         )?;
         let Some(ip) = ip else {
-            let out = handle
+            let h = pod.handle.take().expect("handle");
+            let out = h
                 .join()
                 .map_err(|_| anyhow::anyhow!("ctr thread panicked"))??;
             bail!(
@@ -634,56 +632,55 @@ impl<'s> CtrPod<'s> {
                 ctd.log()
             );
         };
-        Ok(CtrPod {
-            id: id.to_owned(),
-            cni_id: format!("{}-{id}", crate::containerd::NAMESPACE),
-            ip,
-            handle,
-        })
+        pod.ip = ip;
+        Ok(pod)
     }
 
     /// Runs `args` inside the container (`ctr task exec`); returns stdout.
-    pub fn exec(
-        &self,
-        ctd: &crate::containerd::Containerd,
-        exec_id: &str,
-        args: &[&str],
-    ) -> Result<String> {
+    pub fn exec(&self, exec_id: &str, args: &[&str]) -> Result<String> {
         let mut a = vec!["task", "exec", "--exec-id", exec_id, &self.id];
         a.extend_from_slice(args);
-        ctd.ctr(&a)
+        self.ctd.ctr(&a)
     }
 
     /// Pings `to` from inside the container until one answer (at most 5 s).
-    pub fn ping(&self, ctd: &crate::containerd::Containerd, to: &str) -> Result<()> {
+    pub fn ping(&self, to: &str) -> Result<()> {
         let mut n = 0;
         wait_for(
             &format!("container {} to reach {to}", self.id),
             Duration::from_secs(5),
             || {
                 n += 1;
-                self.exec(
-                    ctd,
-                    &format!("ping{n}"),
-                    &["ping", "-c", "1", "-W", "1", to],
-                )
-                .ok()
-                .map(drop)
+                self.exec(&format!("ping{n}"), &["ping", "-c", "1", "-W", "1", to])
+                    .ok()
+                    .map(drop)
             },
         )
     }
 
     /// The runtime's teardown: the task is stopped (SIGTERM), and `ctr run` calls the
     /// plugin's DEL, deletes the task and removes the container. Returns ctr's output.
-    pub fn stop(self, ctd: &crate::containerd::Containerd) -> Result<String> {
-        ctd.ctr(&["task", "kill", "--signal", "SIGTERM", &self.id])?;
-        let (st, out) = self
-            .handle
+    pub fn stop(mut self) -> Result<String> {
+        self.ctd
+            .ctr(&["task", "kill", "--signal", "SIGTERM", &self.id])?;
+        let h = self.handle.take().expect("handle");
+        let (st, out) = h
             .join()
             .map_err(|_| anyhow::anyhow!("ctr thread panicked"))??;
         if !st.success() {
             bail!("ctr run {} ended with {st}:\n{out}", self.id);
         }
         Ok(out)
+    }
+}
+
+impl Drop for CtrPod<'_> {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = self
+                .ctd
+                .ctr(&["task", "kill", "--signal", "SIGKILL", &self.id]);
+            let _ = h.join();
+        }
     }
 }

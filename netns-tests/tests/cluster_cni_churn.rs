@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use hostgw_netns_tests::{
     Netns, bin,
-    cluster::{Pod, add_pod, del_pod, ipam_dir, ping, ping_once, plugin, pod_conf},
+    cluster::{Pod, add_pod, del_pod, ping, ping_once, plugin, pod_conf, reservations},
     cni::{Call, command},
     pod::{NETWORK, host_veth_name, ns_path, routes},
     require_root,
@@ -24,25 +24,6 @@ use serde_json::{Value, json};
 
 const CYCLES: usize = 200;
 const LIVE: usize = 8;
-
-/// Reservations of node `node`: address → container ID.
-fn reservations(c: &Cluster, node: usize) -> Result<BTreeMap<String, String>> {
-    let dir = ipam_dir(c, node).join(NETWORK);
-    let mut out = BTreeMap::new();
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        return Ok(out);
-    };
-    for e in rd {
-        let e = e?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name == "lock" || name.starts_with("last_reserved_ip.") {
-            continue;
-        }
-        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-        out.insert(name, text.lines().next().unwrap_or("").trim().to_owned());
-    }
-    Ok(out)
-}
 
 /// Host veths of node `node`.
 fn host_veths(c: &Cluster, node: usize) -> Result<BTreeSet<String>> {

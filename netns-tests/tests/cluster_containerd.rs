@@ -1,14 +1,17 @@
 //! A pod started by a real runtime: Debian's containerd + runc inside node 0's namespace,
 //! a busybox-static image built here with umoci, `ctr run --cni` with the plugin and the
 //! shipped conflist installed by `manifests/install-cni.sh`. The pod gets its address from
-//! our plugin (from the subnet node 0's daemon leased), reaches pods on the other nodes and
-//! is reached by them, and after the runtime tears it down nothing of it is left.
+//! our plugin (from the subnet node 0's daemon leased, in the node's one IPAM store, next
+//! to a pod wired directly), reaches pods on the other nodes and is reached by them, and
+//! after the runtime tears it down nothing of it is left.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hostgw_netns_tests::{
-    cluster::{CniHost, CtrPod, add_pod, busybox_image, ping, ping_once, status_json},
+    cluster::{
+        CniHost, CtrPod, add_pod, busybox_image, ping, ping_once, reservations, status_json,
+    },
     containerd::Containerd,
     pod::{NETWORK, host_veth_name},
     require_root,
@@ -27,6 +30,9 @@ fn cluster_heavy_containerd_pod_gets_our_address_reaches_pods_and_leaves_nothing
     let mut c = Cluster::new(Spec::default())?;
     c.start_all()?;
     c.wait_converged(Duration::from_secs(20))?;
+    // A neighbour on node 0 wired by the plugin directly, sharing the node's IPAM store
+    // with the runtime's pod; and pods on the other nodes.
+    let neighbour = add_pod(&c, 0, "pod-a")?;
     let pods = [add_pod(&c, 1, "pod-b")?, add_pod(&c, 2, "pod-c")?];
     let sub0 = c.subnet(0).unwrap();
 
@@ -59,7 +65,7 @@ fn cluster_heavy_containerd_pod_gets_our_address_reaches_pods_and_leaves_nothing
             "{} not in node 0's {sub0}",
             pod.ip
         );
-        let res = cni.reservations(NETWORK)?;
+        let res = reservations(&c, 0)?;
         assert_eq!(
             res.get(&pod.ip).map(String::as_str),
             Some(pod.cni_id.as_str()),
@@ -69,7 +75,13 @@ fn cluster_heavy_containerd_pod_gets_our_address_reaches_pods_and_leaves_nothing
         assert!(links.contains(&veth), "{veth} in {links:?}");
         let route = c.nodes[0].ns.ip(&["route", "show", &pod.ip])?;
         assert!(route.contains(&veth), "host route to the pod: {route:?}");
-        let default = pod.exec(&ctd, "route", &["ip", "route", "show", "default"])?;
+        assert_ne!(
+            pod.ip, neighbour.ip,
+            "one store per node: distinct addresses"
+        );
+        pod.ping(&neighbour.ip)
+            .context("container -> its neighbour on node 0")?;
+        let default = pod.exec("route", &["ip", "route", "show", "default"])?;
         assert!(
             default.contains("eth0"),
             "default route in the pod: {default:?}"
@@ -77,7 +89,7 @@ fn cluster_heavy_containerd_pod_gets_our_address_reaches_pods_and_leaves_nothing
 
         // Across nodes, both ways, and from node 0's daemon's point of view nothing changed.
         for p in &pods {
-            pod.ping(&ctd, &p.ip)
+            pod.ping(&p.ip)
                 .with_context(|| format!("container -> {}\n{}", p.name, c.logs()))?;
             ping(&p.ns, &pod.ip).with_context(|| format!("{} -> container", p.name))?;
         }
@@ -91,8 +103,8 @@ fn cluster_heavy_containerd_pod_gets_our_address_reaches_pods_and_leaves_nothing
         // The runtime tears it down: ctr calls DEL, deletes the task and the container.
         let ip = pod.ip.clone();
         let cni_id = pod.cni_id.clone();
-        pod.stop(&ctd)?;
-        let res = cni.reservations(NETWORK)?;
+        pod.stop()?;
+        let res = reservations(&c, 0)?;
         assert!(
             !res.contains_key(&ip) && !res.values().any(|v| *v == cni_id),
             "reservation left: {res:?}"
@@ -117,5 +129,10 @@ fn cluster_heavy_containerd_pod_gets_our_address_reaches_pods_and_leaves_nothing
     })?;
     // The other pods are untouched.
     ping(&pods[0].ns, &pods[1].ip)?;
+    ping(&pods[0].ns, &neighbour.ip)?;
+    assert_eq!(
+        reservations(&c, 0)?.get(&neighbour.ip).map(String::as_str),
+        Some("pod-a")
+    );
     Ok(())
 }

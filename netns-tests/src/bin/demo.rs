@@ -1,40 +1,73 @@
 //! The main job: a hostgw cluster on this machine, in network namespaces.
 //!
 //! A switch (bridge), a real etcd, three nodes each running `hostgw-routed`, two pods per
-//! node wired by the `hostgw` CNI plugin exactly as a runtime calls it; every pod pings
-//! every other pod across nodes (IPv4 and IPv6), then `hostgw-routed status` of one node,
-//! then everything is torn down (also on failure: every namespace is a Drop guard).
+//! node wired by the `hostgw` CNI plugin exactly as a runtime calls it, and one more pod
+//! started by a real runtime (containerd + runc inside node 0, `ctr run --cni`, a busybox
+//! image built here, our plugin and conflist installed by `manifests/install-cni.sh`);
+//! every pod pings every other pod across nodes (IPv4 and IPv6), then `hostgw-routed
+//! status` of one node, then everything is torn down: on success, on failure, and on
+//! Ctrl-C (every namespace, process and container is a Drop guard, and SIGINT/SIGTERM
+//! are turned into an orderly teardown).
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 use hostgw_netns_tests::{
-    Netns, bin,
-    cni::{Call, invoke},
-    must, require_root,
+    cluster::{CniHost, CtrPod, Pod, add_pod, busybox_image, del_pod, ping},
+    containerd::Containerd,
+    require_root,
     routed::{CONFIG_V6, Cluster, Spec},
 };
-use serde_json::{Value, json};
 
-struct Pod {
-    name: String,
-    node: usize,
-    ns: Netns,
-    ip: String,
-    ip6: String,
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-fn step(t0: Instant, msg: &str) {
+/// One line per step; fails once the user asked to stop, so that the teardown runs.
+fn step(t0: Instant, msg: &str) -> Result<()> {
     println!("[{:>6.2}s] {msg}", t0.elapsed().as_secs_f64());
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
     require_root();
+    for sig in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
+        // SAFETY: the handler only stores into an atomic.
+        unsafe {
+            nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::Handler(on_signal))?;
+        }
+    }
     let t0 = Instant::now();
+    let r = run(t0);
+    match &r {
+        Ok(()) => println!(
+            "[{:>6.2}s] done: no namespace, process, container or route of the demo is left",
+            t0.elapsed().as_secs_f64()
+        ),
+        Err(e) => println!(
+            "[{:>6.2}s] stopped ({e:#}); everything was torn down",
+            t0.elapsed().as_secs_f64()
+        ),
+    }
+    r
+}
+
+fn run(t0: Instant) -> Result<()> {
     step(
         t0,
         "starting etcd and 3 node namespaces on one L2 segment (198.19.0.0/24, fd19:19::/64)",
-    );
+    )?;
     let mut cluster = Cluster::new(Spec {
         nodes: 3,
         tls: false,
@@ -46,17 +79,17 @@ fn main() -> Result<()> {
             "etcd is up at {}; network config {CONFIG_V6}",
             cluster.etcd.endpoint
         ),
-    );
+    )?;
     cluster.start_all()?;
     for i in 0..3 {
         let subnet = cluster.wait_subnet(i)?;
         step(
             t0,
             &format!(
-                "{} ({}) leased {subnet}",
+                "{} ({}) runs hostgw-routed and leased {subnet}",
                 cluster.nodes[i].name, cluster.nodes[i].ip
             ),
-        );
+        )?;
     }
     cluster.wait_converged(Duration::from_secs(10))?;
     for i in 0..3 {
@@ -67,117 +100,108 @@ fn main() -> Result<()> {
             .collect();
         step(
             t0,
-            &format!("{} routes: {}", cluster.nodes[i].name, routes.join(", ")),
-        );
+            &format!(
+                "{} routes (proto 75): {}",
+                cluster.nodes[i].name,
+                routes.join(", ")
+            ),
+        )?;
     }
 
-    let mut pods = Vec::new();
+    let mut pods: Vec<Pod> = Vec::new();
     for node in 0..3 {
         for k in 0..2 {
-            pods.push(add_pod(&cluster, node, k)?);
-            let p = pods.last().unwrap();
+            let p = add_pod(&cluster, node, &format!("pod-{node}-{k}"))?;
             step(
                 t0,
                 &format!(
-                    "pod {} on {}: {} {}",
-                    p.name, cluster.nodes[node].name, p.ip, p.ip6
+                    "pod {} on {} (hostgw plugin, shipped conflist): {}",
+                    p.name,
+                    cluster.nodes[node].name,
+                    p.addrs().join(" ")
                 ),
-            );
+            )?;
+            pods.push(p);
         }
     }
 
-    let mut pairs = 0;
-    for a in &pods {
-        for b in pods.iter().filter(|b| b.name != a.name) {
-            ping(&a.ns, &b.ip).with_context(|| format!("{} -> {} ({})", a.name, b.name, b.ip))?;
-            ping(&a.ns, &b.ip6).with_context(|| format!("{} -> {} ({})", a.name, b.name, b.ip6))?;
-            pairs += 1;
-        }
-    }
-    let cross = pods
-        .iter()
-        .flat_map(|a| pods.iter().map(move |b| (a, b)))
-        .filter(|(a, b)| a.node != b.node)
-        .count();
+    // A pod through a real runtime on node 0. Declared before containerd: outlives it.
+    let cni = CniHost::new()?;
+    let image_dir = tempfile::tempdir()?;
+    let tar = busybox_image(image_dir.path())?;
+    step(t0, "built a busybox-static OCI image with umoci")?;
+    let ctd = Containerd::start(&cluster.nodes[0].ns)?;
+    cni.install(&ctd, &cluster, 0)?;
+    ctd.import(&tar)?;
     step(
         t0,
         &format!(
-            "all {pairs} pod pairs reach each other over IPv4 and IPv6 ({cross} of them across nodes)"
+            "containerd runs inside {} (private mount namespace); install-cni.sh put hostgw \
+             in /opt/cni/bin and 10-hostgw.conflist in /etc/cni/net.d there",
+            cluster.nodes[0].name
         ),
-    );
+    )?;
 
-    println!("\n$ hostgw-routed status   (on {})", cluster.nodes[0].name);
-    print!("{}", cluster.cli(0, "status", &[])?);
-    println!();
+    std::thread::scope(|s| -> Result<()> {
+        let web = CtrPod::start(s, &ctd, "web")?;
+        step(
+            t0,
+            &format!(
+                "ctr run --cni: container {} on {} got {} from the hostgw plugin",
+                web.id, cluster.nodes[0].name, web.ip
+            ),
+        )?;
 
+        let mut pairs = 0;
+        for a in &pods {
+            for b in pods.iter().filter(|b| b.name != a.name) {
+                for ip in b.addrs() {
+                    ping(&a.ns, ip).with_context(|| format!("{} -> {} ({ip})", a.name, b.name))?;
+                }
+                pairs += 1;
+            }
+        }
+        let cross = pods
+            .iter()
+            .flat_map(|a| pods.iter().map(move |b| (a, b)))
+            .filter(|(a, b)| a.node != b.node)
+            .count();
+        step(
+            t0,
+            &format!(
+                "all {pairs} pod pairs reach each other over IPv4 and IPv6 ({cross} of them across nodes)"
+            ),
+        )?;
+        for p in pods.iter().filter(|p| p.node != 0) {
+            web.ping(&p.ip)
+                .with_context(|| format!("container -> {}", p.name))?;
+            ping(&p.ns, &web.ip).with_context(|| format!("{} -> container", p.name))?;
+        }
+        step(
+            t0,
+            "the containerd pod and the pods on node-1 and node-2 reach each other",
+        )?;
+
+        println!("\n$ hostgw-routed status   (on {})", cluster.nodes[0].name);
+        print!("{}", cluster.cli(0, "status", &[])?);
+        println!();
+
+        web.stop()?;
+        step(
+            t0,
+            "container stopped: ctr called the plugin's DEL and removed the container",
+        )
+    })?;
     for p in &pods {
         del_pod(&cluster, p)?;
     }
-    step(t0, "pods deleted; tearing down the cluster");
-    drop(pods);
-    drop(cluster);
     step(
         t0,
-        "done: no namespace, process or route of the demo is left",
-    );
-    Ok(())
-}
-
-fn conf(cluster: &Cluster, node: usize) -> Value {
-    let dir = cluster
-        .dir
-        .path()
-        .join(format!("{}-ipam", cluster.nodes[node].name));
-    json!({"cniVersion": "1.0.0", "name": "podnet", "type": "hostgw", "mode": "ptp",
-           "subnetFile": cluster.nodes[node].subnet_file, "dataDir": dir})
-}
-
-fn add_pod(cluster: &Cluster, node: usize, k: usize) -> Result<Pod> {
-    let name = format!("pod-{node}-{k}");
-    let ns = Netns::new("pod")?;
-    let path = ns.path().display().to_string();
-    let call = Call::attach("ADD", &name, &path);
-    let reply = invoke(
-        &bin("hostgw"),
-        &cluster.nodes[node].ns,
-        &call,
-        &conf(cluster, node).to_string(),
+        "pods deleted (DEL); tearing down containerd, the daemons, etcd and the namespaces",
     )?;
-    if !reply.ok() {
-        bail!("ADD {name} failed: {} {}", reply.stdout, reply.stderr);
-    }
-    let result = reply.json()?;
-    let addr = |i: usize| -> Result<String> {
-        let a = result["ips"][i]["address"]
-            .as_str()
-            .context("no address in result")?;
-        Ok(a.split('/').next().unwrap_or(a).to_owned())
-    };
-    Ok(Pod {
-        name,
-        node,
-        ip: addr(0)?,
-        ip6: addr(1)?,
-        ns,
-    })
-}
-
-fn del_pod(cluster: &Cluster, p: &Pod) -> Result<()> {
-    let path = p.ns.path().display().to_string();
-    let call = Call::attach("DEL", &p.name, &path);
-    let reply = invoke(
-        &bin("hostgw"),
-        &cluster.nodes[p.node].ns,
-        &call,
-        &conf(cluster, p.node).to_string(),
-    )?;
-    if !reply.ok() {
-        bail!("DEL {} failed: {}", p.name, reply.stdout);
-    }
-    Ok(())
-}
-
-fn ping(ns: &Netns, ip: &str) -> Result<()> {
-    must(ns.cmd("ping").args(["-c", "1", "-W", "2", ip]))?;
+    drop(ctd);
+    drop(cni);
+    drop(pods);
+    drop(cluster);
     Ok(())
 }
