@@ -382,16 +382,6 @@ fn b64(s: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn base64() {
-        assert_eq!(super::b64("hostgw"), "aG9zdGd3");
-        assert_eq!(super::b64("ab"), "YWI=");
-        assert_eq!(super::b64("a"), "YQ==");
-    }
-}
-
 impl Etcd {
     /// Puts `key` `count` times (one revision and one watch event each) with `value`, in
     /// one curl process over the gRPC gateway (plain HTTP only): history that piles up
@@ -574,5 +564,15 @@ impl Etcd {
             s["header"]["member_id"].as_u64().context("member_id")?,
             s["leader"].as_u64().context("leader")?,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64() {
+        assert_eq!(super::b64("hostgw"), "aG9zdGd3");
+        assert_eq!(super::b64("ab"), "YWI=");
+        assert_eq!(super::b64("a"), "YQ==");
     }
 }

@@ -129,8 +129,8 @@ fn cluster_heavy_etcd_down_60s_keeps_routes_and_pods_talking_then_resumes() -> R
             ));
         }
     }
-    for i in 0..3 {
-        if watch_restarts(&c, i)? <= restarts_before[i] {
+    for (i, before) in restarts_before.iter().enumerate() {
+        if watch_restarts(&c, i)? <= *before {
             failures.push(format!("node {i}: no watch restart counted"));
         }
         if c.readyz(i)? != "200" {
@@ -351,7 +351,7 @@ fn cluster_three_member_etcd_leader_killed_changes_no_route() -> Result<()> {
         if c.readyz(2).ok()? == "200" {
             return Some(Ok(()));
         }
-        c.nodes[2].daemon.as_mut()?.exited().map(|st| Err(st))
+        c.nodes[2].daemon.as_mut()?.exited().map(Err)
     });
     match back {
         Ok(Ok(())) => {}

@@ -112,8 +112,8 @@ fn cluster_hostile_leases_route_nothing_and_are_reported_everywhere() -> Result<
 
     // Routes: the nodes' and the good one; node 0's address as next hop is node 0's own
     // problem only (for nodes 1 and 2 it is a peer address like any other).
-    for i in 0..3 {
-        let mut want = before[i].clone();
+    for (i, b) in before.iter().enumerate() {
+        let mut want = b.clone();
         want.push((good.clone(), "198.19.0.60".into()));
         if i != 0 {
             want.push((own_hop.clone(), c.nodes[0].ip.clone()));
