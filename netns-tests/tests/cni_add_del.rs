@@ -791,9 +791,12 @@ fn cni_pod_end_is_born_in_the_pod() -> Result<()> {
             .stdout(std::fs::File::create(&events)?);
         let mut monitor = hostgw_netns_tests::Proc::spawn(cmd)?;
         let seen = |what: &str| std::fs::read_to_string(&events).is_ok_and(|t| t.contains(what));
-        // The monitor is listening once a change of lo shows up.
+        // The monitor is listening once a change of lo shows up. Each try sets a new MTU:
+        // setting the same one again is no change and emits no event.
+        let mut mtu = 65000;
         wait_for("ip monitor to start", Duration::from_secs(5), || {
-            n.ns.ip(&["link", "set", "lo", "mtu", "65000"]).ok()?;
+            mtu -= 1;
+            n.ns.ip(&["link", "set", "lo", "mtu", &mtu.to_string()]).ok()?;
             seen("lo:").then_some(())
         })?;
         let pod = Netns::new("pod")?;
