@@ -134,15 +134,18 @@ pub struct Options {
 }
 
 impl Options {
-    /// The full run: 3 runs × 5 s per stream count, 3 latency runs × 3 s.
+    /// The full run: 5 runs × 3 s per mode and stream count, 5 latency runs × 2 s, all
+    /// interleaved across modes (about 6 minutes). More short runs rather than fewer long
+    /// ones: on a shared machine a burst of background load then spoils one run of one
+    /// mode, which the median discards, instead of a long run of one mode.
     pub fn full(out: PathBuf) -> Options {
         Options {
             smoke: false,
             out,
-            secs: 5,
-            runs: 3,
-            lat_secs: 3,
-            lat_runs: 3,
+            secs: 3,
+            runs: 5,
+            lat_secs: 2,
+            lat_runs: 5,
             streams: vec![1, 4],
             modes: vec![],
             tune: vec![],
@@ -855,6 +858,9 @@ fn sockperf(p: &Pair, secs: u32) -> Result<Lat> {
         "-t",
         &secs.to_string(),
         "--full-rtt",
+        // The path is warm already (every pair pinged); sockperf's warm-up stage would
+        // only add 2 s to every run. Its first 400 ms are still left out of the figures.
+        "--dontwarmup",
     ]);
     let out = run_timeout(&mut c, Duration::from_secs(u64::from(secs) + 20))?;
     let text = format!(

@@ -5,13 +5,13 @@
 //! ```text
 //! cargo build --release --workspace --bins
 //! cargo run --release -p hostgw-netns-tests --bin bench-dataplane -- [--smoke] [--out DIR]
-//!     [--secs 5] [--runs 3] [--lat-secs 3] [--lat-runs 3] [--streams 1,4] [--modes a,b]
+//!     [--secs 3] [--runs 5] [--lat-secs 2] [--lat-runs 5] [--streams 1,4] [--modes a,b]
 //!     [--tune a,b] [--hold S]
 //! target/release/bench-dataplane --render bench-out/dataplane.json   # redraw chart + table
 //! ```
 //!
 //! Needs root. Writes `DIR/dataplane.json` and `DIR/dataplane.svg` (DIR defaults to
-//! `bench-out/`) and prints a Markdown table. The full run takes about five minutes;
+//! `bench-out/`) and prints a Markdown table. The full run takes about six minutes;
 //! `--smoke` runs every mode once for one second.
 
 use anyhow::Result;
