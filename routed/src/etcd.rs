@@ -32,6 +32,21 @@ pub enum EtcdError {
     Config(#[from] crate::config::ConfigError),
 }
 
+impl EtcdError {
+    /// etcd could not be reached at all (refused, unreachable, silent): such a retry costs
+    /// etcd nothing, unlike one of an error etcd itself answered.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            EtcdError::Client(etcd_client::Error::TransportError(_)) => true,
+            EtcdError::Client(etcd_client::Error::GRpcStatus(s)) => {
+                s.code() == tonic::Code::Unavailable
+            }
+            EtcdError::Timeout(_) => true,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Keys {
     pub prefix: String,

@@ -33,8 +33,9 @@ pub struct Watcher {
 enum End {
     /// Our revision was compacted away: deletes may be lost, so re-list and replace.
     Compacted(i64),
-    /// The stream broke: resume from the last revision seen.
-    Broken(String),
+    /// The stream broke: resume from the last revision seen. `true` when etcd could not
+    /// be reached at all (see `Backoff::next_delay_for`).
+    Broken(String, bool),
 }
 
 impl Watcher {
@@ -51,7 +52,7 @@ impl Watcher {
             let (mut rev, mut current) = match self.list().await {
                 Ok(v) => v,
                 Err(e) => {
-                    let d = backoff.next_delay();
+                    let d = backoff.next_delay_for(e.is_unreachable());
                     warn!(error = %e, retry_in = ?d, "listing leases failed; keeping the current routes");
                     tokio::time::sleep(d).await;
                     continue;
@@ -69,9 +70,9 @@ impl Watcher {
                         );
                         break;
                     }
-                    End::Broken(e) => {
+                    End::Broken(e, unreachable) => {
                         self.metrics.watch_restarts.inc();
-                        let d = backoff.next_delay();
+                        let d = backoff.next_delay_for(unreachable);
                         warn!(error = %e, revision = rev, retry_in = ?d, "lease watch broke; resuming");
                         tokio::time::sleep(d).await;
                     }
@@ -109,19 +110,23 @@ impl Watcher {
         .await
         {
             Ok(s) => s,
-            Err(e) => return End::Broken(e.to_string()),
+            Err(e) => return End::Broken(e.to_string(), e.is_unreachable()),
         };
         loop {
             let resp = match stream.message().await {
                 Ok(Some(r)) => r,
-                Ok(None) => return End::Broken("stream ended".into()),
-                Err(e) => return End::Broken(e.to_string()),
+                // A stream that ends or fails mid-way: etcd went away (stopped, restarted).
+                Ok(None) => return End::Broken("stream ended".into(), true),
+                Err(e) => {
+                    let e = EtcdError::Client(e);
+                    return End::Broken(e.to_string(), e.is_unreachable());
+                }
             };
             if resp.compact_revision() != 0 {
                 return End::Compacted(resp.compact_revision());
             }
             if resp.canceled() {
-                return End::Broken(format!("watch canceled: {}", resp.cancel_reason()));
+                return End::Broken(format!("watch canceled: {}", resp.cancel_reason()), false);
             }
             if resp.events().is_empty() {
                 continue;
