@@ -28,7 +28,7 @@ fn routed_tls_etcd_with_client_certificates() -> Result<()> {
     c.wait_converged(Duration::from_secs(20))?;
     let text = c.cli(1, "status", &[])?;
     assert!(
-        text.contains("peers (2)") && text.contains("drift: none"),
+        text.contains("peers (2, 2 routes)") && text.contains("drift: none"),
         "{text}"
     );
     Ok(())

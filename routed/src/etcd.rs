@@ -78,6 +78,41 @@ impl Keys {
 }
 
 pub async fn connect(c: &Common) -> Result<Client, EtcdError> {
+    let endpoints: Vec<String> = c
+        .etcd_endpoints
+        .iter()
+        .map(|e| e.trim().to_owned())
+        .collect();
+    timeout(
+        "connect",
+        Client::connect(endpoints, Some(options(c).await?)),
+    )
+    .await
+}
+
+/// A client for a one-shot command (`status`, `release`), on the first endpoint that answers.
+///
+/// The balanced channel of [`connect`] sends each request to one member and returns its
+/// error: the daemon retries, but a one-shot command would fail whenever any member of a
+/// 3-member etcd is down. So each endpoint is tried in turn with a cheap read.
+pub async fn connect_reachable(c: &Common) -> Result<Client, EtcdError> {
+    let opts = options(c).await?;
+    let mut last = None;
+    for ep in c.etcd_endpoints.iter().map(|e| e.trim()) {
+        let attempt = async {
+            let mut client = timeout("connect", Client::connect([ep], Some(opts.clone()))).await?;
+            timeout("status", client.status()).await?;
+            Ok::<_, EtcdError>(client)
+        };
+        match attempt.await {
+            Ok(client) => return Ok(client),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or(EtcdError::Timeout("connect: no endpoint given")))
+}
+
+async fn options(c: &Common) -> Result<ConnectOptions, EtcdError> {
     // HTTP/2 pings detect a dead etcd on an idle watch stream: the stream then fails and
     // the watcher resumes elsewhere instead of waiting forever on a half-open connection.
     let mut opts = ConnectOptions::new()
@@ -91,12 +126,7 @@ pub async fn connect(c: &Common) -> Result<Client, EtcdError> {
         }
         opts = opts.with_tls(tls);
     }
-    let endpoints: Vec<String> = c
-        .etcd_endpoints
-        .iter()
-        .map(|e| e.trim().to_owned())
-        .collect();
-    timeout("connect", Client::connect(endpoints, Some(opts))).await
+    Ok(opts)
 }
 
 async fn read(path: &std::path::Path) -> Result<Vec<u8>, EtcdError> {

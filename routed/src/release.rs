@@ -15,7 +15,7 @@ use crate::{
 
 pub async fn release(c: &Common) -> Result<String, Error> {
     let keys = Keys::new(&c.etcd_prefix);
-    let mut client = etcd::connect(c).await?;
+    let mut client = etcd::connect_reachable(c).await?;
     let (_, entries) = etcd::list(&mut client, &keys).await?;
     let mut report = String::new();
     match status::own_key(&entries, c) {

@@ -75,7 +75,7 @@ pub async fn status(args: &StatusArgs) -> Result<String, Error> {
     let c = &args.common;
     let table = NetlinkRoutes::connect()?;
     let keys = Keys::new(&c.etcd_prefix);
-    let mut client = etcd::connect(c).await?;
+    let mut client = etcd::connect_reachable(c).await?;
     let cfg = etcd::read_config(&mut client, &keys).await?;
     let (_, entries) = etcd::list(&mut client, &keys).await?;
     let own = own_key(&entries, c).and_then(|(k, e)| {
@@ -156,7 +156,9 @@ pub fn render(s: &Status) -> String {
             let _ = writeln!(o, "node {}: NO LEASE in etcd", s.node);
         }
     }
-    let _ = writeln!(o, "\npeers ({}):", s.peers.len());
+    // One row per route: a dual-stack peer has two.
+    let nodes: std::collections::BTreeSet<&str> = s.peers.iter().map(|p| p.key.as_str()).collect();
+    let _ = writeln!(o, "\npeers ({}, {} routes):", nodes.len(), s.peers.len());
     for p in &s.peers {
         let gw = p
             .gateway
