@@ -286,23 +286,9 @@ pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// The host veth name the plugin derives for an attachment (FNV-1a of
-/// `network\0containerID\0ifname`, top 48 bits in hex after `hgw`), replicated here so a
-/// test can predict it: DEL and GC depend on it being a pure function of the attachment.
-pub fn host_veth_name(network: &str, container_id: &str, ifname: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in network
-        .bytes()
-        .chain([0])
-        .chain(container_id.bytes())
-        .chain([0])
-        .chain(ifname.bytes())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("hgw{:012x}", h >> 16)
-}
+/// The host veth name the plugin derives for an attachment (a pure function of it, which
+/// DEL and GC depend on).
+pub use hostgw_cni::datapath::host_veth_name;
 
 /// Main-table routes of `ns` for `family` ("-4" or "-6") as `dst [via gw] dev D [scope S]`,
 /// without the kernel's own (link-local, multicast, connected /128 of an address).
