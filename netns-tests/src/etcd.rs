@@ -100,14 +100,17 @@ pub struct Etcd {
 }
 
 /// A data directory in memory when possible: etcd fsyncs every write.
+/// Mode 0700, as etcd wants its data directory (it warns otherwise).
 fn data_dir() -> Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
     let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        return Ok(tempfile::Builder::new()
-            .prefix("hgwt-etcd")
-            .tempdir_in(shm)?);
-    }
-    Ok(tempfile::tempdir()?)
+    let dir = if shm.is_dir() {
+        tempfile::Builder::new().prefix("hgwt-etcd").tempdir_in(shm)?
+    } else {
+        tempfile::tempdir()?
+    };
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
 }
 
 impl Etcd {
