@@ -26,7 +26,8 @@ fn main() -> Result<()> {
                 .map(String::as_str)
                 .unwrap_or("bench-out/dataplane.json"),
         );
-        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        let mut report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        dataplane::rederive(&mut report);
         std::fs::write(path.with_extension("svg"), dataplane::svg(&report))?;
         print!("{}", dataplane::table(&report));
         return Ok(());
