@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# This run's namespaces and cgroups carry their own prefix, so its sweep leaves other runs alone.
+export HOSTGW_TEST_PREFIX="hgwt-r$$-"
 trap 'scripts/cleanup.sh' EXIT
 trap 'scripts/cleanup.sh; exit 130' INT TERM
 echo "demo: building (release)"

@@ -178,7 +178,7 @@ impl Containerd {
             pid,
             mnt_ns: String::new(),
             netns: node.path(),
-            cgroup_parent: format!("hgwt-{}", unique("ctd")),
+            cgroup_parent: format!("{}{}", crate::prefix(), unique("ctd")),
             started: Mutex::new(vec![]),
             dir,
         };

@@ -59,6 +59,16 @@ pub fn bin(name: &str) -> PathBuf {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// The prefix of every namespace and cgroup the harness makes: `hgwt-`, or what
+/// `HOSTGW_TEST_PREFIX` says. The scripts give each run its own (`hgwt-r<pid>-`), so the
+/// sweep after an interrupted run removes that run's leftovers and never another run's.
+pub fn prefix() -> String {
+    std::env::var("HOSTGW_TEST_PREFIX")
+        .ok()
+        .filter(|p| p.starts_with("hgwt-") && !p.contains('/'))
+        .unwrap_or_else(|| "hgwt-".to_owned())
+}
+
 /// A name unique to this process and call, short enough for interface names (≤ 15 bytes
 /// with a 3-byte prefix): `<tag><pid%1000><n>`.
 pub fn unique(tag: &str) -> String {
@@ -128,7 +138,7 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(tag: &str) -> Result<Netns> {
-        let name = format!("hgwt-{}", unique(tag));
+        let name = format!("{}{}", prefix(), unique(tag));
         must(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = Netns { name };
         // `ip netns add` returns once the bind mount exists; the namespace is usable now.
