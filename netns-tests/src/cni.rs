@@ -53,7 +53,8 @@ impl Reply {
 
     /// stdout as JSON (the result, or the error object).
     pub fn json(&self) -> Result<Value> {
-        serde_json::from_str(&self.stdout).with_context(|| format!("plugin stdout is not JSON: {:?}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .with_context(|| format!("plugin stdout is not JSON: {:?}", self.stdout))
     }
 
     /// The CNI error code of a failed call.
@@ -65,7 +66,9 @@ impl Reply {
 /// The command that runs `plugin` inside `node` with the call's environment.
 pub fn command(plugin: &Path, node: &Netns, call: &Call) -> Command {
     let mut cmd = node.cmd(plugin);
-    cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env("CNI_COMMAND", call.command);
+    cmd.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", call.command);
     for (k, v) in [
         ("CNI_CONTAINERID", call.container_id),
         ("CNI_NETNS", call.netns),
@@ -90,7 +93,11 @@ pub fn invoke(plugin: &Path, node: &Netns, call: &Call, stdin: &str) -> Result<R
         .context("spawn plugin")?;
     // A plugin may answer (an environment error, say) and exit before reading stdin, as the
     // Go skel does: the write then meets a closed pipe, which is not the call's failure.
-    if let Err(e) = child.stdin.take().expect("piped").write_all(stdin.as_bytes())
+    if let Err(e) = child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(stdin.as_bytes())
         && e.kind() != std::io::ErrorKind::BrokenPipe
     {
         return Err(e.into());

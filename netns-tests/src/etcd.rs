@@ -105,7 +105,9 @@ fn data_dir() -> Result<tempfile::TempDir> {
     use std::os::unix::fs::PermissionsExt;
     let shm = Path::new("/dev/shm");
     let dir = if shm.is_dir() {
-        tempfile::Builder::new().prefix("hgwt-etcd").tempdir_in(shm)?
+        tempfile::Builder::new()
+            .prefix("hgwt-etcd")
+            .tempdir_in(shm)?
     } else {
         tempfile::tempdir()?
     };

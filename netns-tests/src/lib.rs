@@ -44,7 +44,11 @@ pub fn bin(name: &str) -> PathBuf {
         None => {
             let exe = std::env::current_exe().expect("current_exe");
             let deps = exe.parent().expect("deps dir");
-            let dir = if deps.ends_with("deps") { deps.parent().unwrap() } else { deps };
+            let dir = if deps.ends_with("deps") {
+                deps.parent().unwrap()
+            } else {
+                deps
+            };
             dir.to_path_buf()
         }
     };
@@ -158,7 +162,9 @@ impl Netns {
     /// `ip netns exec`, which remounts /sys and hides the cgroup mounts runc needs.
     pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path().display())).arg("--").arg(program);
+        c.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .arg(program);
         c
     }
 
@@ -208,7 +214,10 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // End what still runs inside (only processes in our own namespace), then delete it.
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 if let Ok(pid) = pid.parse::<i32>() {
                     let _ = nix::sys::signal::kill(
@@ -218,14 +227,27 @@ impl Drop for Netns {
                 }
             }
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
 /// A veth pair with one end in each namespace, created inside `a` so that the root
 /// namespace never holds either end.
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
-    a.ip(&["link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b.name()])?;
+    a.ip(&[
+        "link",
+        "add",
+        a_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ])?;
     a.ip(&["link", "set", a_if, "up"])?;
     b.ip(&["link", "set", b_if, "up"])?;
     Ok(())
@@ -253,7 +275,9 @@ impl Proc {
 
     /// Whether the process has exited (and so can be restarted or asserted on).
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Sends a signal without waiting.

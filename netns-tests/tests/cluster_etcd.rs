@@ -335,7 +335,8 @@ fn cluster_three_member_etcd_leader_killed_changes_no_route() -> Result<()> {
     for i in 0..3 {
         for _ in 0..3 {
             match c.cli(i, "status", &[]) {
-                Ok(text) if text.contains("peers (3, 3 routes)") && text.contains("drift: none") => {}
+                Ok(text)
+                    if text.contains("peers (3, 3 routes)") && text.contains("drift: none") => {}
                 Ok(text) => failures.push(format!("status on node {i}: {text}")),
                 Err(e) => failures.push(format!("status on node {i}: {e:#}")),
             }

@@ -796,7 +796,8 @@ fn cni_pod_end_is_born_in_the_pod() -> Result<()> {
         let mut mtu = 65000;
         wait_for("ip monitor to start", Duration::from_secs(5), || {
             mtu -= 1;
-            n.ns.ip(&["link", "set", "lo", "mtu", &mtu.to_string()]).ok()?;
+            n.ns.ip(&["link", "set", "lo", "mtu", &mtu.to_string()])
+                .ok()?;
             seen("lo:").then_some(())
         })?;
         let pod = Netns::new("pod")?;
