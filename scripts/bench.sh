@@ -8,7 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-# Each benchmark removes its own namespaces when it ends; an interrupted run leaves some.
+# This run's namespaces are named hgwt-r<pid>-…, so the sweep on exit or interrupt removes
+# only what this run left, never another run's.
+export HOSTGW_TEST_PREFIX="hgwt-r$$-"
+trap 'scripts/cleanup.sh' EXIT
 trap 'scripts/cleanup.sh; exit 130' INT TERM
 mkdir -p bench-out
 echo "bench: building (release)"
