@@ -233,3 +233,47 @@ fn routed_release_removes_the_route_everywhere_within_a_second() -> Result<()> {
     );
     Ok(())
 }
+
+/// Without `--public-ip` or `--iface` the daemon takes the address of the link that holds
+/// the default route, whoever installed it (here `proto dhcp`, as on most hosts).
+#[test]
+fn routed_public_ip_defaults_to_the_default_route_link() -> Result<()> {
+    require_root();
+    let c = Cluster::new(Spec {
+        nodes: 1,
+        ..Spec::default()
+    })?;
+    let n = &c.nodes[0];
+    n.ns.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.19.0.1",
+        "dev",
+        "eth0",
+        "proto",
+        "dhcp",
+    ])?;
+    let file = n.subnet_file.display().to_string();
+    let args = [
+        "run",
+        "--etcd-endpoints",
+        &c.etcd.endpoint,
+        "--node-name",
+        "dhcp-node",
+        "--subnet-file",
+        &file,
+    ];
+    let _daemon =
+        n.ns.spawn(hostgw_netns_tests::bin("hostgw-routed"), &args)?;
+    wait_for("the subnet file", Duration::from_secs(20), || c.subnet(0))?;
+    let leases = c.etcd.get_prefix("/hostgw/network/subnets/")?;
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert!(
+        leases[0].1.contains(&format!(r#""PublicIP":"{}""#, n.ip))
+            && leases[0].1.contains("dhcp-node"),
+        "{leases:?}"
+    );
+    Ok(())
+}

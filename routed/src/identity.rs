@@ -77,7 +77,12 @@ async fn mtu(h: &Handle, index: u32) -> Result<u32, KernelError> {
 
 /// The link of the IPv4 default route.
 async fn default_link(h: &Handle) -> Result<u32, KernelError> {
-    let msg = rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build();
+    let mut msg = rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build();
+    // Our socket has strict checking on, so the kernel filters the dump by these header
+    // fields: ask for any protocol and type, or a default route installed by DHCP
+    // (proto dhcp) or by hand (proto boot) is not seen, only `proto static` ones.
+    msg.header.protocol = rtnetlink::packet_route::route::RouteProtocol::Unspec;
+    msg.header.kind = rtnetlink::packet_route::route::RouteType::Unspec;
     let routes: Vec<_> = h
         .route()
         .get(msg)
