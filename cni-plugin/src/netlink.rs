@@ -164,8 +164,7 @@ impl Datapath for NetlinkDatapath {
             let Some(link) = link_by_name(&host, host_veth).await? else {
                 return Ok(false);
             };
-            let ours = link_alias(&link).is_none_or(|a| a.is_empty() || a == alias);
-            if !ours || !is_kind(&link, InfoKind::Veth) {
+            if !is_ours(&link, alias) {
                 return Ok(false);
             }
             match host.link().del(link.header.index).execute().await {
@@ -301,6 +300,12 @@ fn link_name(l: &LinkMessage) -> Option<String> {
     })
 }
 
+/// A host veth is ours when its alias is `alias`, or still empty: an ADD killed between
+/// creating the veth and setting its alias. One rule for teardown and for ADD's retry.
+fn is_ours(l: &LinkMessage, alias: &str) -> bool {
+    is_kind(l, InfoKind::Veth) && link_alias(l).is_none_or(|a| a.is_empty() || a == alias)
+}
+
 fn link_alias(l: &LinkMessage) -> Option<String> {
     l.attributes.iter().find_map(|a| match a {
         LinkAttribute::IfAlias(n) => Some(n.clone()),
@@ -400,7 +405,7 @@ async fn create_veth(h: &Handle, spec: &PodSpec, pod_fd: i32) -> Result<(), Erro
             // Our host-side name is taken. If it is a leftover of this same attachment
             // (an ADD killed mid-way whose DEL never came), replace it; otherwise refuse.
             match link_by_name(h, &spec.host_veth).await? {
-                Some(l) if link_alias(&l).as_deref() == Some(spec.alias.as_str()) => {
+                Some(l) if is_ours(&l, &spec.alias) => {
                     h.link()
                         .del(l.header.index)
                         .execute()
@@ -618,8 +623,11 @@ async fn addrs_of(h: &Handle, index: u32) -> Result<Vec<IpNetwork>, Error> {
         .collect())
 }
 
-/// Main-table routes leaving through link `index`, both families.
-async fn routes_of(h: &Handle, index: u32) -> Result<Vec<(IpNetwork, Option<IpAddr>)>, Error> {
+/// Main-table routes, both families; only those leaving through link `index` if given.
+async fn routes_of(
+    h: &Handle,
+    index: Option<u32>,
+) -> Result<Vec<(IpNetwork, Option<IpAddr>)>, Error> {
     let mut out = Vec::new();
     for req in [
         RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
@@ -635,7 +643,7 @@ async fn routes_of(h: &Handle, index: u32) -> Result<Vec<(IpNetwork, Option<IpAd
         out.extend(
             routes
                 .iter()
-                .filter(|r| r.header.table == 254 && route_oif(r) == Some(index))
+                .filter(|r| r.header.table == 254 && index.is_none_or(|i| route_oif(r) == Some(i)))
                 .filter_map(|r| Some((route_dst(r)?, route_gw(r)))),
         );
     }
@@ -665,7 +673,7 @@ async fn host_facts(h: &Handle, l: &LinkMessage) -> Result<HostFacts, Error> {
         mac: link_mac(l),
         master,
         addrs: addrs_of(h, index).await?,
-        routes: routes_of(h, index)
+        routes: routes_of(h, Some(index))
             .await?
             .into_iter()
             .map(|(d, _)| d)
@@ -678,6 +686,8 @@ async fn pod_facts(h: &Handle, l: &LinkMessage) -> Result<PodFacts, Error> {
         is_veth: is_kind(l, InfoKind::Veth),
         mac: link_mac(l),
         addrs: addrs_of(h, l.header.index).await?,
-        routes: routes_of(h, l.header.index).await?,
+        // Every route of the pod's table: a route in prevResult may leave through another
+        // interface (a second attachment, an earlier plugin's), as the reference checks it.
+        routes: routes_of(h, None).await?,
     })
 }

@@ -404,11 +404,14 @@ fn cni_add_failure_after_ipam_leaves_nothing() -> Result<()> {
     assert!(!pod.links()?.contains(&"eth0".to_owned()));
     n.ns.ip(&["link", "del", "cni0"])?;
 
-    // ptp where the host veth's name is held by a foreign link (another owner's).
+    // ptp where the host veth's name is held by a foreign link: another owner's alias.
+    // (An unaliased veth of that name is taken for our own ADD killed before it set the
+    // alias, and replaced.)
     let hv = host_veth_name(NETWORK, "c2", "eth0");
     n.ns.ip(&[
         "link", "add", &hv, "type", "veth", "peer", "name", "foreign0",
     ])?;
+    n.ns.ip(&["link", "set", &hv, "alias", "someone-else"])?;
     let reply = n.add(&n.conf("ptp", "1.0.0"), "c2", &pod)?;
     assert!(
         !reply.ok(),
