@@ -40,16 +40,17 @@ fn routed_expired_lease_of_a_dead_node_withdraws_its_route() -> Result<()> {
     let mut c = Cluster::new(Spec::default())?;
     c.start_all()?;
     c.wait_converged(Duration::from_secs(20))?;
-    // A "node" that never renews: its etcd lease runs out after 2 s.
+    // A "node" that never renews: its etcd lease runs out after 5 s (long enough that the
+    // route is surely seen installed first, even on a loaded machine).
     c.etcd.put_leased(
         &subnet_key("198.18.240.0/24"),
         &lease_json("198.19.0.60", "dying"),
-        2,
+        5,
     )?;
-    wait_for("dying peer installed", Duration::from_secs(2), || {
+    wait_for("dying peer installed", Duration::from_secs(4), || {
         has_route(&c, 0, "198.18.240.0/24").then_some(())
     })?;
-    wait_for("dying peer withdrawn", Duration::from_secs(8), || {
+    wait_for("dying peer withdrawn", Duration::from_secs(12), || {
         (0..3)
             .all(|i| !has_route(&c, i, "198.18.240.0/24"))
             .then_some(())

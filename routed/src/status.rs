@@ -55,20 +55,19 @@ pub struct Drift {
     pub extra: Vec<HostRoute>,
 }
 
-/// Our key: the one named by our subnet file if it carries our node name, else any with it.
+/// Our key, by the daemon's own rule (`source::lease::own_entry`), preferring the subnet
+/// our subnet file names.
 pub fn own_key<'a>(
     entries: &'a BTreeMap<String, Entry>,
     c: &Common,
 ) -> Option<(&'a String, &'a Entry)> {
-    let mine = |e: &Entry| {
-        e.decoded
-            .as_ref()
-            .is_ok_and(|l| l.value.node_name == c.node_name)
+    let who = crate::source::lease::Own {
+        node: &c.node_name,
+        public_ip: c.public_ip,
+        network: None,
+        prefer: subnet_file::read(&c.subnet_file).map(|f| f.subnet),
     };
-    let from_file = subnet_file::read(&c.subnet_file).map(|f| crate::lease::key_name(&f.subnet));
-    from_file
-        .and_then(|k| entries.get_key_value(&k).filter(|(_, e)| mine(e)))
-        .or_else(|| entries.iter().find(|(_, e)| mine(e)))
+    crate::source::lease::own_entry(entries, &who).map(|(k, e, _)| (k, e))
 }
 
 pub async fn status(args: &StatusArgs) -> Result<String, Error> {

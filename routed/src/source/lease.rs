@@ -70,26 +70,51 @@ fn value(c: &Claim, ipv6_subnet: Option<IpNetwork>) -> LeaseValue {
     }
 }
 
-/// Our key: same node name (preferring the subnet we used last), else a nameless key with
-/// our public IP (flannel identifies nodes by public IP).
 fn find_own<'a>(
     entries: &'a BTreeMap<String, Entry>,
     c: &Claim,
 ) -> Option<(&'a String, &'a Entry, &'a Lease)> {
+    let who = Own {
+        node: &c.id.node,
+        public_ip: Some(c.id.public_ip),
+        network: Some(&c.cfg.v4.network),
+        prefer: c.prefer.map(|(p, _)| p),
+    };
+    own_entry(entries, &who)
+}
+
+/// Who "we" are, to find our key among all leases.
+pub struct Own<'a> {
+    pub node: &'a str,
+    pub public_ip: Option<std::net::IpAddr>,
+    /// Only keys inside this network count (the daemon knows it; status and release may not).
+    pub network: Option<&'a IpNetwork>,
+    pub prefer: Option<IpNetwork>,
+}
+
+/// Our key: same node name (preferring the subnet we used last), else a nameless key with
+/// our public IP (flannel identifies nodes by public IP). The daemon, `status` and
+/// `release` all use this one rule.
+pub fn own_entry<'a>(
+    entries: &'a BTreeMap<String, Entry>,
+    who: &Own,
+) -> Option<(&'a String, &'a Entry, &'a Lease)> {
     let ok = |(k, e): (&'a String, &'a Entry)| e.decoded.as_ref().ok().map(|l| (k, e, l));
-    let in_net = |l: &Lease| crate::net::within(&l.subnet, &c.cfg.v4.network);
+    let in_net = |l: &Lease| who.network.is_none_or(|n| crate::net::within(&l.subnet, n));
     let mine: Vec<_> = entries
         .iter()
         .filter_map(ok)
-        .filter(|(_, _, l)| l.value.node_name == c.id.node && in_net(l))
+        .filter(|(_, _, l)| l.value.node_name == who.node && in_net(l))
         .collect();
-    let preferred = c
+    let preferred = who
         .prefer
-        .and_then(|(p, _)| mine.iter().find(|(_, _, l)| l.subnet == p).copied());
+        .and_then(|p| mine.iter().find(|(_, _, l)| l.subnet == p).copied());
     preferred.or_else(|| mine.first().copied()).or_else(|| {
-        entries.iter().filter_map(ok).find(|(_, _, l)| {
-            l.value.node_name.is_empty() && l.value.public_ip == c.id.public_ip && in_net(l)
-        })
+        let ip = who.public_ip?;
+        entries
+            .iter()
+            .filter_map(ok)
+            .find(|(_, _, l)| l.value.node_name.is_empty() && l.value.public_ip == ip && in_net(l))
     })
 }
 
