@@ -277,3 +277,30 @@ fn routed_public_ip_defaults_to_the_default_route_link() -> Result<()> {
     );
     Ok(())
 }
+
+/// A firewall reload that flushes the ruleset takes our table with it: the daemon puts it
+/// back on its next resync (here every second) without a restart.
+#[test]
+fn routed_nft_table_removed_by_hand_is_put_back() -> Result<()> {
+    require_root();
+    let mut c = Cluster::new(Spec {
+        nodes: 1,
+        ..Spec::default()
+    })?;
+    c.nodes[0].extra_args = vec!["--resync-secs".into(), "1".into()];
+    c.start(0)?;
+    let n = &c.nodes[0];
+    wait_for("the table installed", Duration::from_secs(20), || {
+        n.ns.sh("nft list table inet hostgw").ok()
+    })?;
+    n.ns.sh("nft flush ruleset")?;
+    assert!(
+        n.ns.sh("nft list table inet hostgw").is_err(),
+        "the flush removed it"
+    );
+    let table = wait_for("the table back", Duration::from_secs(5), || {
+        n.ns.sh("nft list table inet hostgw").ok()
+    })?;
+    assert!(table.contains("ip saddr 198.18.0.0/16 accept"), "{table}");
+    Ok(())
+}

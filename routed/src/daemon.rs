@@ -196,6 +196,14 @@ async fn tasks(
         own: own_tx,
         metrics: metrics.clone(),
     };
+    let every = std::time::Duration::from_secs(args.resync_secs.clamp(1, 60));
+    let rules = keep_rules(
+        s.cfg.clone(),
+        args.ip_masq,
+        every,
+        ready.clone(),
+        sd.clone(),
+    );
     let mut rec = Reconciler::new(
         s.table,
         s.cfg.clone(),
@@ -213,12 +221,42 @@ async fn tasks(
         rec.run(sd.clone()),
         events::listen(kick, sd.clone()),
         follow,
+        rules,
         async {
             shutdown.await;
             info!("shutting down");
             trigger.fire();
         },
     );
+}
+
+/// Puts our nft table back if a firewall reload or flush removed or changed it. `ensure`
+/// compares a hash first, so the usual pass is one `nft list` (every resync, at most 60 s).
+async fn keep_rules(
+    cfg: NetConfig,
+    masq: bool,
+    every: std::time::Duration,
+    ready: Arc<Ready>,
+    mut sd: Shutdown,
+) {
+    loop {
+        tokio::select! {
+            _ = sd.wait() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let ok = match nft::ensure(&cfg, masq).await {
+            Ok(true) => {
+                warn!("nftables table inet hostgw was missing or changed; installed it again");
+                true
+            }
+            Ok(false) => true,
+            Err(e) => {
+                warn!(error = %e, "checking the nftables table failed");
+                false
+            }
+        };
+        ready.rules.store(ok, Ordering::Relaxed);
+    }
 }
 
 /// Rewrites the subnet file if the lease had to be claimed again.

@@ -11,6 +11,9 @@ use crate::config::NetConfig;
 
 pub const TABLE: &str = "hostgw";
 
+/// nft answers in milliseconds; a hung one must not hold start-up or release forever.
+const NFT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
     #[error("run nft: {0}")]
@@ -68,6 +71,8 @@ pub fn render_script(cfg: &NetConfig, masq: bool) -> String {
 async fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, NftError> {
     let mut child = Command::new("nft")
         .args(args)
+        // Ended with us if the caller gives up (timeout, shutdown): no orphaned nft.
+        .kill_on_drop(true)
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -79,7 +84,9 @@ async fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, NftError> {
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(text.as_bytes()).await?;
     }
-    let out = child.wait_with_output().await?;
+    let out = tokio::time::timeout(NFT_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| NftError::Failed(format!("nft did not finish within {NFT_TIMEOUT:?}")))??;
     if !out.status.success() {
         return Err(NftError::Failed(
             String::from_utf8_lossy(&out.stderr).trim().to_owned(),
