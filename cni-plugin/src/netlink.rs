@@ -33,11 +33,14 @@ use crate::{
     netns,
 };
 
-/// No netlink exchange may hang a pod's creation: past this the call answers 11.
-const NETLINK_DEADLINE: Duration = Duration::from_secs(30);
+/// All netlink work of one plugin call shares this budget; past it the call answers 11.
+/// With the stdin bound (10 s) and the IPAM lock bound (10 s, twice on a failed ADD) the
+/// worst case stays under kubelet's 2-minute runtime request timeout.
+const NETLINK_BUDGET: Duration = Duration::from_secs(60);
 
 pub struct NetlinkDatapath {
     rt: tokio::runtime::Runtime,
+    deadline: tokio::time::Instant,
     host: OnceCell<Handle>,
     pods: RefCell<Vec<(PathBuf, File, Handle)>>,
 }
@@ -50,6 +53,7 @@ impl NetlinkDatapath {
             .build()
             .map_err(Error::io("start runtime"))?;
         Ok(NetlinkDatapath {
+            deadline: tokio::time::Instant::now() + NETLINK_BUDGET,
             rt,
             host: OnceCell::new(),
             pods: RefCell::new(Vec::new()),
@@ -58,11 +62,11 @@ impl NetlinkDatapath {
 
     fn block_on<T>(&self, f: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
         self.rt.block_on(async {
-            tokio::time::timeout(NETLINK_DEADLINE, f)
+            tokio::time::timeout_at(self.deadline, f)
                 .await
                 .unwrap_or_else(|_| {
                     Err(Error::TryAgain(format!(
-                        "netlink gave no answer within {NETLINK_DEADLINE:?}"
+                        "netlink work did not finish within {NETLINK_BUDGET:?}"
                     )))
                 })
         })
