@@ -115,6 +115,7 @@ fn wait_bounded(mut child: std::process::Child, limit: Duration) -> Result<Outpu
     while child.try_wait()?.is_none() {
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
+            let _ = child.wait();
             anyhow::bail!("plugin did not finish within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(1));

@@ -301,8 +301,8 @@ impl Etcd {
             "5",
             "http://127.0.0.1:2381/metrics",
         ]);
-        // `.output()` reads while curl writes (the page is larger than a pipe buffer, which
-        // `run_timeout` would only drain after exit); curl's --max-time bounds it.
+        // The page is larger than a pipe buffer: `.output()` reads while curl writes, and
+        // curl's --max-time bounds it.
         let out = c.output()?;
         if !out.status.success() {
             bail!("scrape etcd metrics: {}", out.status);
