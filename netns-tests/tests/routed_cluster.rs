@@ -304,3 +304,54 @@ fn routed_nft_table_removed_by_hand_is_put_back() -> Result<()> {
     assert!(table.contains("ip saddr 198.18.0.0/16 accept"), "{table}");
     Ok(())
 }
+
+/// Pods coming and going on a node (their veths, gateway addresses and /32 routes) cannot
+/// change how peers are reached, so they must not cost a reconcile pass each: on a node
+/// with thousands of peers that would be a full kernel dump per pod.
+#[test]
+fn routed_pod_churn_does_not_wake_the_reconciler() -> Result<()> {
+    use hostgw_netns_tests::{Netns, bin, cni};
+    require_root();
+    let mut c = Cluster::new(Spec {
+        nodes: 2,
+        ..Spec::default()
+    })?;
+    c.start_all()?;
+    c.wait_converged(Duration::from_secs(20))?;
+    let reconciles = |c: &Cluster| {
+        metric(
+            &c.metrics(0).unwrap_or_default(),
+            "hostgw_reconcile_total",
+            &[],
+        )
+    };
+    // Let the start-up passes settle.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = reconciles(&c);
+    let dir = tempfile::tempdir()?;
+    let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "podnet", "type": "hostgw",
+        "subnetFile": c.nodes[0].subnet_file, "dataDir": dir.path()})
+    .to_string();
+    let pods: Vec<Netns> = (0..5).map(|_| Netns::new("pod")).collect::<Result<_>>()?;
+    for verb in ["ADD", "DEL"] {
+        for (i, pod) in pods.iter().enumerate() {
+            let (id, path) = (format!("churn{i}"), pod.path().display().to_string());
+            let reply = cni::invoke(
+                &bin("hostgw"),
+                &c.nodes[0].ns,
+                &cni::Call::attach(verb, &id, &path),
+                &conf,
+            )?;
+            assert!(reply.ok(), "{verb} {id}: {}", reply.stdout);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let after = reconciles(&c);
+    assert_eq!(
+        after,
+        before,
+        "5 pod ADDs and DELs woke the reconciler {} times",
+        after - before
+    );
+    Ok(())
+}

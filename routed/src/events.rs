@@ -8,7 +8,14 @@ use futures::StreamExt;
 use rtnetlink::{
     MulticastGroup,
     packet_core::NetlinkPayload,
-    packet_route::{RouteNetlinkMessage, route::RouteProtocol},
+    packet_route::{
+        AddressFamily, RouteNetlinkMessage,
+        address::{AddressAttribute, AddressScope},
+        link::LinkAttribute,
+        route::{
+            RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+        },
+    },
 };
 use tokio::sync::Notify;
 use tracing::warn;
@@ -23,16 +30,62 @@ const GROUPS: [MulticastGroup; 5] = [
     MulticastGroup::Ipv6Ifaddr,
 ];
 
+/// Host veths of the `hostgw` plugin: `hgw` + 12 hex digits. Pods come and go all day;
+/// their links, gateway addresses and /32 routes never change how peers are reached.
+const POD_LINK_PREFIX: &str = "hgw";
+
+/// Whether a kernel event could change our routes or a peer's reachability. Our own route
+/// additions are ignored (applying a plan must not wake us again), and so is the plumbing
+/// of a pod: otherwise every pod ADD or DEL on a node with 5,000 peers would cost a full
+/// reconcile pass. The slow resync still covers anything filtered out here.
 pub fn relevant(m: &RouteNetlinkMessage) -> bool {
     match m {
-        RouteNetlinkMessage::NewRoute(r) => r.header.protocol != RouteProtocol::Other(PROTO),
-        RouteNetlinkMessage::DelRoute(_)
-        | RouteNetlinkMessage::NewLink(_)
-        | RouteNetlinkMessage::DelLink(_)
-        | RouteNetlinkMessage::NewAddress(_)
-        | RouteNetlinkMessage::DelAddress(_) => true,
+        RouteNetlinkMessage::NewRoute(r) => {
+            r.header.protocol != RouteProtocol::Other(PROTO) && !pod_plumbing_route(r)
+        }
+        RouteNetlinkMessage::DelRoute(r) => {
+            r.header.protocol == RouteProtocol::Other(PROTO) || !pod_plumbing_route(r)
+        }
+        RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l) => !l
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::IfName(n) if n.starts_with(POD_LINK_PREFIX))),
+        RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
+            let pod_label = a
+                .attributes
+                .iter()
+                .any(|x| matches!(x, AddressAttribute::Label(n) if n.starts_with(POD_LINK_PREFIX)));
+            !pod_label && a.header.scope != AddressScope::Link
+        }
         _ => false,
     }
+}
+
+/// Routes no peer is reached by: the local table's entries for addresses, IPv6 link-local
+/// and multicast prefixes, and host routes (/32, /128) that point straight at a link (the
+/// plugin's route to each pod).
+fn pod_plumbing_route(r: &RouteMessage) -> bool {
+    let h = &r.header;
+    if h.table != RouteHeader::RT_TABLE_MAIN {
+        return true;
+    }
+    let full = match h.address_family {
+        AddressFamily::Inet => 32,
+        AddressFamily::Inet6 => 128,
+        _ => return false,
+    };
+    let link_local_or_multicast = r.attributes.iter().any(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet6(d)) => {
+            (d.segments()[0] & 0xffc0) == 0xfe80 || d.segments()[0] >> 8 == 0xff
+        }
+        _ => false,
+    });
+    let has_gateway = r
+        .attributes
+        .iter()
+        .any(|a| matches!(a, RouteAttribute::Gateway(_)));
+    link_local_or_multicast
+        || (h.destination_prefix_length == full && h.scope == RouteScope::Link && !has_gateway)
 }
 
 /// Listens until shutdown; a broken socket (e.g. ENOBUFS after a burst) is reopened, with
@@ -69,5 +122,120 @@ pub async fn listen(kick: Arc<Notify>, mut shutdown: Shutdown) {
             _ = shutdown.wait() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use rtnetlink::packet_route::{
+        address::AddressMessage,
+        link::LinkMessage,
+        route::{RouteMessage, RouteType},
+    };
+
+    use super::*;
+
+    fn route(family: AddressFamily, dst: RouteAddress, len: u8, scope: RouteScope) -> RouteMessage {
+        let mut r = RouteMessage::default();
+        r.header.address_family = family;
+        r.header.table = RouteHeader::RT_TABLE_MAIN;
+        r.header.protocol = RouteProtocol::Static;
+        r.header.kind = RouteType::Unicast;
+        r.header.scope = scope;
+        r.header.destination_prefix_length = len;
+        r.attributes.push(RouteAttribute::Destination(dst));
+        r
+    }
+
+    #[test]
+    fn pod_plumbing_is_ignored() {
+        let pod_route = route(
+            AddressFamily::Inet,
+            RouteAddress::Inet(Ipv4Addr::new(198, 18, 3, 2)),
+            32,
+            RouteScope::Link,
+        );
+        assert!(!relevant(&RouteNetlinkMessage::NewRoute(pod_route.clone())));
+        assert!(!relevant(&RouteNetlinkMessage::DelRoute(pod_route)));
+        let ll = route(
+            AddressFamily::Inet6,
+            RouteAddress::Inet6("fe80::".parse().unwrap()),
+            64,
+            RouteScope::Universe,
+        );
+        assert!(!relevant(&RouteNetlinkMessage::NewRoute(ll)));
+        let mut local = route(
+            AddressFamily::Inet,
+            RouteAddress::Inet(Ipv4Addr::new(198, 18, 3, 1)),
+            32,
+            RouteScope::Host,
+        );
+        local.header.table = 255;
+        assert!(!relevant(&RouteNetlinkMessage::NewRoute(local)));
+        let mut link = LinkMessage::default();
+        link.attributes
+            .push(LinkAttribute::IfName("hgw5f27bec41cf4".into()));
+        assert!(!relevant(&RouteNetlinkMessage::NewLink(link.clone())));
+        assert!(!relevant(&RouteNetlinkMessage::DelLink(link)));
+        let mut addr = AddressMessage::default();
+        addr.attributes
+            .push(AddressAttribute::Label("hgw5f27bec41cf4".into()));
+        assert!(!relevant(&RouteNetlinkMessage::NewAddress(addr)));
+        let mut ll_addr = AddressMessage::default();
+        ll_addr.header.scope = AddressScope::Link;
+        assert!(!relevant(&RouteNetlinkMessage::NewAddress(ll_addr)));
+    }
+
+    #[test]
+    fn what_can_change_peers_is_kept() {
+        // Someone deletes one of our routes: drift, repaired at once.
+        let mut ours = route(
+            AddressFamily::Inet,
+            RouteAddress::Inet(Ipv4Addr::new(198, 18, 9, 0)),
+            24,
+            RouteScope::Universe,
+        );
+        ours.header.protocol = RouteProtocol::Other(PROTO);
+        assert!(relevant(&RouteNetlinkMessage::DelRoute(ours.clone())));
+        assert!(
+            !relevant(&RouteNetlinkMessage::NewRoute(ours)),
+            "our own additions"
+        );
+        // The uplink's connected route, a default route, a host route via a router.
+        let connected = route(
+            AddressFamily::Inet,
+            RouteAddress::Inet(Ipv4Addr::new(198, 19, 0, 0)),
+            24,
+            RouteScope::Link,
+        );
+        assert!(relevant(&RouteNetlinkMessage::NewRoute(connected.clone())));
+        assert!(relevant(&RouteNetlinkMessage::DelRoute(connected)));
+        let default = route(
+            AddressFamily::Inet6,
+            RouteAddress::Inet6(Ipv6Addr::UNSPECIFIED),
+            0,
+            RouteScope::Universe,
+        );
+        assert!(relevant(&RouteNetlinkMessage::NewRoute(default)));
+        let mut via = route(
+            AddressFamily::Inet,
+            RouteAddress::Inet(Ipv4Addr::new(198, 19, 0, 50)),
+            32,
+            RouteScope::Universe,
+        );
+        via.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(Ipv4Addr::new(
+                198, 19, 0, 1,
+            ))));
+        assert!(relevant(&RouteNetlinkMessage::NewRoute(via)));
+        // The uplink's link and its global address.
+        let mut link = LinkMessage::default();
+        link.attributes.push(LinkAttribute::IfName("eth0".into()));
+        assert!(relevant(&RouteNetlinkMessage::NewLink(link)));
+        let mut addr = AddressMessage::default();
+        addr.attributes.push(AddressAttribute::Label("eth0".into()));
+        assert!(relevant(&RouteNetlinkMessage::DelAddress(addr)));
     }
 }
