@@ -41,6 +41,10 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
   fi
   python3 -m pip install --quiet kubernetes-validate==1.37.0 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages kubernetes-validate==1.37.0
+  # Under pyenv the command appears only once its shim exists.
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+  command -v kubernetes-validate >/dev/null 2>&1 \
+    || { echo "setup: kubernetes-validate installed but not on PATH" >&2; exit 1; }
 fi
 command -v systemd-analyze >/dev/null 2>&1 || echo "setup: systemd-analyze missing; the unit is only parsed, not verified"
 # --- end manifests -----------------------------------------------------------------------
