@@ -18,7 +18,7 @@ use netlink_packet_route::{
     AddressFamily,
     address::{AddressAttribute, AddressFlags, AddressMessage},
     link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo as NlLinkInfo, LinkMessage},
-    route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope},
+    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope},
 };
 use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
@@ -226,16 +226,10 @@ impl Datapath for NetlinkDatapath {
         let host = self.host()?;
         self.block_on(async {
             let req = RouteMessageBuilder::<std::net::Ipv4Addr>::new().build();
-            let routes: Vec<RouteMessage> = host
-                .route()
-                .get(req)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(Error::netlink("dump routes"))?;
-            let oif = routes
+            let oif = main_routes(&host, req)
+                .await?
                 .iter()
-                .filter(|r| r.header.destination_prefix_length == 0 && r.header.table == 254)
+                .filter(|r| r.header.destination_prefix_length == 0)
                 .find_map(route_oif);
             let Some(oif) = oif else { return Ok(1500) };
             let link = host
@@ -637,21 +631,29 @@ async fn routes_of(
         RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
         RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
     ] {
-        let routes: Vec<RouteMessage> = h
-            .route()
-            .get(req)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(Error::netlink("dump routes"))?;
         out.extend(
-            routes
+            main_routes(h, req)
+                .await?
                 .iter()
-                .filter(|r| r.header.table == 254 && index.is_none_or(|i| route_oif(r) == Some(i)))
+                .filter(|r| index.is_none_or(|i| route_oif(r) == Some(i)))
                 .filter_map(|r| Some((route_dst(r)?, route_gw(r)))),
         );
     }
     Ok(out)
+}
+
+/// The main table's routes of the family of `req` (a dump: this socket has no strict
+/// checking, so the kernel returns every table and we keep the main one).
+async fn main_routes(h: &Handle, req: RouteMessage) -> Result<Vec<RouteMessage>, Error> {
+    let mut routes: Vec<RouteMessage> = h
+        .route()
+        .get(req)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(Error::netlink("dump routes"))?;
+    routes.retain(|r| r.header.table == RouteHeader::RT_TABLE_MAIN);
+    Ok(routes)
 }
 
 async fn host_facts(h: &Handle, l: &LinkMessage) -> Result<HostFacts, Error> {

@@ -22,7 +22,7 @@ pub struct Identity {
 }
 
 /// (link index, address, scope) for every address on the node.
-async fn addresses(h: &Handle) -> Result<Vec<(u32, IpAddr, AddressScope)>, KernelError> {
+pub(crate) async fn addresses(h: &Handle) -> Result<Vec<(u32, IpAddr, AddressScope)>, KernelError> {
     let msgs: Vec<_> = h
         .address()
         .get()
@@ -36,7 +36,8 @@ async fn addresses(h: &Handle) -> Result<Vec<(u32, IpAddr, AddressScope)>, Kerne
     let mut out = Vec::new();
     for m in msgs {
         for a in &m.attributes {
-            if let AddressAttribute::Address(ip) = a {
+            // IFA_LOCAL is the address itself on point-to-point links (IFA_ADDRESS the peer).
+            if let AddressAttribute::Address(ip) | AddressAttribute::Local(ip) = a {
                 out.push((m.header.index, *ip, m.header.scope));
             }
         }

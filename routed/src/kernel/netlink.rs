@@ -9,7 +9,6 @@ use rtnetlink::{
     Handle, RouteMessageBuilder,
     packet_route::{
         AddressFamily,
-        address::AddressAttribute,
         route::{
             RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
             RouteType,
@@ -191,23 +190,8 @@ impl RouteTable for NetlinkRoutes {
 
     async fn local_view(&self) -> Result<LocalView, KernelError> {
         let mut view = LocalView::default();
-        let addrs: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| KernelError::Netlink {
-                op: "dump addresses".into(),
-                source,
-            })?;
-        for a in addrs {
-            for attr in a.attributes {
-                if let AddressAttribute::Address(ip) | AddressAttribute::Local(ip) = attr {
-                    view.addrs.insert(ip);
-                }
-            }
+        for (_, ip, _) in crate::identity::addresses(&self.handle).await? {
+            view.addrs.insert(ip);
         }
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             for m in self.dump(family, RouteProtocol::Unspec).await? {
