@@ -100,6 +100,21 @@ pub struct Etcd {
 }
 
 /// A data directory in memory when possible: etcd fsyncs every write.
+/// etcd inside the namespace at `ns`, its stderr (grpc-go's own warnings, which ignore
+/// `--log-level`) appended to `etcd.log` in its data directory rather than the terminal.
+fn etcd_command(ns: &Path, argv: &[String], data: &Path) -> Result<Command> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.join("etcd.log"))?;
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", ns.display()))
+        .args(["--", "etcd"])
+        .args(argv)
+        .stderr(log);
+    Ok(c)
+}
+
 /// Mode 0700, as etcd wants its data directory (it warns otherwise).
 fn data_dir() -> Result<tempfile::TempDir> {
     use std::os::unix::fs::PermissionsExt;
@@ -187,11 +202,7 @@ impl Etcd {
 
     /// Starts etcd (again) on the same data and waits until it is healthy.
     pub fn restart(&mut self) -> Result<()> {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.ns_path.display()))
-            .args(["--", "etcd"])
-            .args(&self.argv);
-        self.proc = Proc::spawn(c)?;
+        self.proc = Proc::spawn(etcd_command(&self.ns_path, &self.argv, self._data.path())?)?;
         wait_for("etcd health", Duration::from_secs(20), || {
             self.ctl(&["endpoint", "health"]).ok()
         })?;
@@ -499,11 +510,7 @@ impl EtcdCluster {
                 endpoint,
                 tls: None,
             };
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net={}", m.ns_path.display()))
-                .args(["--", "etcd"])
-                .args(&m.argv);
-            m.proc = Proc::spawn(c)?;
+            m.proc = Proc::spawn(etcd_command(&m.ns_path, &m.argv, m._data.path())?)?;
             out.push(m);
         }
         for m in &out {
