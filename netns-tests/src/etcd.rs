@@ -100,6 +100,36 @@ pub struct Etcd {
 }
 
 /// A data directory in memory when possible: etcd fsyncs every write.
+/// The flags every member gets: its name and data, client and peer URLs, the initial
+/// cluster, metrics on loopback, and errors only in its log.
+fn member_args(name: &str, data: &Path, client: &str, peer: &str, initial: &str) -> Vec<String> {
+    let data = data.display().to_string();
+    [
+        "--name",
+        name,
+        "--data-dir",
+        &data,
+        "--listen-client-urls",
+        client,
+        "--advertise-client-urls",
+        client,
+        "--listen-peer-urls",
+        peer,
+        "--initial-advertise-peer-urls",
+        peer,
+        "--initial-cluster",
+        initial,
+        "--listen-metrics-urls",
+        "http://127.0.0.1:2381",
+        "--log-level",
+        "error",
+        "--logger",
+        "zap",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// etcd inside the namespace at `ns`, its stderr (grpc-go's own warnings, which ignore
 /// `--log-level`) appended to `etcd.log` in its data directory rather than the terminal.
 fn etcd_command(ns: &Path, argv: &[String], data: &Path) -> Result<Command> {
@@ -145,31 +175,14 @@ impl Etcd {
         let data = data_dir()?;
         let scheme = if certs.is_some() { "https" } else { "http" };
         let endpoint = format!("{scheme}://{ip}:2379");
-        let mut args: Vec<String> = [
-            "--name",
+        let peer = "http://127.0.0.1:2380";
+        let mut args = member_args(
             "default",
-            "--data-dir",
-            &data.path().display().to_string(),
-            "--listen-client-urls",
+            data.path(),
             &endpoint,
-            "--advertise-client-urls",
-            &endpoint,
-            "--listen-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-advertise-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-cluster",
-            "default=http://127.0.0.1:2380",
-            "--listen-metrics-urls",
-            "http://127.0.0.1:2381",
-            "--log-level",
-            "error",
-            "--logger",
-            "zap",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+            peer,
+            &format!("default={peer}"),
+        );
         let tls = certs.map(|c| [c.path("ca.crt"), c.path("client.crt"), c.path("client.key")]);
         if let Some(c) = certs {
             for (flag, file) in [
@@ -472,35 +485,22 @@ impl EtcdCluster {
             let data = data_dir()?;
             let endpoint = format!("http://{ip}:2379");
             let peer = format!("http://{ip}:2380");
-            let args: Vec<String> = [
-                "--name",
+            let mut args = member_args(
                 &format!("m{i}"),
-                "--data-dir",
-                &data.path().display().to_string(),
-                "--listen-client-urls",
+                data.path(),
                 &endpoint,
-                "--advertise-client-urls",
-                &endpoint,
-                "--listen-peer-urls",
                 &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--initial-cluster",
                 &initial.join(","),
-                "--initial-cluster-state",
-                "new",
-                "--initial-cluster-token",
-                &token,
-                "--listen-metrics-urls",
-                "http://127.0.0.1:2381",
-                "--log-level",
-                "error",
-                "--logger",
-                "zap",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+            );
+            args.extend(
+                [
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    &token,
+                ]
+                .map(String::from),
+            );
             let mut m = Etcd {
                 proc: Proc { child: None },
                 ns_name: ns.name().to_owned(),

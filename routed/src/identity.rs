@@ -78,22 +78,14 @@ async fn mtu(h: &Handle, index: u32) -> Result<u32, KernelError> {
 
 /// The link of the IPv4 default route.
 async fn default_link(h: &Handle) -> Result<u32, KernelError> {
-    let mut msg = rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build();
-    // Our socket has strict checking on, so the kernel filters the dump by these header
-    // fields: ask for any protocol and type, or a default route installed by DHCP
-    // (proto dhcp) or by hand (proto boot) is not seen, only `proto static` ones.
-    msg.header.protocol = rtnetlink::packet_route::route::RouteProtocol::Unspec;
-    msg.header.kind = rtnetlink::packet_route::route::RouteType::Unspec;
-    let routes: Vec<_> = h
-        .route()
-        .get(msg)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|source| KernelError::Netlink {
-            op: "dump routes".into(),
-            source,
-        })?;
+    // Any protocol: a default route installed by DHCP (proto dhcp) or by hand (proto
+    // boot) must be seen, not only `proto static` ones.
+    let routes = crate::kernel::netlink::dump_routes(
+        h,
+        rtnetlink::packet_route::AddressFamily::Inet,
+        rtnetlink::packet_route::route::RouteProtocol::Unspec,
+    )
+    .await?;
     routes
         .iter()
         .filter(|r| r.header.destination_prefix_length == 0)

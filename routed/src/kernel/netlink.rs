@@ -45,27 +45,37 @@ impl NetlinkRoutes {
         family: AddressFamily,
         proto: RouteProtocol,
     ) -> Result<Vec<RouteMessage>, KernelError> {
-        let mut msg = RouteMessageBuilder::<IpAddr>::new().build();
-        msg.header.address_family = family;
-        msg.header.protocol = proto;
-        msg.header.scope = RouteScope::Universe;
-        msg.header.kind = RouteType::Unspec;
-        msg.header.table = RouteHeader::RT_TABLE_MAIN;
-        self.handle
-            .route()
-            .get(msg)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| KernelError::Netlink {
-                op: "dump routes".into(),
-                source,
-            })
+        dump_routes(&self.handle, family, proto).await
     }
 
     pub fn handle(&self) -> &Handle {
         &self.handle
     }
+}
+
+/// The main table's routes of one family, filtered by the kernel (our sockets have strict
+/// checking on) to `proto`; `RouteProtocol::Unspec` means every protocol. The type is left
+/// unspecified so that the dump is not narrowed by the builder's defaults.
+pub(crate) async fn dump_routes(
+    h: &Handle,
+    family: AddressFamily,
+    proto: RouteProtocol,
+) -> Result<Vec<RouteMessage>, KernelError> {
+    let mut msg = RouteMessageBuilder::<IpAddr>::new().build();
+    msg.header.address_family = family;
+    msg.header.protocol = proto;
+    msg.header.scope = RouteScope::Universe;
+    msg.header.kind = RouteType::Unspec;
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    h.route()
+        .get(msg)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|source| KernelError::Netlink {
+            op: "dump routes".into(),
+            source,
+        })
 }
 
 fn bad(r: &HostRoute, e: impl std::fmt::Display) -> KernelError {
