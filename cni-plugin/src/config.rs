@@ -5,6 +5,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use hostgw_common::{SubnetFile, subnet_file::SubnetFileError};
 use hostgw_ipam::{Attachment, Pool};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::Deserialize;
@@ -12,7 +13,7 @@ use serde_json::Value;
 
 use crate::{error::Error, version::Version};
 
-pub const DEFAULT_SUBNET_FILE: &str = "/run/hostgw/subnet.json";
+pub const DEFAULT_SUBNET_FILE: &str = hostgw_common::subnet_file::DEFAULT_PATH;
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
 pub const DEFAULT_BRIDGE: &str = "cni0";
 
@@ -153,9 +154,15 @@ impl NetConf {
                 mtu: None,
             });
         }
-        let file = SubnetFile::load(&self.subnet_file)?;
+        let file = load_subnet_file(&self.subnet_file)?;
+        if file.subnet.is_none() && file.ipv6_subnet.is_none() {
+            return Err(Error::Decode(format!(
+                "subnet file {} names no subnet",
+                self.subnet_file.display()
+            )));
+        }
         Ok(NodeSubnets {
-            v4: Some(file.subnet),
+            v4: file.subnet,
             v6: self.ipv6_subnet.or(file.ipv6_subnet),
             mtu: file.mtu,
         })
@@ -186,33 +193,18 @@ impl NodeSubnets {
     }
 }
 
-/// The file `hostgw-routed` writes once it holds a lease (design.md, "Subnet file").
-#[derive(Deserialize, Debug)]
-#[serde(rename_all = "camelCase")]
-pub struct SubnetFile {
-    pub network: Option<Ipv4Network>,
-    pub subnet: Ipv4Network,
-    pub ipv6_network: Option<Ipv6Network>,
-    pub ipv6_subnet: Option<Ipv6Network>,
-    pub mtu: Option<u32>,
-}
-
-impl SubnetFile {
-    /// A missing file means the daemon has not leased a subnet yet: try again later (11).
-    pub fn load(path: &Path) -> Result<SubnetFile, Error> {
-        let text = match std::fs::read(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::TryAgain(format!(
-                    "subnet file {} does not exist yet: is hostgw-routed running on this node?",
-                    path.display()
-                )));
-            }
-            Err(e) => return Err(Error::io(format!("read subnet file {}", path.display()))(e)),
-        };
-        serde_json::from_slice(&text)
-            .map_err(|e| Error::Decode(format!("subnet file {}: {e}", path.display())))
-    }
+/// The daemon's subnet file. A missing file means the daemon has not leased a subnet yet:
+/// try again later (11); one that cannot be read is I/O (5), one that makes no sense decode (6).
+fn load_subnet_file(path: &Path) -> Result<SubnetFile, Error> {
+    SubnetFile::read(path).map_err(|e| match e {
+        SubnetFileError::Missing(_) => Error::TryAgain(format!(
+            "{e} yet: is hostgw-routed running on this node?"
+        )),
+        SubnetFileError::Io { source, .. } => {
+            Error::io(format!("read subnet file {}", path.display()))(source)
+        }
+        SubnetFileError::Decode { .. } => Error::Decode(e.to_string()),
+    })
 }
 
 /// CNI_ARGS: `K=V;K=V`. We read IP and MAC; the K8S_* labels runtimes send are known;

@@ -89,32 +89,7 @@ pub trait Datapath {
     fn default_mtu(&self) -> Result<u32, Error>;
 }
 
-/// The host end's name: a pure function of the attachment, so DEL and GC find it without
-/// the pod's namespace (which may be gone). FNV-1a is used because it is stable across
-/// builds, unlike std's hasher; 48 bits make a clash among one node's pods vanishingly rare,
-/// and a clash is an ADD error, never a silent reuse.
-pub fn host_veth_name(network: &str, container_id: &str, ifname: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in network
-        .bytes()
-        .chain([0])
-        .chain(container_id.bytes())
-        .chain([0])
-        .chain(ifname.bytes())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("hgw{:012x}", h >> 16)
-}
-
-pub fn alias_prefix(network: &str) -> String {
-    format!("hostgw/{network}/")
-}
-
-pub fn alias(network: &str, container_id: &str, ifname: &str) -> String {
-    format!("{}{container_id}/{ifname}", alias_prefix(network))
-}
+pub use hostgw_common::veth::{alias, alias_prefix, host_veth_name};
 
 pub fn format_mac(mac: &[u8]) -> String {
     mac.iter()
@@ -248,16 +223,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn host_veth_names_are_stable_distinct_and_short() {
-        let a = host_veth_name("podnet", "c1", "eth0");
-        assert_eq!(a, host_veth_name("podnet", "c1", "eth0"));
-        assert_eq!(a.len(), 15);
-        assert!(a.starts_with("hgw"));
-        assert_ne!(a, host_veth_name("podnet", "c1", "eth1"));
-        assert_ne!(a, host_veth_name("podnet", "c2", "eth0"));
-        assert_ne!(a, host_veth_name("other", "c1", "eth0"));
-        // Pinned: a change here would orphan every running pod's veth on upgrade.
-        assert_eq!(a, "hgw5f27bec41cf4");
+    fn macs_format_as_the_kernel_prints_them() {
         assert_eq!(format_mac(&[2, 0, 0xab, 0, 0, 1]), "02:00:ab:00:00:01");
     }
 }

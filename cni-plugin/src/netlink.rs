@@ -13,12 +13,13 @@ use std::{
 };
 
 use futures::TryStreamExt;
+use hostgw_common::{route, sysctl};
 use ipnetwork::IpNetwork;
 use netlink_packet_route::{
     AddressFamily,
     address::{AddressAttribute, AddressFlags, AddressMessage},
     link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo as NlLinkInfo, LinkMessage},
-    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope},
+    route::{RouteProtocol, RouteScope},
 };
 use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
@@ -225,26 +226,9 @@ impl Datapath for NetlinkDatapath {
     fn default_mtu(&self) -> Result<u32, Error> {
         let host = self.host()?;
         self.block_on(async {
-            let req = RouteMessageBuilder::<std::net::Ipv4Addr>::new().build();
-            let oif = main_routes(&host, req)
-                .await?
-                .iter()
-                .filter(|r| r.header.destination_prefix_length == 0)
-                .find_map(route_oif);
-            let Some(oif) = oif else { return Ok(1500) };
-            let link = host
-                .link()
-                .get()
-                .match_index(oif)
-                .execute()
-                .try_next()
-                .await;
-            let mtu = link.ok().flatten().and_then(|l| {
-                l.attributes.iter().find_map(|a| match a {
-                    LinkAttribute::Mtu(m) => Some(*m),
-                    _ => None,
-                })
-            });
+            let mtu = route::default_route_mtu(&host)
+                .await
+                .map_err(Error::netlink("find the default route's link"))?;
             Ok(mtu.unwrap_or(1500))
         })
     }
@@ -264,13 +248,9 @@ fn libc_enodev() -> i32 {
 }
 
 fn ensure_forwarding(addrs: &[PodAddr]) -> Result<(), Error> {
-    if addrs.iter().any(|a| a.addr.is_ipv4()) {
-        netns::ensure_sysctl("net/ipv4/ip_forward", "1")?;
-    }
-    if addrs.iter().any(|a| a.addr.is_ipv6()) {
-        netns::ensure_sysctl("net/ipv6/conf/all/forwarding", "1")?;
-    }
-    Ok(())
+    let v4 = addrs.iter().any(|a| a.addr.is_ipv4());
+    let v6 = addrs.iter().any(|a| a.addr.is_ipv6());
+    sysctl::ensure_forwarding(v4, v6).map_err(Error::io("enable IP forwarding"))
 }
 
 /// Inside the pod: announce the address on link-up (arp_notify) and skip IPv6 DAD, which
@@ -570,36 +550,6 @@ async fn add_route(
         .map_err(Error::netlink(format!("add route {dst}")))
 }
 
-fn route_oif(r: &RouteMessage) -> Option<u32> {
-    r.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Oif(i) => Some(*i),
-        _ => None,
-    })
-}
-
-fn route_dst(r: &RouteMessage) -> Option<IpNetwork> {
-    let len = r.header.destination_prefix_length;
-    let ip = r.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
-        RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
-        _ => None,
-    });
-    match (ip, r.header.address_family) {
-        (Some(ip), _) => IpNetwork::new(ip, len).ok(),
-        (None, AddressFamily::Inet) if len == 0 => "0.0.0.0/0".parse().ok(),
-        (None, AddressFamily::Inet6) if len == 0 => "::/0".parse().ok(),
-        _ => None,
-    }
-}
-
-fn route_gw(r: &RouteMessage) -> Option<IpAddr> {
-    r.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
-        RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
-        _ => None,
-    })
-}
-
 async fn addrs_of(h: &Handle, index: u32) -> Result<Vec<IpNetwork>, Error> {
     let msgs: Vec<AddressMessage> = h
         .address()
@@ -627,33 +577,17 @@ async fn routes_of(
     index: Option<u32>,
 ) -> Result<Vec<(IpNetwork, Option<IpAddr>)>, Error> {
     let mut out = Vec::new();
-    for req in [
-        RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
-        RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
-    ] {
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
         out.extend(
-            main_routes(h, req)
-                .await?
+            route::dump_main(h, family, RouteProtocol::Unspec)
+                .await
+                .map_err(Error::netlink("dump routes"))?
                 .iter()
-                .filter(|r| index.is_none_or(|i| route_oif(r) == Some(i)))
-                .filter_map(|r| Some((route_dst(r)?, route_gw(r)))),
+                .filter(|r| index.is_none_or(|i| route::oif(r) == Some(i)))
+                .filter_map(|r| Some((route::dst(r)?, route::gateway(r)))),
         );
     }
     Ok(out)
-}
-
-/// The main table's routes of the family of `req` (a dump: this socket has no strict
-/// checking, so the kernel returns every table and we keep the main one).
-async fn main_routes(h: &Handle, req: RouteMessage) -> Result<Vec<RouteMessage>, Error> {
-    let mut routes: Vec<RouteMessage> = h
-        .route()
-        .get(req)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(Error::netlink("dump routes"))?;
-    routes.retain(|r| r.header.table == RouteHeader::RT_TABLE_MAIN);
-    Ok(routes)
 }
 
 async fn host_facts(h: &Handle, l: &LinkMessage) -> Result<HostFacts, Error> {

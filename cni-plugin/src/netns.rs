@@ -43,11 +43,3 @@ pub fn write_sysctl(key: &str, value: &str) -> Result<(), Error> {
     std::fs::write(&path, value).map_err(Error::io(format!("write {path}")))
 }
 
-/// Sets a sysctl only if it differs: writing `ip_forward` resets other per-device knobs.
-pub fn ensure_sysctl(key: &str, value: &str) -> Result<(), Error> {
-    let path = format!("/proc/sys/{key}");
-    match std::fs::read_to_string(&path) {
-        Ok(v) if v.trim() == value => Ok(()),
-        _ => write_sysctl(key, value),
-    }
-}

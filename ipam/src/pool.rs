@@ -2,8 +2,9 @@
 //! rangeStart/rangeEnd at their defaults). Addresses are handled as `u128` so IPv4 and
 //! IPv6 share one arithmetic.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
+use hostgw_common::ip::{self, bits};
 use ipnetwork::IpNetwork;
 
 use crate::{Error, error::Result};
@@ -98,10 +99,7 @@ impl Pool {
     /// Whether two pools share any address (they must not: a requested IP has to
     /// name exactly one pool).
     pub(crate) fn overlaps(&self, other: &Pool) -> bool {
-        let (a, b) = (self.subnet, other.subnet);
-        a.is_ipv4() == b.is_ipv4()
-            && bits(a.network()) <= bits(b.broadcast())
-            && bits(b.network()) <= bits(a.broadcast())
+        ip::overlaps(&self.subnet, &other.subnet)
     }
 
     fn in_range(&self, ip: IpAddr) -> bool {
@@ -125,20 +123,9 @@ impl Pool {
     }
 }
 
-pub(crate) fn bits(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)),
-        IpAddr::V6(v6) => u128::from(v6),
-    }
-}
-
 /// The address `b` in the family of `like` (truncated to 32 bits for IPv4).
 fn from_bits(b: u128, like: IpNetwork) -> IpAddr {
-    if like.is_ipv4() {
-        IpAddr::V4(Ipv4Addr::from(b as u32))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(b))
-    }
+    ip::from_bits(like.is_ipv6(), b)
 }
 
 #[cfg(test)]
