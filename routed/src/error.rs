@@ -5,11 +5,11 @@ pub enum Error {
     #[error(transparent)]
     Etcd(#[from] crate::etcd::EtcdError),
     #[error(transparent)]
-    Claim(#[from] crate::source::lease::ClaimError),
+    Claim(#[from] crate::etcd::claim::ClaimError),
     #[error(transparent)]
     Kernel(#[from] crate::kernel::KernelError),
     #[error(transparent)]
-    Nft(#[from] crate::nft::NftError),
+    Nft(#[from] crate::kernel::nft::NftError),
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
     #[error("{0}")]

@@ -11,7 +11,9 @@ use std::{
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use tracing::info;
 
-use crate::{metrics::Metrics, shutdown::Shutdown};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
 
 /// Readiness: each flag has one writer (the start sequence or the reconciler).
 #[derive(Debug, Default)]
@@ -43,7 +45,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
     ready: Arc<Ready>,
-    mut shutdown: Shutdown,
+    shutdown: CancellationToken,
 ) {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
@@ -54,7 +56,7 @@ pub async fn serve(
         info!(addr = %a, "serving metrics");
     }
     let _ = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
 }
 

@@ -1,35 +1,29 @@
 //! hostgw-routed: leases this node's pod subnet in etcd and keeps one kernel route per peer
 //! node (`<peer subnet> via <peer public IP>`, protocol 75). See README.md.
+//!
+//! Grouped by concern: `etcd` (everything that talks to etcd), `kernel` (routes, addresses,
+//! events, nft), `reconcile` (pure validate/compute/plan plus the loop that applies), and
+//! `cmd` (the three subcommands). Dependencies point one way: `cmd` → `reconcile`/`etcd`
+//! → `kernel` → the leaf modules at the root.
 
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod cli;
-pub mod compute;
+pub(crate) mod cmd;
 pub mod config;
-pub mod daemon;
 pub mod error;
-pub mod etcd;
-pub mod events;
-pub mod executor;
-pub mod http;
-pub mod identity;
-pub mod kernel;
-pub mod lease;
-pub mod metrics;
-pub mod net;
-pub mod nft;
-pub mod plan;
-pub mod reconcile;
-pub mod release;
-pub mod shutdown;
-pub mod source;
-pub mod status;
-pub mod subnet;
+pub(crate) mod etcd;
+pub(crate) mod http;
+pub(crate) mod kernel;
+pub mod me;
+pub(crate) mod metrics;
+pub(crate) mod net;
+pub(crate) mod reconcile;
 pub mod subnet_file;
-pub mod validate;
 
 pub use error::Error;
+pub use tokio_util::sync::CancellationToken;
 
 /// Runs one subcommand to completion; `shutdown` ends `run`.
 pub async fn main(
@@ -37,13 +31,13 @@ pub async fn main(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
     match cli.cmd {
-        cli::Cmd::Run(args) => daemon::run(args, shutdown).await,
+        cli::Cmd::Run(args) => cmd::run::run(args, shutdown).await,
         cli::Cmd::Status(args) => {
-            print!("{}", status::status(&args).await?);
+            print!("{}", cmd::status::status(&args).await?);
             Ok(())
         }
         cli::Cmd::Release(c) => {
-            print!("{}", release::release(&c).await?);
+            print!("{}", cmd::release::release(&c).await?);
             Ok(())
         }
     }

@@ -10,12 +10,9 @@ use rtnetlink::{
     sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE},
 };
 
-use super::{KernelError, netlink::message};
-use crate::plan::HostRoute;
+use super::{HostRoute, KernelError, Results, message::message};
 
 const PER_SEND: usize = 256;
-
-pub type Results = Vec<(HostRoute, Result<(), KernelError>)>;
 
 pub fn replace_all(routes: &[HostRoute]) -> Results {
     match open() {

@@ -6,8 +6,7 @@ use std::{
     net::IpAddr,
 };
 
-use super::{KernelError, LocalView, NextHop, RouteTable};
-use crate::plan::HostRoute;
+use super::{HostRoute, KernelError, LocalView, NextHop, RouteTable};
 
 #[derive(Debug, Default)]
 pub struct FakeRoutes {

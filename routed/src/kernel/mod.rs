@@ -3,21 +3,44 @@
 
 use std::{
     collections::{BTreeSet, HashSet},
+    fmt,
     future::Future,
     net::IpAddr,
 };
 
 use ipnetwork::IpNetwork;
 
-use crate::plan::HostRoute;
+use serde::Serialize;
 
 pub mod batch;
+mod dump;
+pub mod events;
+#[cfg(test)]
 pub mod fake;
-pub mod netlink;
+pub mod identity;
+pub mod message;
+pub mod nft;
+pub mod routes;
 
 /// Route protocol number that marks routes as ours (`/etc/iproute2/rt_protos.d/hostgw.conf`:
 /// `75 hostgw`). Every owned route carries it; nothing else is ever touched.
 pub const PROTO: u8 = 75;
+
+/// One owned route: `<dst> via <via>` in the main table, protocol [`PROTO`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct HostRoute {
+    pub dst: IpNetwork,
+    pub via: IpAddr,
+}
+
+impl fmt::Display for HostRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} via {}", self.dst, self.via)
+    }
+}
+
+/// Per-route outcome of a batch of replaces.
+pub type Results = Vec<(HostRoute, Result<(), KernelError>)>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -61,7 +84,7 @@ pub trait RouteTable {
     fn delete(&self, r: &HostRoute) -> impl Future<Output = Result<(), KernelError>>;
     /// Replaces many routes; implementations may batch. Default: one `replace` each,
     /// many in flight.
-    async fn replace_all(&self, routes: &[HostRoute]) -> batch::Results {
+    async fn replace_all(&self, routes: &[HostRoute]) -> Results {
         use futures::{StreamExt, stream};
         stream::iter(routes)
             .map(move |r| async move { (*r, self.replace(r).await) })

@@ -8,28 +8,21 @@ use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use ipnetwork::IpNetwork;
 use tracing::{info, warn};
 
+use super::{
+    Entry, EtcdError, Keys,
+    codec::{self as lease, Lease, LeaseValue},
+    subnet::{self, Taken},
+};
 use crate::{
     backoff::Backoff,
     config::NetConfig,
-    etcd::{self, Entry, EtcdError, Keys},
-    identity::Identity,
-    lease::{self, Lease, LeaseValue},
-    subnet::{self, Taken},
+    me::{Me, OwnLease},
 };
-
-/// This node's lease as held in etcd.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OwnLease {
-    pub name: String,
-    pub subnet: IpNetwork,
-    pub ipv6_subnet: Option<IpNetwork>,
-    pub lease_id: i64,
-}
 
 pub struct Claim<'a> {
     pub keys: &'a Keys,
     pub cfg: &'a NetConfig,
-    pub id: &'a Identity,
+    pub me: &'a Me,
     pub ttl: i64,
     /// Subnets to prefer (from the previous subnet file, or the lease just lost).
     pub prefer: Option<(IpNetwork, Option<IpNetwork>)>,
@@ -62,10 +55,10 @@ pub async fn acquire(client: &mut Client, c: &Claim<'_>) -> Result<OwnLease, Cla
 
 fn value(c: &Claim, ipv6_subnet: Option<IpNetwork>) -> LeaseValue {
     LeaseValue {
-        public_ip: c.id.public_ip,
-        public_ipv6: ipv6_subnet.and(c.id.public_ipv6),
+        public_ip: c.me.public_ip,
+        public_ipv6: ipv6_subnet.and(c.me.public_ipv6),
         backend_type: "host-gw".into(),
-        node_name: c.id.node.clone(),
+        node_name: c.me.node.clone(),
         ipv6_subnet,
     }
 }
@@ -74,52 +67,41 @@ fn find_own<'a>(
     entries: &'a BTreeMap<String, Entry>,
     c: &Claim,
 ) -> Option<(&'a String, &'a Entry, &'a Lease)> {
-    let who = Own {
-        node: &c.id.node,
-        public_ip: Some(c.id.public_ip),
-        network: Some(&c.cfg.v4.network),
-        prefer: c.prefer.map(|(p, _)| p),
-    };
-    own_entry(entries, &who)
+    own_entry(
+        entries,
+        c.me,
+        Some(&c.cfg.v4.network),
+        c.prefer.map(|(p, _)| p),
+    )
 }
 
-/// Who "we" are, to find our key among all leases.
-pub struct Own<'a> {
-    pub node: &'a str,
-    pub public_ip: Option<std::net::IpAddr>,
-    /// Only keys inside this network count (the daemon knows it; status and release may not).
-    pub network: Option<&'a IpNetwork>,
-    pub prefer: Option<IpNetwork>,
-}
-
-/// Our key: same node name (preferring the subnet we used last), else a nameless key with
-/// our public IP (flannel identifies nodes by public IP). The daemon, `status` and
-/// `release` all use this one rule.
+/// Our key: same node name (preferring `prefer`, the subnet we used last), else a
+/// nameless key with our public IP (flannel identifies nodes by public IP). Only keys inside
+/// `network` count (the daemon knows it; status and release may not). The daemon, `status`
+/// and `release` all use this one rule.
 pub fn own_entry<'a>(
     entries: &'a BTreeMap<String, Entry>,
-    who: &Own,
+    me: &Me,
+    network: Option<&IpNetwork>,
+    prefer: Option<IpNetwork>,
 ) -> Option<(&'a String, &'a Entry, &'a Lease)> {
     let ok = |(k, e): (&'a String, &'a Entry)| e.decoded.as_ref().ok().map(|l| (k, e, l));
-    let in_net = |l: &Lease| who.network.is_none_or(|n| crate::net::within(&l.subnet, n));
+    let in_net = |l: &Lease| network.is_none_or(|n| crate::net::within(&l.subnet, n));
     let mine: Vec<_> = entries
         .iter()
         .filter_map(ok)
-        .filter(|(_, _, l)| l.value.node_name == who.node && in_net(l))
+        .filter(|(_, _, l)| l.value.node_name == me.node && in_net(l))
         .collect();
-    let preferred = who
-        .prefer
-        .and_then(|p| mine.iter().find(|(_, _, l)| l.subnet == p).copied());
+    let preferred = prefer.and_then(|p| mine.iter().find(|(_, _, l)| l.subnet == p).copied());
     preferred.or_else(|| mine.first().copied()).or_else(|| {
-        let ip = who.public_ip?;
-        entries
-            .iter()
-            .filter_map(ok)
-            .find(|(_, _, l)| l.value.node_name.is_empty() && l.value.public_ip == ip && in_net(l))
+        entries.iter().filter_map(ok).find(|(_, _, l)| {
+            l.value.node_name.is_empty() && l.value.public_ip == me.public_ip && in_net(l)
+        })
     })
 }
 
 async fn try_claim(client: &mut Client, c: &Claim<'_>) -> Result<Option<OwnLease>, ClaimError> {
-    let (_, entries) = etcd::list(client, c.keys).await?;
+    let (_, entries) = super::list(client, c.keys).await?;
     if let Some((name, entry, lease)) = find_own(&entries, c) {
         return adopt(client, c, &entries, name, entry, lease).await;
     }
@@ -156,7 +138,7 @@ fn choose_v6(
     c: &Claim,
     entries: &BTreeMap<String, Entry>,
 ) -> Result<Option<IpNetwork>, ClaimError> {
-    let (Some(pool), Some(_)) = (&c.cfg.v6, c.id.public_ipv6) else {
+    let (Some(pool), Some(_)) = (&c.cfg.v6, c.me.public_ipv6) else {
         return Ok(None);
     };
     let taken: Vec<IpNetwork> = entries
@@ -180,7 +162,7 @@ async fn adopt(
     entry: &Entry,
     lease: &Lease,
 ) -> Result<Option<OwnLease>, ClaimError> {
-    let v6 = match (lease.value.ipv6_subnet, &c.cfg.v6, c.id.public_ipv6) {
+    let v6 = match (lease.value.ipv6_subnet, &c.cfg.v6, c.me.public_ipv6) {
         (Some(s), Some(_), Some(_)) => Some(s),
         _ => choose_v6(c, entries)?,
     };
@@ -206,14 +188,14 @@ async fn adopt(
 }
 
 pub async fn grant(client: &mut Client, ttl: i64) -> Result<i64, EtcdError> {
-    Ok(etcd::timeout("grant lease", client.lease_grant(ttl, None))
+    Ok(super::timeout("grant lease", client.lease_grant(ttl, None))
         .await?
         .id())
 }
 
 /// Whether the etcd lease still exists; a keep-alive both checks and refreshes it.
 pub async fn alive(client: &mut Client, id: i64) -> Result<bool, EtcdError> {
-    match tokio::time::timeout(etcd::REQUEST_TIMEOUT, client.lease_keep_alive(id)).await {
+    match tokio::time::timeout(super::REQUEST_TIMEOUT, client.lease_keep_alive(id)).await {
         Ok(Ok(_)) => Ok(true),
         Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => Ok(false),
         Ok(Err(e)) => Err(e.into()),
@@ -236,11 +218,11 @@ async fn put_if(
         Some(PutOptions::new().with_lease(id)),
     );
     let txn = Txn::new().when([guard]).and_then([put]);
-    let ok = etcd::timeout("claim transaction", client.txn(txn))
+    let ok = super::timeout("claim transaction", client.txn(txn))
         .await?
         .succeeded();
     if !ok {
-        let _ = etcd::timeout("revoke lease", client.lease_revoke(id)).await;
+        let _ = super::timeout("revoke lease", client.lease_revoke(id)).await;
     }
     Ok(ok)
 }

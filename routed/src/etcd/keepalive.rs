@@ -8,30 +8,37 @@ use etcd_client::Client;
 use tokio::sync::watch;
 use tracing::{error, warn};
 
-use super::lease::{self, Claim, OwnLease};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Keys,
+    claim::{self as lease, Claim},
+};
 use crate::{
-    backoff::Backoff, config::NetConfig, etcd::Keys, identity::Identity, metrics::Metrics,
-    shutdown::Shutdown,
+    backoff::Backoff,
+    config::NetConfig,
+    me::{Me, OwnLease},
+    metrics::Metrics,
 };
 
 pub struct KeepAlive {
     pub client: Client,
     pub keys: Keys,
     pub cfg: NetConfig,
-    pub id: Identity,
+    pub me: Me,
     pub ttl: i64,
     pub own: watch::Sender<OwnLease>,
     pub metrics: Metrics,
 }
 
 impl KeepAlive {
-    pub async fn run(mut self, mut shutdown: Shutdown) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let period = Duration::from_secs((self.ttl / 4).max(1) as u64);
         let mut backoff = Backoff::etcd();
         let mut wait = period;
         loop {
             tokio::select! {
-                _ = shutdown.wait() => return,
+                _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
             let id = self.own.borrow().lease_id;
@@ -40,7 +47,7 @@ impl KeepAlive {
                     backoff.reset();
                     period
                 }
-                Ok(false) => self.reclaim(&mut shutdown).await.unwrap_or(period),
+                Ok(false) => self.reclaim(&shutdown).await.unwrap_or(period),
                 Err(e) => {
                     self.metrics.lease_renewal_failures.inc();
                     let d = backoff.next_delay();
@@ -52,18 +59,18 @@ impl KeepAlive {
     }
 
     /// The lease expired: claim again, preferring the subnets we had.
-    async fn reclaim(&mut self, shutdown: &mut Shutdown) -> Option<Duration> {
+    async fn reclaim(&mut self, shutdown: &CancellationToken) -> Option<Duration> {
         let old = self.own.borrow().clone();
         error!(subnet = %old.subnet, lease = old.lease_id, "our etcd lease expired; claiming a subnet again");
         let claim = Claim {
             keys: &self.keys,
             cfg: &self.cfg,
-            id: &self.id,
+            me: &self.me,
             ttl: self.ttl,
             prefer: Some((old.subnet, old.ipv6_subnet)),
         };
         let got = tokio::select! {
-            _ = shutdown.wait() => return None,
+            _ = shutdown.cancelled() => return None,
             r = lease::acquire(&mut self.client, &claim) => r,
         };
         match got {

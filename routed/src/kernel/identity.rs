@@ -5,44 +5,17 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use rtnetlink::{
     Handle,
-    packet_route::{
-        address::{AddressAttribute, AddressScope},
-        link::LinkAttribute,
-    },
+    packet_route::{address::AddressScope, link::LinkAttribute},
 };
 
 use crate::{cli::Common, kernel::KernelError};
 
+/// The node's link to its peers, as the kernel shows it; [`crate::me::Me`] is built from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub node: String,
+pub struct Uplink {
     pub public_ip: IpAddr,
     pub public_ipv6: Option<IpAddr>,
     pub mtu: u32,
-}
-
-/// (link index, address, scope) for every address on the node.
-pub(crate) async fn addresses(h: &Handle) -> Result<Vec<(u32, IpAddr, AddressScope)>, KernelError> {
-    let msgs: Vec<_> = h
-        .address()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|source| KernelError::Netlink {
-            op: "dump addresses".into(),
-            source,
-        })?;
-    let mut out = Vec::new();
-    for m in msgs {
-        for a in &m.attributes {
-            // IFA_LOCAL is the address itself on point-to-point links (IFA_ADDRESS the peer).
-            if let AddressAttribute::Address(ip) | AddressAttribute::Local(ip) = a {
-                out.push((m.header.index, *ip, m.header.scope));
-            }
-        }
-    }
-    Ok(out)
 }
 
 async fn link_index(h: &Handle, name: &str) -> Result<u32, KernelError> {
@@ -80,7 +53,7 @@ async fn mtu(h: &Handle, index: u32) -> Result<u32, KernelError> {
 async fn default_link(h: &Handle) -> Result<u32, KernelError> {
     // Any protocol: a default route installed by DHCP (proto dhcp) or by hand (proto
     // boot) must be seen, not only `proto static` ones.
-    let routes = crate::kernel::netlink::dump_routes(
+    let routes = super::dump::routes(
         h,
         rtnetlink::packet_route::AddressFamily::Inet,
         rtnetlink::packet_route::route::RouteProtocol::Unspec,
@@ -98,8 +71,8 @@ async fn default_link(h: &Handle) -> Result<u32, KernelError> {
         .ok_or_else(|| KernelError::Other("no default route: give --public-ip or --iface".into()))
 }
 
-pub async fn detect(h: &Handle, c: &Common) -> Result<Identity, KernelError> {
-    let addrs = addresses(h).await?;
+pub async fn detect(h: &Handle, c: &Common) -> Result<Uplink, KernelError> {
+    let addrs = super::dump::addresses(h).await?;
     let (index, public_ip) = match (c.public_ip, &c.iface) {
         (Some(ip), _) => {
             let idx = addrs.iter().find(|(_, a, _)| *a == ip).map(|(i, _, _)| *i);
@@ -129,8 +102,7 @@ pub async fn detect(h: &Handle, c: &Common) -> Result<Identity, KernelError> {
             .find(|(i, a, s)| *i == index && a.is_ipv6() && *s == AddressScope::Universe)
             .map(|(_, a, _)| *a)
     });
-    Ok(Identity {
-        node: c.node_name.clone(),
+    Ok(Uplink {
         public_ip,
         public_ipv6,
         mtu: mtu(h, index).await?,

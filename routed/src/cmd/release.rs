@@ -5,20 +5,23 @@
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use tracing::info;
 
+use super::status;
 use crate::{
     cli::Common,
     error::Error,
     etcd::{self, Keys},
-    kernel::{RouteTable, netlink::NetlinkRoutes},
-    nft, status, subnet_file,
+    kernel::{RouteTable, nft, routes::NetlinkRoutes},
+    subnet_file,
 };
 
 pub async fn release(c: &Common) -> Result<String, Error> {
+    let table = NetlinkRoutes::connect()?;
+    let (me, _) = super::me(&table, c).await?;
     let keys = Keys::new(&c.etcd_prefix);
     let mut client = etcd::connect_reachable(c).await?;
     let (_, entries) = etcd::list(&mut client, &keys).await?;
     let mut report = String::new();
-    match status::own_key(&entries, c) {
+    match status::own_key(&entries, &me) {
         Some((name, entry)) => {
             let key = keys.subnet(name);
             let guard = Compare::mod_revision(key.clone(), CompareOp::Equal, entry.mod_revision);
@@ -44,7 +47,6 @@ pub async fn release(c: &Common) -> Result<String, Error> {
     subnet_file::remove(&c.subnet_file)
         .map_err(|e| Error::Io(format!("remove {}", c.subnet_file.display()), e))?;
     nft::remove().await?;
-    let table = NetlinkRoutes::connect()?;
     let routes = table.list_owned().await?;
     for r in &routes {
         table.delete(r).await?;

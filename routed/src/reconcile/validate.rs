@@ -9,7 +9,13 @@ use std::{
 use ipnetwork::IpNetwork;
 use serde::Serialize;
 
-use crate::{config::NetConfig, lease::Decoded, net, plan::HostRoute};
+use super::plan::HostRoute;
+use crate::{
+    config::NetConfig,
+    etcd::codec::{Decoded, Lease},
+    me::OwnLease,
+    net,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -56,13 +62,11 @@ pub struct Peer {
     pub routes: Vec<HostRoute>,
 }
 
-/// What this node knows about itself.
-#[derive(Debug, Clone)]
-pub struct Own<'a> {
-    pub cfg: &'a NetConfig,
-    pub key: &'a str,
-    pub subnets: Vec<IpNetwork>,
-    pub addrs: &'a HashSet<IpAddr>,
+/// What a lease is checked against: the config, this node's subnets and addresses.
+struct Scope<'a> {
+    cfg: &'a NetConfig,
+    subnets: Vec<IpNetwork>,
+    addrs: &'a HashSet<IpAddr>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -71,11 +75,25 @@ pub struct Validated {
     pub rejected: Vec<Rejected>,
 }
 
-pub fn validate(leases: &BTreeMap<String, Decoded>, own: &Own) -> Validated {
+/// `own` is the lease this node holds (`None` when it holds none, e.g. in `status`);
+/// `addrs` are this node's addresses (never a peer's next hop).
+pub fn validate(
+    leases: &BTreeMap<String, Decoded>,
+    cfg: &NetConfig,
+    own: Option<&OwnLease>,
+    addrs: &HashSet<IpAddr>,
+) -> Validated {
+    let scope = Scope {
+        cfg,
+        subnets: own.map(OwnLease::subnets).unwrap_or_default(),
+        addrs,
+    };
+    let own_key = own.map(|o| &o.name);
+    let own = &scope;
     let mut out = Validated::default();
     let mut candidates = Vec::new();
     for (key, decoded) in leases {
-        if key == own.key {
+        if Some(key) == own_key {
             continue;
         }
         match decoded
@@ -116,7 +134,7 @@ pub fn validate(leases: &BTreeMap<String, Decoded>, own: &Own) -> Validated {
 
 type Check = Result<(i64, Peer), (Reason, String)>;
 
-fn check(key: &str, l: &crate::lease::Lease, own: &Own) -> Check {
+fn check(key: &str, l: &Lease, own: &Scope) -> Check {
     let mut routes = vec![route(
         l.subnet,
         l.value.public_ip,
@@ -142,7 +160,7 @@ fn route(
     dst: IpNetwork,
     via: IpAddr,
     network: Option<&IpNetwork>,
-    own: &Own,
+    own: &Scope,
 ) -> Result<HostRoute, (Reason, String)> {
     match network {
         Some(n) if net::within(&dst, n) && dst.prefix() > n.prefix() => {}

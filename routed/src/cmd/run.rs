@@ -6,7 +6,8 @@
 use std::{future::Future, sync::Arc, sync::atomic::Ordering};
 
 use etcd_client::Client;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
@@ -14,20 +15,17 @@ use crate::{
     cli::RunArgs,
     config::NetConfig,
     error::Error,
-    etcd::{self, EtcdError, Keys},
-    events,
-    http::{self, Ready},
-    identity::{self, Identity},
-    kernel::netlink::NetlinkRoutes,
-    metrics::Metrics,
-    nft,
-    reconcile::Reconciler,
-    shutdown::{self, Shutdown},
-    source::{
+    etcd::{
+        self, EtcdError, Keys,
+        claim::{self, Claim},
         keepalive::KeepAlive,
-        lease::{self, Claim, OwnLease},
         watch::Watcher,
     },
+    http::{self, Ready},
+    kernel::{events, nft, routes::NetlinkRoutes},
+    me::{Me, OwnLease},
+    metrics::Metrics,
+    reconcile::{Reconciler, ReconcilerConfig},
     subnet_file::{self, SubnetFile},
 };
 
@@ -35,7 +33,8 @@ struct Started {
     table: NetlinkRoutes,
     client: Client,
     cfg: NetConfig,
-    id: Identity,
+    me: Me,
+    mtu: u32,
     own: OwnLease,
 }
 
@@ -51,7 +50,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         ),
         None => None,
     };
-    let (trigger, sd) = shutdown::channel();
+    let sd = CancellationToken::new();
     let http_task = {
         let (m, r, sd) = (metrics.clone(), ready.clone(), sd.clone());
         async move {
@@ -72,15 +71,15 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
             ready.clone(),
             sd.clone(),
             &mut shutdown,
-            &trigger,
         )
         .await;
         Ok(())
     };
+    // The drain: `run` returns only once every task (HTTP included) has returned.
     let (r, ()) = tokio::join!(
         async {
             let r = main_flow.await;
-            trigger.fire();
+            sd.cancel();
             r
         },
         http_task
@@ -92,19 +91,18 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
 async fn start(args: &RunArgs, ready: &Ready) -> Result<Started, Error> {
     let c = &args.common;
     let table = NetlinkRoutes::connect()?;
-    let id = identity::detect(table.handle(), c).await?;
+    let (me, mtu) = super::me(&table, c).await?;
     let keys = Keys::new(&c.etcd_prefix);
     let (mut client, cfg) = connect_and_read_config(c, &keys).await?;
-    let prefer = subnet_file::read(&c.subnet_file).map(|f| (f.subnet, f.ipv6_subnet));
     let claim = Claim {
         keys: &keys,
         cfg: &cfg,
-        id: &id,
+        me: &me,
         ttl: args.lease_ttl,
-        prefer,
+        prefer: me.last,
     };
-    let own = lease::acquire(&mut client, &claim).await?;
-    write_subnet_file(c, &cfg, &id, &own)?;
+    let own = claim::acquire(&mut client, &claim).await?;
+    write_subnet_file(c, &cfg, mtu, &own)?;
     ready.subnet_file.store(true, Ordering::Relaxed);
     nft::ensure_forwarding(cfg.v6.is_some())
         .map_err(|e| Error::Io("enable forwarding".into(), e))?;
@@ -115,12 +113,13 @@ async fn start(args: &RunArgs, ready: &Ready) -> Result<Started, Error> {
         );
     }
     ready.rules.store(true, Ordering::Relaxed);
-    info!(node = %id.node, public_ip = %id.public_ip, subnet = %own.subnet, "started");
+    info!(node = %me.node, public_ip = %me.public_ip, subnet = %own.subnet, "started");
     Ok(Started {
         table,
         client,
         cfg,
-        id,
+        me,
+        mtu,
         own,
     })
 }
@@ -155,7 +154,7 @@ async fn connect_and_read_config(
 fn write_subnet_file(
     c: &crate::cli::Common,
     cfg: &NetConfig,
-    id: &Identity,
+    mtu: u32,
     own: &OwnLease,
 ) -> Result<(), Error> {
     let f = SubnetFile {
@@ -163,7 +162,7 @@ fn write_subnet_file(
         subnet: own.subnet,
         ipv6_network: own.ipv6_subnet.and(cfg.v6.as_ref().map(|p| p.network)),
         ipv6_subnet: own.ipv6_subnet,
-        mtu: id.mtu,
+        mtu,
     };
     subnet_file::write(&c.subnet_file, &f)
         .map_err(|e| Error::Io(format!("write {}", c.subnet_file.display()), e))
@@ -174,9 +173,8 @@ async fn tasks(
     s: Started,
     metrics: Metrics,
     ready: Arc<Ready>,
-    sd: Shutdown,
+    sd: CancellationToken,
     shutdown: impl Future<Output = ()>,
-    trigger: &shutdown::Trigger,
 ) {
     let keys = Keys::new(&args.common.etcd_prefix);
     let (own_tx, own_rx) = watch::channel(s.own.clone());
@@ -191,7 +189,7 @@ async fn tasks(
         client: s.client.clone(),
         keys,
         cfg: s.cfg.clone(),
-        id: s.id.clone(),
+        me: s.me.clone(),
         ttl: args.lease_ttl,
         own: own_tx,
         metrics: metrics.clone(),
@@ -204,17 +202,18 @@ async fn tasks(
         ready.clone(),
         sd.clone(),
     );
-    let mut rec = Reconciler::new(
-        s.table,
-        s.cfg.clone(),
+    let kick = Arc::new(Notify::new());
+    let rec = Reconciler::new(ReconcilerConfig {
+        table: s.table,
+        cfg: s.cfg.clone(),
         metrics,
         ready,
-        leases_rx,
-        own_rx.clone(),
-    );
-    rec.resync = std::time::Duration::from_secs(args.resync_secs.max(1));
-    let kick = rec.kick.clone();
-    let follow = follow_own(args.common.clone(), s.cfg, s.id, own_rx, sd.clone());
+        leases: leases_rx,
+        own: own_rx.clone(),
+        kick: kick.clone(),
+        resync: std::time::Duration::from_secs(args.resync_secs.max(1)),
+    });
+    let follow = follow_own(args.common.clone(), s.cfg, s.mtu, own_rx, sd.clone());
     tokio::join!(
         watcher.run(sd.clone()),
         keeper.run(sd.clone()),
@@ -225,7 +224,7 @@ async fn tasks(
         async {
             shutdown.await;
             info!("shutting down");
-            trigger.fire();
+            sd.cancel();
         },
     );
 }
@@ -237,11 +236,11 @@ async fn keep_rules(
     masq: bool,
     every: std::time::Duration,
     ready: Arc<Ready>,
-    mut sd: Shutdown,
+    sd: CancellationToken,
 ) {
     loop {
         tokio::select! {
-            _ = sd.wait() => return,
+            _ = sd.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
         let ok = match nft::ensure(&cfg, masq).await {
@@ -263,17 +262,17 @@ async fn keep_rules(
 async fn follow_own(
     c: crate::cli::Common,
     cfg: NetConfig,
-    id: Identity,
+    mtu: u32,
     mut rx: watch::Receiver<OwnLease>,
-    mut sd: Shutdown,
+    sd: CancellationToken,
 ) {
     loop {
         tokio::select! {
-            _ = sd.wait() => return,
+            _ = sd.cancelled() => return,
             r = rx.changed() => if r.is_err() { return },
         }
         let own = rx.borrow_and_update().clone();
-        if let Err(e) = write_subnet_file(&c, &cfg, &id, &own) {
+        if let Err(e) = write_subnet_file(&c, &cfg, mtu, &own) {
             warn!(error = %e, "rewriting the subnet file failed");
         }
     }

@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use super::*;
-use crate::lease::{Lease, LeaseValue};
+use crate::etcd::codec::LeaseValue;
 
 fn cfg() -> NetConfig {
     NetConfig::parse(br#"{"Network":"198.18.0.0/16","IPv6Network":"fd18:18::/48"}"#).unwrap()
@@ -24,15 +24,15 @@ fn lease(subnet: &str, ip: &str, created: i64) -> Decoded {
 fn run(leases: Vec<(&str, Decoded)>) -> Validated {
     let cfg = cfg();
     let addrs: HashSet<IpAddr> = ["198.19.0.1".parse().unwrap()].into();
-    let own = Own {
-        cfg: &cfg,
-        key: "198.18.1.0-24",
-        subnets: vec!["198.18.1.0/24".parse().unwrap()],
-        addrs: &addrs,
+    let own = OwnLease {
+        name: "198.18.1.0-24".into(),
+        subnet: "198.18.1.0/24".parse().unwrap(),
+        ipv6_subnet: None,
+        lease_id: 1,
     };
     let map: BTreeMap<String, Decoded> =
         leases.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    validate(&map, &own)
+    validate(&map, &cfg, Some(&own), &addrs)
 }
 
 fn reasons(v: &Validated) -> Vec<(String, Reason)> {
@@ -144,15 +144,9 @@ fn five_thousand_leases_validate_quickly() {
         .collect();
     let cfg = NetConfig::parse(br#"{"Network":"198.18.0.0/16","SubnetLen":29}"#).unwrap();
     let addrs = HashSet::new();
-    let own = Own {
-        cfg: &cfg,
-        key: "none",
-        subnets: vec![],
-        addrs: &addrs,
-    };
     let map: BTreeMap<String, Decoded> = leases.into_iter().collect();
     let start = std::time::Instant::now();
-    let v = validate(&map, &own);
+    let v = validate(&map, &cfg, None, &addrs);
     assert_eq!(v.peers.len(), 5000);
     assert!(start.elapsed() < std::time::Duration::from_secs(1));
 }

@@ -8,14 +8,16 @@ use ipnetwork::IpNetwork;
 use serde::Serialize;
 
 use crate::{
-    cli::{Common, StatusArgs},
-    compute::{self, Me},
+    cli::StatusArgs,
     error::Error,
-    etcd::{self, Entry, Keys},
-    kernel::{RouteTable, netlink::NetlinkRoutes},
-    plan::{self, HostRoute},
-    subnet_file,
-    validate::Rejected,
+    etcd::{self, Entry, Keys, claim},
+    kernel::{RouteTable, routes::NetlinkRoutes},
+    me::{Me, OwnLease},
+    reconcile::{
+        compute,
+        plan::{self, HostRoute},
+        validate::Rejected,
+    },
 };
 
 #[derive(Debug, Serialize)]
@@ -55,29 +57,24 @@ pub struct Drift {
     pub extra: Vec<HostRoute>,
 }
 
-/// Our key, by the daemon's own rule (`source::lease::own_entry`), preferring the subnet
+/// Our key, by the daemon's own rule (`etcd::claim::own_entry`), preferring the subnet
 /// our subnet file names.
 pub fn own_key<'a>(
     entries: &'a BTreeMap<String, Entry>,
-    c: &Common,
+    me: &Me,
 ) -> Option<(&'a String, &'a Entry)> {
-    let who = crate::source::lease::Own {
-        node: &c.node_name,
-        public_ip: c.public_ip,
-        network: None,
-        prefer: subnet_file::read(&c.subnet_file).map(|f| f.subnet),
-    };
-    crate::source::lease::own_entry(entries, &who).map(|(k, e, _)| (k, e))
+    claim::own_entry(entries, me, None, me.last.map(|(s, _)| s)).map(|(k, e, _)| (k, e))
 }
 
 pub async fn status(args: &StatusArgs) -> Result<String, Error> {
     let c = &args.common;
     let table = NetlinkRoutes::connect()?;
+    let (me, _) = super::me(&table, c).await?;
     let keys = Keys::new(&c.etcd_prefix);
     let mut client = etcd::connect_reachable(c).await?;
     let cfg = etcd::read_config(&mut client, &keys).await?;
     let (_, entries) = etcd::list(&mut client, &keys).await?;
-    let own = own_key(&entries, c).and_then(|(k, e)| {
+    let own = own_key(&entries, &me).and_then(|(k, e)| {
         let l = e.decoded.as_ref().ok()?;
         Some(OwnView {
             key: k.clone(),
@@ -88,21 +85,13 @@ pub async fn status(args: &StatusArgs) -> Result<String, Error> {
         })
     });
     let leases = entries.into_iter().map(|(k, e)| (k, e.decoded)).collect();
-    let key = own.as_ref().map(|o| o.key.clone()).unwrap_or_default();
-    let subnets = own
-        .as_ref()
-        .map(|o| std::iter::once(o.subnet).chain(o.ipv6_subnet).collect())
-        .unwrap_or_default();
-    let computed = compute::compute(
-        &table,
-        &Me {
-            cfg: &cfg,
-            key: &key,
-            subnets,
-        },
-        &leases,
-    )
-    .await?;
+    let held = own.as_ref().map(|o| OwnLease {
+        name: o.key.clone(),
+        subnet: o.subnet,
+        ipv6_subnet: o.ipv6_subnet,
+        lease_id: o.lease_id,
+    });
+    let computed = compute::compute(&table, &cfg, held.as_ref(), &leases).await?;
     let actual = table.list_owned().await?;
     let p = plan::plan(&computed.desired, &actual);
     let peers = computed

@@ -11,64 +11,74 @@ use std::{
 use tokio::sync::{Notify, watch};
 use tracing::{Instrument, info, info_span, warn};
 
+use tokio_util::sync::CancellationToken;
+
+use self::{apply::Applied, compute::Computed, plan::HostRoute, validate::Reason};
 use crate::{
     backoff::Backoff,
-    compute::{self, Computed, Me},
     config::NetConfig,
-    executor::{self, Applied},
+    etcd::watch::LeasesRx,
     http::Ready,
     kernel::RouteTable,
+    me::OwnLease,
     metrics::{Metrics, ReasonLabel},
-    plan::{self, HostRoute},
-    shutdown::Shutdown,
-    source::{lease::OwnLease, watch::LeasesRx},
-    validate::Reason,
 };
+
+pub mod apply;
+pub mod compute;
+pub mod plan;
+pub mod validate;
 
 /// Netlink events come in bursts (a link flap is several messages): wait this long.
 const DEBOUNCE: Duration = Duration::from_millis(5);
 /// More changes than this in one pass are logged as one summary line.
 const LOG_EACH_UP_TO: usize = 20;
 
-pub struct Reconciler<R> {
+/// What a reconciler is built from.
+pub struct ReconcilerConfig<R> {
     pub table: R,
     pub cfg: NetConfig,
     pub metrics: Metrics,
     pub ready: Arc<Ready>,
     pub leases: LeasesRx,
     pub own: watch::Receiver<OwnLease>,
+    /// Netlink events notify this (see `kernel::events`).
     pub kick: Arc<Notify>,
     pub resync: Duration,
+}
+
+pub struct Reconciler<R> {
+    table: R,
+    cfg: NetConfig,
+    metrics: Metrics,
+    ready: Arc<Ready>,
+    leases: LeasesRx,
+    own: watch::Receiver<OwnLease>,
+    kick: Arc<Notify>,
+    resync: Duration,
     /// What has been reported once already (unreachable peers, rejected leases).
-    pub reported: BTreeSet<(String, String)>,
+    reported: BTreeSet<(String, String)>,
     /// Routes we installed or found in place, to tell a repair from a first install.
-    pub installed: BTreeSet<HostRoute>,
+    installed: BTreeSet<HostRoute>,
 }
 
 impl<R: RouteTable> Reconciler<R> {
-    pub fn new(
-        table: R,
-        cfg: NetConfig,
-        metrics: Metrics,
-        ready: Arc<Ready>,
-        leases: LeasesRx,
-        own: watch::Receiver<OwnLease>,
-    ) -> Self {
+    pub fn new(c: ReconcilerConfig<R>) -> Self {
         Reconciler {
-            table,
-            cfg,
-            metrics,
-            ready,
-            leases,
-            own,
-            kick: Arc::new(Notify::new()),
-            resync: Duration::from_secs(300),
+            table: c.table,
+            cfg: c.cfg,
+            metrics: c.metrics,
+            ready: c.ready,
+            leases: c.leases,
+            own: c.own,
+            kick: c.kick,
+            resync: c.resync,
             reported: BTreeSet::new(),
             installed: BTreeSet::new(),
         }
     }
 
-    pub async fn run(mut self, mut shutdown: Shutdown) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut resync =
             tokio::time::interval_at(tokio::time::Instant::now() + self.resync, self.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -83,7 +93,7 @@ impl<R: RouteTable> Reconciler<R> {
                 _ => Some(tokio::time::Instant::now() + backoff.next_delay()),
             };
             tokio::select! {
-                _ = shutdown.wait() => return,
+                _ = shutdown.cancelled() => return,
                 Ok(()) = self.leases.changed() => {}
                 Ok(()) = self.own.changed() => {}
                 _ = self.kick.notified() => tokio::time::sleep(DEBOUNCE).await,
@@ -102,12 +112,7 @@ impl<R: RouteTable> Reconciler<R> {
         let start = Instant::now();
         let span = info_span!("reconcile", leases = leases.len());
         let failed = async {
-            let me = Me {
-                cfg: &self.cfg,
-                key: &own.name,
-                subnets: own.subnets(),
-            };
-            let computed = compute::compute(&self.table, &me, &leases).await;
+            let computed = compute::compute(&self.table, &self.cfg, Some(&own), &leases).await;
             let actual = self.table.list_owned().await;
             match (computed, actual) {
                 (Ok(c), Ok(a)) => self.apply(c, a, start.elapsed()).await,
@@ -132,7 +137,7 @@ impl<R: RouteTable> Reconciler<R> {
     async fn apply(&mut self, c: Computed, actual: BTreeSet<HostRoute>, read: Duration) -> usize {
         let plan = plan::plan(&c.desired, &actual);
         let t = Instant::now();
-        let applied = executor::apply(&self.table, &plan).await;
+        let applied = apply::apply(&self.table, &plan).await;
         self.log_applied(&applied, &actual, (read, t.elapsed()));
         self.report(&c);
         let failed: BTreeSet<_> = applied.errors.iter().map(|(r, _)| r.dst).collect();
@@ -225,14 +230,6 @@ impl<R: RouteTable> Reconciler<R> {
     }
 }
 
-impl OwnLease {
-    pub fn subnets(&self) -> Vec<ipnetwork::IpNetwork> {
-        std::iter::once(self.subnet)
-            .chain(self.ipv6_subnet)
-            .collect()
-    }
-}
-
 async fn sleep_until(t: Option<tokio::time::Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
@@ -241,5 +238,4 @@ async fn sleep_until(t: Option<tokio::time::Instant>) {
 }
 
 #[cfg(test)]
-#[path = "reconcile_tests.rs"]
 mod tests;

@@ -10,13 +10,13 @@ use etcd_client::{Client, EventType, WatchOptions};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::{
-    backoff::Backoff,
-    etcd::{self, EtcdError, Keys},
-    lease::{self, Decoded},
-    metrics::Metrics,
-    shutdown::Shutdown,
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    EtcdError, Keys,
+    codec::{self as lease, Decoded},
 };
+use crate::{backoff::Backoff, metrics::Metrics};
 
 pub type Leases = BTreeMap<String, Decoded>;
 
@@ -39,9 +39,9 @@ enum End {
 }
 
 impl Watcher {
-    pub async fn run(mut self, mut shutdown: Shutdown) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         tokio::select! {
-            _ = shutdown.wait() => {}
+            _ = shutdown.cancelled() => {}
             _ = self.forever() => {}
         }
     }
@@ -82,7 +82,7 @@ impl Watcher {
     }
 
     async fn list(&mut self) -> Result<(i64, Arc<Leases>), EtcdError> {
-        let (rev, entries) = etcd::list(&mut self.client, &self.keys).await?;
+        let (rev, entries) = super::list(&mut self.client, &self.keys).await?;
         if entries.is_empty() {
             // Our own key is always there, so an empty answer is not a real cluster state.
             return Err(EtcdError::Empty);
@@ -103,15 +103,12 @@ impl Watcher {
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(*rev + 1);
-        let mut stream = match etcd::timeout(
-            "watch",
-            self.client.watch(self.keys.subnets(), Some(opts)),
-        )
-        .await
-        {
-            Ok(s) => s,
-            Err(e) => return End::Broken(e.to_string(), e.is_unreachable()),
-        };
+        let mut stream =
+            match super::timeout("watch", self.client.watch(self.keys.subnets(), Some(opts))).await
+            {
+                Ok(s) => s,
+                Err(e) => return End::Broken(e.to_string(), e.is_unreachable()),
+            };
         loop {
             let resp = match stream.message().await {
                 Ok(Some(r)) => r,

@@ -4,9 +4,11 @@ use tokio::sync::watch;
 
 use super::*;
 use crate::{
+    etcd::{
+        codec::{Decoded, Lease, LeaseValue},
+        watch::Leases,
+    },
     kernel::{LocalView, NextHop, fake::FakeRoutes},
-    lease::{Decoded, Lease, LeaseValue},
-    source::watch::Leases,
 };
 
 fn r(dst: &str, via: &str) -> HostRoute {
@@ -76,14 +78,16 @@ fn rig(initial: Option<Leases>) -> Rig {
     };
     let (own_tx, own_rx) = watch::channel(own);
     let (tx, rx) = watch::channel(initial.map(Arc::new));
-    let rec = Reconciler::new(
+    let rec = Reconciler::new(ReconcilerConfig {
         table,
         cfg,
-        Metrics::new(),
-        Arc::new(Ready::default()),
-        rx,
-        own_rx,
-    );
+        metrics: Metrics::new(),
+        ready: Arc::new(Ready::default()),
+        leases: rx,
+        own: own_rx,
+        kick: Arc::new(Notify::new()),
+        resync: Duration::from_secs(300),
+    });
     Rig {
         rec,
         leases: tx,

@@ -1,14 +1,21 @@
-//! etcd connection and the key layout under the prefix.
+//! Everything that talks to etcd: the connection, the key layout and lease codec, this
+//! node's claim and keep-alive, and the watch of all leases.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
 
-use crate::{
-    cli::Common,
-    config::NetConfig,
-    lease::{self, Decoded},
-};
+use crate::{cli::Common, config::NetConfig};
+
+pub mod claim;
+pub mod codec;
+pub mod keepalive;
+mod keys;
+pub mod subnet;
+pub mod watch;
+
+pub use codec::Decoded;
+pub use keys::Keys;
 
 /// Every unary request is bounded; the watch stream is not (it is meant to stay open).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,36 +51,6 @@ impl EtcdError {
             EtcdError::Timeout(_) => true,
             _ => false,
         }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Keys {
-    pub prefix: String,
-}
-
-impl Keys {
-    pub fn new(prefix: &str) -> Keys {
-        Keys {
-            prefix: prefix.trim_end_matches('/').to_owned(),
-        }
-    }
-
-    pub fn config(&self) -> String {
-        format!("{}/config", self.prefix)
-    }
-
-    pub fn subnets(&self) -> String {
-        format!("{}/subnets/", self.prefix)
-    }
-
-    pub fn subnet(&self, name: &str) -> String {
-        format!("{}{name}", self.subnets())
-    }
-
-    /// The key's name under `subnets/`, if it is one.
-    pub fn name<'a>(&self, key: &'a [u8]) -> Option<&'a str> {
-        std::str::from_utf8(key).ok()?.strip_prefix(&self.subnets())
     }
 }
 
@@ -179,7 +156,7 @@ pub async fn list(
     let mut out = BTreeMap::new();
     for kv in resp.kvs() {
         if let Some(name) = keys.name(kv.key()) {
-            let decoded = lease::decode(name, kv.value(), kv.create_revision());
+            let decoded = codec::decode(name, kv.value(), kv.create_revision());
             out.insert(
                 name.to_owned(),
                 Entry {

@@ -9,15 +9,14 @@ use rtnetlink::{
     Handle, RouteMessageBuilder,
     packet_route::{
         AddressFamily,
-        route::{
-            RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-            RouteType,
-        },
+        route::{RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType},
     },
 };
 
-use super::{KernelError, LocalView, NextHop, PROTO, RouteTable};
-use crate::plan::HostRoute;
+use super::{
+    HostRoute, KernelError, LocalView, NextHop, PROTO, Results, RouteTable,
+    message::{message, parse},
+};
 
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
@@ -45,82 +44,12 @@ impl NetlinkRoutes {
         family: AddressFamily,
         proto: RouteProtocol,
     ) -> Result<Vec<RouteMessage>, KernelError> {
-        dump_routes(&self.handle, family, proto).await
+        super::dump::routes(&self.handle, family, proto).await
     }
 
     pub fn handle(&self) -> &Handle {
         &self.handle
     }
-}
-
-/// The main table's routes of one family, filtered by the kernel (our sockets have strict
-/// checking on) to `proto`; `RouteProtocol::Unspec` means every protocol. The type is left
-/// unspecified so that the dump is not narrowed by the builder's defaults.
-pub(crate) async fn dump_routes(
-    h: &Handle,
-    family: AddressFamily,
-    proto: RouteProtocol,
-) -> Result<Vec<RouteMessage>, KernelError> {
-    let mut msg = RouteMessageBuilder::<IpAddr>::new().build();
-    msg.header.address_family = family;
-    msg.header.protocol = proto;
-    msg.header.scope = RouteScope::Universe;
-    msg.header.kind = RouteType::Unspec;
-    msg.header.table = RouteHeader::RT_TABLE_MAIN;
-    h.route()
-        .get(msg)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|source| KernelError::Netlink {
-            op: "dump routes".into(),
-            source,
-        })
-}
-
-fn bad(r: &HostRoute, e: impl std::fmt::Display) -> KernelError {
-    KernelError::Other(format!("route {r}: {e}"))
-}
-
-pub(super) fn message(r: &HostRoute) -> Result<RouteMessage, KernelError> {
-    Ok(RouteMessageBuilder::<IpAddr>::new()
-        .destination_prefix(r.dst.network(), r.dst.prefix())
-        .map_err(|e| bad(r, e))?
-        .gateway(r.via)
-        .map_err(|e| bad(r, e))?
-        .table_id(RouteHeader::RT_TABLE_MAIN.into())
-        .protocol(RouteProtocol::Other(PROTO))
-        .scope(RouteScope::Universe)
-        .kind(RouteType::Unicast)
-        .build())
-}
-
-fn addr(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
-}
-
-/// Destination and gateway of a route message (a default route has no Destination).
-pub fn parse(m: &RouteMessage) -> (Option<IpNetwork>, Option<IpAddr>) {
-    let mut dst = None;
-    let mut gw = None;
-    for a in &m.attributes {
-        match a {
-            RouteAttribute::Destination(d) => dst = addr(d),
-            RouteAttribute::Gateway(g) => gw = addr(g),
-            _ => {}
-        }
-    }
-    let dst = match (dst, m.header.address_family) {
-        (Some(ip), _) => IpNetwork::new(ip, m.header.destination_prefix_length).ok(),
-        (None, AddressFamily::Inet) => IpNetwork::new(IpAddr::V4(0.into()), 0).ok(),
-        (None, AddressFamily::Inet6) => IpNetwork::new(IpAddr::V6(0.into()), 0).ok(),
-        _ => None,
-    };
-    (dst, gw)
 }
 
 fn unspecified(dst: &IpNetwork) -> IpAddr {
@@ -167,7 +96,7 @@ impl RouteTable for NetlinkRoutes {
             })
     }
 
-    async fn replace_all(&self, routes: &[HostRoute]) -> super::batch::Results {
+    async fn replace_all(&self, routes: &[HostRoute]) -> Results {
         let owned = routes.to_vec();
         match tokio::task::spawn_blocking(move || super::batch::replace_all(&owned)).await {
             Ok(results) => results,
@@ -200,7 +129,7 @@ impl RouteTable for NetlinkRoutes {
 
     async fn local_view(&self) -> Result<LocalView, KernelError> {
         let mut view = LocalView::default();
-        for (_, ip, _) in crate::identity::addresses(&self.handle).await? {
+        for (_, ip, _) in super::dump::addresses(&self.handle).await? {
             view.addrs.insert(ip);
         }
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {

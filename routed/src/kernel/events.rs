@@ -20,7 +20,9 @@ use rtnetlink::{
 use tokio::sync::Notify;
 use tracing::warn;
 
-use crate::{kernel::PROTO, shutdown::Shutdown};
+use tokio_util::sync::CancellationToken;
+
+use crate::kernel::PROTO;
 
 const GROUPS: [MulticastGroup; 5] = [
     MulticastGroup::Link,
@@ -90,14 +92,14 @@ fn pod_plumbing_route(r: &RouteMessage) -> bool {
 
 /// Listens until shutdown; a broken socket (e.g. ENOBUFS after a burst) is reopened, with
 /// a kick, since events may have been lost.
-pub async fn listen(kick: Arc<Notify>, mut shutdown: Shutdown) {
+pub async fn listen(kick: Arc<Notify>, shutdown: CancellationToken) {
     loop {
         match rtnetlink::new_multicast_connection(&GROUPS) {
             Ok((conn, _handle, mut msgs)) => {
                 let task = tokio::spawn(conn);
                 loop {
                     tokio::select! {
-                        _ = shutdown.wait() => {
+                        _ = shutdown.cancelled() => {
                             task.abort();
                             return;
                         }
@@ -119,7 +121,7 @@ pub async fn listen(kick: Arc<Notify>, mut shutdown: Shutdown) {
             Err(e) => warn!(error = %e, "cannot open netlink event socket; retrying"),
         }
         tokio::select! {
-            _ = shutdown.wait() => return,
+            _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }

@@ -3,25 +3,12 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt,
     net::IpAddr,
 };
 
 use ipnetwork::IpNetwork;
-use serde::Serialize;
 
-/// One owned route: `<dst> via <via>` in the main table, protocol [`crate::kernel::PROTO`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct HostRoute {
-    pub dst: IpNetwork,
-    pub via: IpAddr,
-}
-
-impl fmt::Display for HostRoute {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} via {}", self.dst, self.via)
-    }
-}
+pub use crate::kernel::HostRoute;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -33,6 +20,7 @@ pub struct Plan {
 }
 
 impl Plan {
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.remove.is_empty() && self.add.is_empty()
     }

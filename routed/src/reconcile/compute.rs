@@ -6,15 +6,17 @@ use std::{
     net::IpAddr,
 };
 
-use ipnetwork::IpNetwork;
 use serde::Serialize;
 
+use super::{
+    plan::HostRoute,
+    validate::{self, Rejected},
+};
 use crate::{
     config::NetConfig,
+    etcd::watch::Leases,
     kernel::{self, KernelError, NextHop, RouteTable},
-    plan::HostRoute,
-    source::watch::Leases,
-    validate::{self, Own, Rejected},
+    me::OwnLease,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -39,26 +41,15 @@ impl Computed {
     }
 }
 
-/// This node, for validation: its key and subnets.
-pub struct Me<'a> {
-    pub cfg: &'a NetConfig,
-    pub key: &'a str,
-    pub subnets: Vec<IpNetwork>,
-}
-
+/// `own` is the lease this node holds (`None` for `status` on a node without one).
 pub async fn compute<R: RouteTable>(
     table: &R,
-    me: &Me<'_>,
+    cfg: &NetConfig,
+    own: Option<&OwnLease>,
     leases: &Leases,
 ) -> Result<Computed, KernelError> {
     let view = table.local_view().await?;
-    let own = Own {
-        cfg: me.cfg,
-        key: me.key,
-        subnets: me.subnets.clone(),
-        addrs: &view.addrs,
-    };
-    let v = validate::validate(leases, &own);
+    let v = validate::validate(leases, cfg, own, &view.addrs);
     // Only peers outside every connected prefix cost a lookup (none on a flat segment).
     let hops = kernel::needs_lookup(
         &view,

@@ -3,10 +3,8 @@
 
 use futures::{StreamExt, stream};
 
-use crate::{
-    kernel::{KernelError, RouteTable},
-    plan::{HostRoute, Plan},
-};
+use super::plan::{HostRoute, Plan};
+use crate::kernel::{KernelError, RouteTable};
 
 /// Netlink requests in flight at once: 5,000 replaces in a few dozen milliseconds instead
 /// of 5,000 sequential round trips.
