@@ -197,9 +197,9 @@ impl NodeSubnets {
 /// try again later (11); one that cannot be read is I/O (5), one that makes no sense decode (6).
 fn load_subnet_file(path: &Path) -> Result<SubnetFile, Error> {
     SubnetFile::read(path).map_err(|e| match e {
-        SubnetFileError::Missing(_) => Error::TryAgain(format!(
-            "{e} yet: is hostgw-routed running on this node?"
-        )),
+        SubnetFileError::Missing(_) => {
+            Error::TryAgain(format!("{e} yet: is hostgw-routed running on this node?"))
+        }
         SubnetFileError::Io { source, .. } => {
             Error::io(format!("read subnet file {}", path.display()))(source)
         }

@@ -42,4 +42,3 @@ pub fn write_sysctl(key: &str, value: &str) -> Result<(), Error> {
     let path = format!("/proc/sys/{key}");
     std::fs::write(&path, value).map_err(Error::io(format!("write {path}")))
 }
-

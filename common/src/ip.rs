@@ -70,7 +70,10 @@ mod tests {
 
     #[test]
     fn ranges_and_round_trips() {
-        assert_eq!(range(&n("198.18.3.0/24")), (false, 0xc612_0300, 0xc612_03ff));
+        assert_eq!(
+            range(&n("198.18.3.0/24")),
+            (false, 0xc612_0300, 0xc612_03ff)
+        );
         assert_eq!(range(&n("::/0")), (true, 0, u128::MAX));
         assert_eq!(range(&n("0.0.0.0/0")), (false, 0, u128::from(u32::MAX)));
         assert_eq!(from_start(false, 0xc612_0300, 24), Some(n("198.18.3.0/24")));
@@ -90,6 +93,9 @@ mod tests {
         assert!(within(&n("198.18.3.0/24"), &n("198.18.3.0/24")));
         assert!(!within(&n("198.18.0.0/16"), &n("198.18.3.0/24")));
         assert!(!within(&n("fd18:18::/64"), &n("198.18.0.0/16")));
+        assert!(within(&n("fd18:18:0:3::/64"), &n("fd18:18::/48")));
+        assert!(overlaps(&n("::/0"), &n("fd18:18::/48")));
+        assert!(!overlaps(&n("198.18.0.0/16"), &n("fd18:18::/48")));
         assert!(is_canonical(&n("198.18.3.0/24")) && !is_canonical(&n("198.18.3.7/24")));
     }
 }

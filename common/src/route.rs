@@ -126,7 +126,8 @@ mod tests {
         assert_eq!(dst(&m), Some("198.18.3.0/24".parse().unwrap()));
         assert_eq!(gateway(&m), Some("198.19.0.11".parse().unwrap()));
         assert_eq!(oif(&m), Some(7));
-        m.attributes.retain(|a| !matches!(a, RouteAttribute::Destination(_)));
+        m.attributes
+            .retain(|a| !matches!(a, RouteAttribute::Destination(_)));
         m.header.destination_prefix_length = 0;
         assert_eq!(dst(&m), Some("0.0.0.0/0".parse().unwrap()));
         m.header.destination_prefix_length = 8;

@@ -91,7 +91,10 @@ impl SubnetFile {
         if SubnetFile::read(path).ok().as_ref() == Some(self) {
             return Ok(());
         }
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("subnet");
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("subnet");
         let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
         let body = serde_json::to_vec(self).map_err(io::Error::other)?;
         {

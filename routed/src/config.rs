@@ -144,12 +144,7 @@ fn bound(
     }
 }
 
-fn addr(ip: std::net::IpAddr) -> u128 {
-    match ip {
-        std::net::IpAddr::V4(a) => u32::from(a) as u128,
-        std::net::IpAddr::V6(a) => u128::from(a),
-    }
-}
+use hostgw_common::ip::bits as addr;
 
 /// Number of addresses in one subnet of length `len` (saturating at 2^127 for /0 v6).
 pub fn step(bits: u8, len: u8) -> u128 {

@@ -20,7 +20,6 @@ pub mod me;
 pub(crate) mod metrics;
 pub(crate) mod net;
 pub(crate) mod reconcile;
-pub mod subnet_file;
 
 pub use error::Error;
 pub use tokio_util::sync::CancellationToken;

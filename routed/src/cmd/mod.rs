@@ -4,12 +4,14 @@ pub mod release;
 pub mod run;
 pub mod status;
 
+use hostgw_common::SubnetFile;
+use ipnetwork::IpNetwork;
+
 use crate::{
     cli::Common,
     error::Error,
     kernel::{identity, routes::NetlinkRoutes},
     me::Me,
-    subnet_file,
 };
 
 /// Who this node is: name from the command line, public IPs from the flags or the kernel,
@@ -20,7 +22,14 @@ pub(crate) async fn me(table: &NetlinkRoutes, c: &Common) -> Result<(Me, u32), E
         node: c.node_name.clone(),
         public_ip: up.public_ip,
         public_ipv6: up.public_ipv6,
-        last: subnet_file::read(&c.subnet_file).map(|f| (f.subnet, f.ipv6_subnet)),
+        last: last_subnets(&c.subnet_file),
     };
     Ok((me, up.mtu))
+}
+
+/// The subnets of a previous subnet file, to prefer them after a restart; any error (no
+/// file, garbage) just means no preference.
+fn last_subnets(path: &std::path::Path) -> Option<(IpNetwork, Option<IpNetwork>)> {
+    let f = SubnetFile::read(path).ok()?;
+    Some((f.subnet?.into(), f.ipv6_subnet.map(IpNetwork::V6)))
 }

@@ -11,7 +11,6 @@ use crate::{
     error::Error,
     etcd::{self, Keys},
     kernel::{RouteTable, nft, routes::NetlinkRoutes},
-    subnet_file,
 };
 
 pub async fn release(c: &Common) -> Result<String, Error> {
@@ -44,7 +43,7 @@ pub async fn release(c: &Common) -> Result<String, Error> {
         }
         None => report += &format!("no lease for node {} in etcd\n", c.node_name),
     }
-    subnet_file::remove(&c.subnet_file)
+    hostgw_common::SubnetFile::remove(&c.subnet_file)
         .map_err(|e| Error::Io(format!("remove {}", c.subnet_file.display()), e))?;
     nft::remove().await?;
     let routes = table.list_owned().await?;

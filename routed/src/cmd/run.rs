@@ -6,6 +6,8 @@
 use std::{future::Future, sync::Arc, sync::atomic::Ordering};
 
 use etcd_client::Client;
+use hostgw_common::SubnetFile;
+use ipnetwork::IpNetwork;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -26,7 +28,6 @@ use crate::{
     me::{Me, OwnLease},
     metrics::Metrics,
     reconcile::{Reconciler, ReconcilerConfig},
-    subnet_file::{self, SubnetFile},
 };
 
 struct Started {
@@ -104,7 +105,7 @@ async fn start(args: &RunArgs, ready: &Ready) -> Result<Started, Error> {
     let own = claim::acquire(&mut client, &claim).await?;
     write_subnet_file(c, &cfg, mtu, &own)?;
     ready.subnet_file.store(true, Ordering::Relaxed);
-    nft::ensure_forwarding(cfg.v6.is_some())
+    hostgw_common::sysctl::ensure_forwarding(true, cfg.v6.is_some())
         .map_err(|e| Error::Io("enable forwarding".into(), e))?;
     if nft::ensure(&cfg, args.ip_masq).await? {
         info!(
@@ -157,14 +158,25 @@ fn write_subnet_file(
     mtu: u32,
     own: &OwnLease,
 ) -> Result<(), Error> {
-    let f = SubnetFile {
-        network: cfg.v4.network,
-        subnet: own.subnet,
-        ipv6_network: own.ipv6_subnet.and(cfg.v6.as_ref().map(|p| p.network)),
-        ipv6_subnet: own.ipv6_subnet,
-        mtu,
+    let v4 = |n: IpNetwork| match n {
+        IpNetwork::V4(n) => Some(n),
+        IpNetwork::V6(_) => None,
     };
-    subnet_file::write(&c.subnet_file, &f)
+    let v6 = |n: IpNetwork| match n {
+        IpNetwork::V6(n) => Some(n),
+        IpNetwork::V4(_) => None,
+    };
+    let f = SubnetFile {
+        network: v4(cfg.v4.network),
+        subnet: v4(own.subnet),
+        ipv6_network: own
+            .ipv6_subnet
+            .and(cfg.v6.as_ref().map(|p| p.network))
+            .and_then(v6),
+        ipv6_subnet: own.ipv6_subnet.and_then(v6),
+        mtu: Some(mtu),
+    };
+    f.write(&c.subnet_file)
         .map_err(|e| Error::Io(format!("write {}", c.subnet_file.display()), e))
 }
 

@@ -5,34 +5,24 @@ use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use rtnetlink::{
-    Handle, RouteMessageBuilder,
+    Handle,
     packet_route::{
         AddressFamily,
         address::{AddressAttribute, AddressScope},
-        route::{RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType},
+        route::{RouteMessage, RouteProtocol},
     },
 };
 
 use super::KernelError;
 
 /// The main table's routes of one family, filtered by the kernel (our sockets have strict
-/// checking on) to `proto`; `RouteProtocol::Unspec` means every protocol. The type is left
-/// unspecified so that the dump is not narrowed by the builder's defaults.
+/// checking on) to `proto`; `RouteProtocol::Unspec` means every protocol.
 pub async fn routes(
     h: &Handle,
     family: AddressFamily,
     proto: RouteProtocol,
 ) -> Result<Vec<RouteMessage>, KernelError> {
-    let mut msg = RouteMessageBuilder::<IpAddr>::new().build();
-    msg.header.address_family = family;
-    msg.header.protocol = proto;
-    msg.header.scope = RouteScope::Universe;
-    msg.header.kind = RouteType::Unspec;
-    msg.header.table = RouteHeader::RT_TABLE_MAIN;
-    h.route()
-        .get(msg)
-        .execute()
-        .try_collect()
+    hostgw_common::route::dump_main(h, family, proto)
         .await
         .map_err(|source| KernelError::Netlink {
             op: "dump routes".into(),

@@ -34,7 +34,7 @@ const GROUPS: [MulticastGroup; 5] = [
 
 /// Host veths of the `hostgw` plugin: `hgw` + 12 hex digits. Pods come and go all day;
 /// their links, gateway addresses and /32 routes never change how peers are reached.
-const POD_LINK_PREFIX: &str = "hgw";
+use hostgw_common::veth::HOST_VETH_PREFIX as POD_LINK_PREFIX;
 
 /// Whether a kernel event could change our routes or a peer's reachability. Our own route
 /// additions are ignored (applying a plan must not wake us again), and so is the plumbing

@@ -3,10 +3,8 @@
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
-use rtnetlink::{
-    Handle,
-    packet_route::{address::AddressScope, link::LinkAttribute},
-};
+use hostgw_common::route;
+use rtnetlink::{Handle, packet_route::address::AddressScope};
 
 use crate::{cli::Common, kernel::KernelError};
 
@@ -27,47 +25,24 @@ async fn link_index(h: &Handle, name: &str) -> Result<u32, KernelError> {
 }
 
 async fn mtu(h: &Handle, index: u32) -> Result<u32, KernelError> {
-    let mut s = h.link().get().match_index(index).execute();
-    let link = s
-        .try_next()
+    route::link_mtu(h, index)
         .await
         .map_err(|source| KernelError::Netlink {
             op: format!("get link {index}"),
             source,
         })?
-        .ok_or_else(|| KernelError::Other(format!("link {index} not found")))?;
-    Ok(link
-        .attributes
-        .iter()
-        .find_map(|a| {
-            if let LinkAttribute::Mtu(m) = a {
-                Some(*m)
-            } else {
-                None
-            }
-        })
-        .unwrap_or(1500))
+        .ok_or_else(|| KernelError::Other(format!("link {index} not found")))
 }
 
-/// The link of the IPv4 default route.
+/// The link of the IPv4 default route, whatever its protocol: a default route installed by
+/// DHCP (proto dhcp) or by hand (proto boot) must be seen, not only `proto static` ones.
 async fn default_link(h: &Handle) -> Result<u32, KernelError> {
-    // Any protocol: a default route installed by DHCP (proto dhcp) or by hand (proto
-    // boot) must be seen, not only `proto static` ones.
-    let routes = super::dump::routes(
-        h,
-        rtnetlink::packet_route::AddressFamily::Inet,
-        rtnetlink::packet_route::route::RouteProtocol::Unspec,
-    )
-    .await?;
-    routes
-        .iter()
-        .filter(|r| r.header.destination_prefix_length == 0)
-        .find_map(|r| {
-            r.attributes.iter().find_map(|a| match a {
-                rtnetlink::packet_route::route::RouteAttribute::Oif(i) => Some(*i),
-                _ => None,
-            })
-        })
+    route::default_route_oif(h)
+        .await
+        .map_err(|source| KernelError::Netlink {
+            op: "dump routes".into(),
+            source,
+        })?
         .ok_or_else(|| KernelError::Other("no default route: give --public-ip or --iface".into()))
 }
 

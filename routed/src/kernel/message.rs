@@ -3,16 +3,11 @@
 
 use std::net::IpAddr;
 
+use hostgw_common::route;
 use ipnetwork::IpNetwork;
 use rtnetlink::{
     RouteMessageBuilder,
-    packet_route::{
-        AddressFamily,
-        route::{
-            RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-            RouteType,
-        },
-    },
+    packet_route::route::{RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType},
 };
 
 use super::{HostRoute, KernelError, PROTO};
@@ -35,30 +30,7 @@ pub fn message(r: &HostRoute) -> Result<RouteMessage, KernelError> {
         .build())
 }
 
-fn addr(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
-}
-
 /// Destination and gateway of a route message (a default route has no Destination).
 pub fn parse(m: &RouteMessage) -> (Option<IpNetwork>, Option<IpAddr>) {
-    let mut dst = None;
-    let mut gw = None;
-    for a in &m.attributes {
-        match a {
-            RouteAttribute::Destination(d) => dst = addr(d),
-            RouteAttribute::Gateway(g) => gw = addr(g),
-            _ => {}
-        }
-    }
-    let dst = match (dst, m.header.address_family) {
-        (Some(ip), _) => IpNetwork::new(ip, m.header.destination_prefix_length).ok(),
-        (None, AddressFamily::Inet) => IpNetwork::new(IpAddr::V4(0.into()), 0).ok(),
-        (None, AddressFamily::Inet6) => IpNetwork::new(IpAddr::V6(0.into()), 0).ok(),
-        _ => None,
-    };
-    (dst, gw)
+    (route::dst(m), route::gateway(m))
 }

@@ -48,10 +48,7 @@ pub fn render_body(cfg: &NetConfig, masq: bool) -> String {
 
 /// FNV-1a: stable across builds and versions, unlike `DefaultHasher`.
 pub fn hash(s: &str) -> String {
-    let h = s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
-    });
-    format!("{h:016x}")
+    format!("{:016x}", hostgw_common::hash::fnv1a64(s.bytes()))
 }
 
 pub fn comment(body: &str) -> String {
@@ -112,24 +109,6 @@ pub async fn remove() -> Result<(), NftError> {
         Err(NftError::Failed(e)) if e.contains("No such file") => Ok(()),
         r => r.map(|_| ()),
     }
-}
-
-/// IP forwarding on, in the namespace this process runs in. A sysctl that is already 1 is
-/// left alone: in the DaemonSet /proc/sys is read-only and an init container has set it,
-/// and writing `ip_forward` also resets per-device settings.
-pub fn ensure_forwarding(v6: bool) -> std::io::Result<()> {
-    ensure_one("/proc/sys/net/ipv4/ip_forward")?;
-    if v6 {
-        ensure_one("/proc/sys/net/ipv6/conf/all/forwarding")?;
-    }
-    Ok(())
-}
-
-fn ensure_one(path: &str) -> std::io::Result<()> {
-    if std::fs::read_to_string(path)?.trim() == "1" {
-        return Ok(());
-    }
-    std::fs::write(path, "1")
 }
 
 #[cfg(test)]
