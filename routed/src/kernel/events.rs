@@ -78,7 +78,7 @@ fn pod_plumbing_route(r: &RouteMessage) -> bool {
     };
     let link_local_or_multicast = r.attributes.iter().any(|a| match a {
         RouteAttribute::Destination(RouteAddress::Inet6(d)) => {
-            (d.segments()[0] & 0xffc0) == 0xfe80 || d.segments()[0] >> 8 == 0xff
+            d.is_unicast_link_local() || d.is_multicast()
         }
         _ => false,
     });
