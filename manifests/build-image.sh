@@ -12,7 +12,10 @@
 #            localhost/hostgw:TAG)
 #   TAG      default 0.1.0
 #
-# Needs umoci, busybox-static, nftables, ldd (all on Debian 12 via scripts/setup.sh).
+# Needs umoci, busybox-static, nftables, ldd and containernetworking-plugins (the chained
+# portmap and bandwidth plugins, carried at /cni-plugins with their Debian version in
+# /cni-plugins/VERSION; install-cni.sh puts them on hosts that lack them). All on Debian 12
+# via scripts/setup.sh.
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
@@ -38,13 +41,19 @@ fi
 for b in hostgw hostgw-routed; do
   [ -x "$BIN_DIR/$b" ] || { echo "build-image: $BIN_DIR/$b is not built" >&2; exit 1; }
 done
+CNI_PLUGINS_DIR=${CNI_PLUGINS_DIR:-/usr/lib/cni}
+CHAINED="portmap bandwidth"
+for p in $CHAINED; do
+  [ -x "$CNI_PLUGINS_DIR/$p" ] || { echo "build-image: $CNI_PLUGINS_DIR/$p is missing; install containernetworking-plugins" >&2; exit 1; }
+done
+CNI_PLUGINS_VERSION=$(dpkg-query -W -f='${Version}' containernetworking-plugins 2>/dev/null || echo unknown)
 
 mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
 STAGE=$(mktemp -d "$OUT_DIR/.rootfs.XXXXXX")
 trap 'rm -rf "$STAGE"' EXIT
 R=$STAGE/rootfs
-mkdir -p "$R"/{bin,sbin,usr/local/bin,usr/sbin,etc/hostgw,tmp,run,var/run,lib64,proc,sys,dev}
+mkdir -p "$R"/{bin,sbin,usr/local/bin,usr/sbin,etc/hostgw,tmp,run,var/run,lib64,proc,sys,dev,cni-plugins}
 chmod 1777 "$R/tmp"
 
 # copy_libs BINARY: every shared object it loads (ldd), at the same path, symlinks resolved.
@@ -59,6 +68,11 @@ install -m 0755 "$BIN_DIR/hostgw-routed" "$R/usr/local/bin/hostgw-routed"
 install -m 0755 "$BIN_DIR/hostgw" "$R/hostgw"
 install -m 0755 "$NFT" "$R/usr/sbin/nft"
 for b in "$BIN_DIR/hostgw-routed" "$BIN_DIR/hostgw" "$NFT"; do copy_libs "$b"; done
+
+# The chained plugins run on the host (the runtime executes them there), so only the
+# binaries are carried, with the Debian version they came from.
+for p in $CHAINED; do install -m 0755 "$CNI_PLUGINS_DIR/$p" "$R/cni-plugins/$p"; done
+echo "containernetworking-plugins $CNI_PLUGINS_VERSION (Debian)" >"$R/cni-plugins/VERSION"
 
 install -m 0755 "$BUSYBOX" "$R/bin/busybox"
 for applet in $("$BUSYBOX" --list); do
@@ -93,7 +107,8 @@ umoci config --image "$L:$TAG" \
   --config.workingdir / \
   --config.label org.opencontainers.image.title=hostgw \
   --config.label org.opencontainers.image.description="hostgw-routed, the hostgw CNI plugin and its installer" \
-  --config.label org.opencontainers.image.version="$TAG"
+  --config.label org.opencontainers.image.version="$TAG" \
+  --config.label io.hostgw.cni-plugins.version="$CNI_PLUGINS_VERSION"
 umoci gc --layout "$L"
 
 # umoci names the manifest with org.opencontainers.image.ref.name=TAG; containerd takes the

@@ -10,6 +10,8 @@ PACKAGES=(
   containernetworking-plugins  # the reference bridge/host-local, benchmarked against
   iperf3 sockperf            # data-plane comparison
   containerd runc busybox-static umoci  # a real container runtime for cluster tests
+  iptables                   # the chained portmap plugin programs hostPorts with it
+  golang-go golang-github-appc-cni-dev  # a libcni client (netns-tests/cni-client) for chained plugins
 )
 
 missing=()

@@ -486,14 +486,14 @@ done
 mkdir -p /run/hostgw /var/lib/cni/networks
 mount --bind "$subnet_dir" /run/hostgw
 mount --bind "$data_dir" /var/lib/cni/networks
-HOST_ROOT=/ SRC_PLUGIN="$plugin" SRC_CONFLIST="$conflist" sh "$install"
+HOST_ROOT=/ SRC_PLUGIN="$plugin" SRC_CONFLIST="$conflist" SRC_CHAINED_DIR=/usr/lib/cni sh "$install"
 "#;
 
 /// The node's CNI files as the runtime of containerd's mount namespace sees them: `/etc`,
 /// `/opt` and `/var/lib` overlaid there with writable layers in `dir` (the host's never
 /// change), the plugin and the shipped conflist installed by `manifests/install-cni.sh` as
-/// the DaemonSet's init container installs them (`/opt/cni/bin/hostgw`,
-/// `/etc/cni/net.d/10-hostgw.conflist`), `/run/hostgw` bound to the node daemon's
+/// the DaemonSet's init container installs them (`/opt/cni/bin/hostgw`, the chained
+/// `portmap` and `bandwidth` from Debian's /usr/lib/cni, `/etc/cni/net.d/10-hostgw.conflist`), `/run/hostgw` bound to the node daemon's
 /// subnet-file directory, and `/var/lib/cni/networks` bound to the node's IPAM store
 /// ([`ipam_dir`]): one store per node, shared with the pods [`add_pod`] wires there (two
 /// stores on one node would hand out the same address twice). Declare it before the

@@ -3,6 +3,8 @@
 //! the conflist from the ConfigMap mount): contents, modes whatever the umask, no temporary
 //! file left, a missing source refused, and replacement by rename only, so a runtime never
 //! reads half a file — checked both on the old inode and by readers racing the install.
+//! The chained `portmap` and `bandwidth` plugins are installed from the image only where
+//! the host lacks them.
 
 use std::{
     fs,
@@ -41,6 +43,10 @@ impl Fixture {
         };
         fs::create_dir_all(f.src()).unwrap();
         fs::create_dir_all(f.root()).unwrap();
+        fs::create_dir_all(f.chained()).unwrap();
+        for p in CHAINED {
+            fs::write(f.chained().join(p), format!("\x7fELF image {p}")).unwrap();
+        }
         f.set_sources(b"\x7fELF plugin v1", b"{\"conflist\": 1}\n");
         f
     }
@@ -49,6 +55,10 @@ impl Fixture {
     }
     fn root(&self) -> PathBuf {
         self.dir.path().join("host")
+    }
+    /// The image's copies of the chained plugins (`/cni-plugins` in the image).
+    fn chained(&self) -> PathBuf {
+        self.dir.path().join("cni-plugins")
     }
     fn plugin_dst(&self) -> PathBuf {
         self.root().join("opt/cni/bin/hostgw")
@@ -77,6 +87,7 @@ impl Fixture {
             .env("HOST_ROOT", self.root())
             .env("SRC_PLUGIN", self.src().join("hostgw"))
             .env("SRC_CONFLIST", self.src().join("10-hostgw.conflist"))
+            .env("SRC_CHAINED_DIR", self.chained())
             .output()
             .unwrap()
     }
@@ -102,6 +113,17 @@ impl Fixture {
     }
 }
 
+/// The plugins the shipped conflist chains after hostgw (a test checks the conflist).
+const CHAINED: [&str; 2] = ["portmap", "bandwidth"];
+
+/// What a first install leaves on an empty host.
+const INSTALLED: [&str; 4] = [
+    "etc/cni/net.d/10-hostgw.conflist",
+    "opt/cni/bin/bandwidth",
+    "opt/cni/bin/hostgw",
+    "opt/cni/bin/portmap",
+];
+
 fn ok(o: &Output) {
     assert!(
         o.status.success(),
@@ -125,10 +147,15 @@ fn installs_plugin_and_conflist_with_their_modes_under_any_shell_and_umask() {
             assert_eq!(fs::read(f.conflist_dst()).unwrap(), b"{\"conflist\": 1}\n");
             assert_eq!(mode(&f.plugin_dst()), 0o755, "{shell:?} umask {umask}");
             assert_eq!(mode(&f.conflist_dst()), 0o644, "{shell:?} umask {umask}");
+            for p in CHAINED {
+                let dst = f.root().join("opt/cni/bin").join(p);
+                assert_eq!(fs::read(&dst).unwrap(), format!("\x7fELF image {p}").as_bytes());
+                assert_eq!(mode(&dst), 0o755, "{p} {shell:?} umask {umask}");
+            }
             assert_eq!(
                 f.files(),
-                ["etc/cni/net.d/10-hostgw.conflist", "opt/cni/bin/hostgw"],
-                "only the two files, no temporary one ({shell:?})"
+                INSTALLED,
+                "only the four files, no temporary one ({shell:?})"
             );
         }
     }
@@ -173,7 +200,7 @@ fn install_replaces_by_rename_and_never_writes_into_the_old_file() {
         b"{\"conflist\": 1}\n"
     );
     assert_eq!(mode(&f.plugin_dst()), 0o755);
-    assert_eq!(f.files().len(), 2, "{:?}", f.files());
+    assert_eq!(f.files(), INSTALLED);
 }
 
 #[test]
@@ -220,7 +247,7 @@ fn readers_racing_installs_see_a_whole_old_or_a_whole_new_file() {
     stop.store(true, Ordering::Relaxed);
     let reads: u32 = readers.into_iter().map(|r| r.join().unwrap()).sum();
     assert!(reads > 0);
-    assert_eq!(f.files().len(), 2, "{:?}", f.files());
+    assert_eq!(f.files(), INSTALLED);
 }
 
 #[test]
@@ -239,7 +266,7 @@ fn install_with_a_missing_source_fails_and_changes_nothing() {
     // Both sources are checked before anything is installed: no half-updated pair.
     assert_eq!(fs::read(f.plugin_dst()).unwrap(), b"\x7fELF plugin v1");
     assert_eq!(fs::read(f.conflist_dst()).unwrap(), b"{\"conflist\": 1}\n");
-    assert_eq!(f.files().len(), 2, "{:?}", f.files());
+    assert_eq!(f.files(), INSTALLED);
 }
 
 #[test]
@@ -253,10 +280,7 @@ fn a_temporary_file_of_a_killed_install_is_removed_and_never_a_config() {
     fs::write(net_d.join(".10-hostgw.conflist.hostgw-tmp.4242"), "{\"half").unwrap();
     fs::write(bin_d.join(".hostgw.hostgw-tmp.4242"), "half").unwrap();
     ok(&f.install());
-    assert_eq!(
-        f.files(),
-        ["etc/cni/net.d/10-hostgw.conflist", "opt/cni/bin/hostgw"]
-    );
+    assert_eq!(f.files(), INSTALLED);
     // And such a name is one a runtime never loads: libcni reads only *.conf, *.conflist
     // and *.json from the config directory.
     let tmp_name = ".10-hostgw.conflist.hostgw-tmp.4242";
@@ -277,4 +301,55 @@ fn install_script_is_the_one_the_image_and_the_daemonset_run() {
     assert!(ds.contains(r#"command: ["/bin/sh", "/install-cni.sh"]"#));
     let cf = fs::read_to_string(manifests().join("Containerfile")).unwrap();
     assert!(cf.contains("install-cni.sh /install-cni.sh"));
+}
+
+#[test]
+fn a_host_that_has_a_chained_plugin_keeps_its_own_copy() {
+    let f = Fixture::new();
+    let bin_d = f.root().join("opt/cni/bin");
+    fs::create_dir_all(&bin_d).unwrap();
+    fs::write(bin_d.join("portmap"), "host portmap").unwrap();
+    fs::set_permissions(bin_d.join("portmap"), fs::Permissions::from_mode(0o755)).unwrap();
+    let o = f.install();
+    ok(&o);
+    assert_eq!(fs::read(bin_d.join("portmap")).unwrap(), b"host portmap");
+    assert_eq!(
+        fs::read(bin_d.join("bandwidth")).unwrap(),
+        b"\x7fELF image bandwidth"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("kept the host's"));
+    assert_eq!(f.files(), INSTALLED);
+}
+
+#[test]
+fn a_chained_plugin_neither_on_the_host_nor_in_the_image_fails_and_installs_nothing() {
+    let f = Fixture::new();
+    fs::remove_file(f.chained().join("bandwidth")).unwrap();
+    let o = f.install();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("the host has no bandwidth"), "{err}");
+    assert!(f.files().is_empty(), "{:?}", f.files());
+}
+
+#[test]
+fn the_script_installs_exactly_what_the_shipped_conflist_chains() {
+    let list: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(manifests().join("10-hostgw.conflist")).unwrap(),
+    )
+    .unwrap();
+    let types: Vec<&str> = list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["hostgw", "portmap", "bandwidth"]);
+    assert_eq!(types[1..], CHAINED);
+    let script = fs::read_to_string(manifests().join("install-cni.sh")).unwrap();
+    assert!(script.contains(&format!("CHAINED=${{CHAINED:-{}}}", CHAINED.join(" "))));
+    let build = fs::read_to_string(manifests().join("build-image.sh")).unwrap();
+    for p in CHAINED {
+        assert!(build.contains(p), "build-image.sh carries {p}");
+    }
 }

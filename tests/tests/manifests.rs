@@ -152,7 +152,9 @@ fn manifest_configmap_carries_the_one_conflist_and_the_net_conf() {
         shipped,
         json!({"cniVersion":"1.0.0","cniVersions":["0.3.1","0.4.0","1.0.0","1.1.0"],
                "name":"podnet","plugins":[{"type":"hostgw","mode":"ptp",
-               "subnetFile":"/run/hostgw/subnet.json","dataDir":"/var/lib/cni/networks"}]})
+               "subnetFile":"/run/hostgw/subnet.json","dataDir":"/var/lib/cni/networks"},
+               {"type":"portmap","capabilities":{"portMappings":true},"snat":true},
+               {"type":"bandwidth","capabilities":{"bandwidth":true}}]})
     );
     let net: Value = serde_json::from_str(cm["data"]["net-conf.json"].as_str().unwrap()).unwrap();
     assert_eq!(
