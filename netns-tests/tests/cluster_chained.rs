@@ -1,0 +1,252 @@
+//! The shipped conflist as a runtime runs it: `hostgw`, then the reference `portmap` and
+//! `bandwidth` plugins (Debian's, from /usr/lib/cni), driven through libcni by the
+//! `cni-client` in netns-tests/cni-client with real capability arguments, on the nodes of
+//! a routed cluster. A hostPort answers on the node's IP from a pod and from a node
+//! elsewhere and goes away on DEL; an egress limit holds under iperf3; and the result our
+//! plugin hands on carries what those plugins read (interfaces with sandbox, IPs with an
+//! interface index).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use hostgw_netns_tests::{
+    Netns, Proc,
+    cluster::{Pod, ipam_dir, result_addrs, tcp, tcp_get, tcp_server},
+    manifests::shipped_conflist,
+    must, require_root,
+    routed::{Cluster, Spec},
+    run_timeout,
+};
+use serde_json::{Value, json};
+
+const HOST_PORT: u16 = 8080;
+const POD_PORT: u16 = 80;
+
+/// `cni-client`, built once per test process with Debian's Go and libcni (GOPATH mode,
+/// offline), into cargo's scratch directory.
+fn cni_client() -> Result<PathBuf> {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(p) = BUILT.get() {
+        return Ok(p.clone());
+    }
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cni-client");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("cni-client/main.go");
+    let o = run_timeout(
+        Command::new("go")
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .env("GO111MODULE", "off")
+            .env("GOPATH", "/usr/share/gocode")
+            .env("GOCACHE", Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-cache"))
+            .env("GOFLAGS", ""),
+        Duration::from_secs(300),
+    )
+    .context("go build cni-client (golang-go, golang-github-appc-cni-dev: scripts/setup.sh)")?;
+    if !o.status.success() {
+        bail!("go build cni-client: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    Ok(BUILT.get_or_init(|| out).clone())
+}
+
+/// A runtime on node `node`: the shipped conflist with the node's subnet file and IPAM
+/// store, our plugin and the reference plugins on its CNI_PATH, libcni's cache in the
+/// cluster's temporary directory.
+struct Runtime<'c> {
+    c: &'c Cluster,
+    node: usize,
+    conflist: PathBuf,
+    cache: PathBuf,
+}
+
+impl<'c> Runtime<'c> {
+    fn new(c: &'c Cluster, node: usize) -> Result<Runtime<'c>> {
+        let mut list = shipped_conflist();
+        list["plugins"][0]["subnetFile"] = json!(c.nodes[node].subnet_file);
+        list["plugins"][0]["dataDir"] = json!(ipam_dir(c, node));
+        let conflist = c.dir.path().join(format!("node-{node}.conflist"));
+        std::fs::write(&conflist, list.to_string())?;
+        let cache = c.dir.path().join(format!("node-{node}-cni-cache"));
+        std::fs::create_dir_all(&cache)?;
+        Ok(Runtime {
+            c,
+            node,
+            conflist,
+            cache,
+        })
+    }
+
+    fn call(&self, op: &str, id: &str, netns: &Path, caps: &Value) -> Result<String> {
+        let plugin_dir = hostgw_netns_tests::bin("hostgw")
+            .parent()
+            .context("plugin directory")?
+            .to_path_buf();
+        let mut cmd = self.c.nodes[self.node].ns.cmd(cni_client()?);
+        cmd.arg(op)
+            .arg(&self.conflist)
+            .arg(id)
+            .arg(netns)
+            .arg("eth0")
+            .arg(caps.to_string())
+            .env(
+                "CNI_PATH",
+                format!("{}:/usr/lib/cni", plugin_dir.display()),
+            )
+            .env("CNI_CACHE_DIR", &self.cache);
+        must(&mut cmd).with_context(|| format!("cni-client {op} {id} on node {}", self.node))
+    }
+
+    /// ADD of a new pod through the whole chain; returns it and the chain's result.
+    fn add(&self, id: &str, caps: &Value) -> Result<(Pod, Value)> {
+        let ns = Netns::new("pod")?;
+        let result: Value = serde_json::from_str(&self.call("add", id, &ns.path(), caps)?)?;
+        let (ip, ip6) = result_addrs(&result)?;
+        let pod = Pod {
+            name: id.to_owned(),
+            node: self.node,
+            ip,
+            ip6,
+            ns,
+        };
+        Ok((pod, result))
+    }
+
+    fn del(&self, pod: &Pod, caps: &Value) -> Result<()> {
+        self.call("del", &pod.name, &pod.ns.path(), caps).map(|_| ())
+    }
+}
+
+fn cluster() -> Result<Cluster> {
+    let mut c = Cluster::new(Spec {
+        nodes: 2,
+        ..Spec::default()
+    })?;
+    c.start_all()?;
+    c.wait_converged(Duration::from_secs(20))?;
+    Ok(c)
+}
+
+/// What portmap and bandwidth read from prevResult: the pod's interface with its sandbox,
+/// the host veth without one, and every IP pointing at the sandboxed interface.
+fn assert_result_serves_the_chain(result: &Value, netns: &Path) {
+    let ifaces = result["interfaces"].as_array().expect("interfaces");
+    let pod_if = ifaces
+        .iter()
+        .position(|i| i["sandbox"] == json!(netns.display().to_string()))
+        .unwrap_or_else(|| panic!("no interface with sandbox {}: {result}", netns.display()));
+    assert_eq!(ifaces[pod_if]["name"], "eth0", "{result}");
+    assert!(
+        ifaces
+            .iter()
+            .any(|i| i.get("sandbox").is_none_or(|s| s.as_str() == Some(""))
+                && i["name"].as_str().is_some_and(|n| n.starts_with("hgw"))),
+        "the host veth is listed without a sandbox: {result}"
+    );
+    for ip in result["ips"].as_array().expect("ips") {
+        assert_eq!(ip["interface"], json!(pod_if), "{result}");
+    }
+}
+
+#[test]
+fn cluster_chained_hostport_answers_on_the_node_ip_from_a_pod_and_a_node_and_del_removes_it()
+-> Result<()> {
+    require_root();
+    let c = cluster()?;
+    let (a, b) = (Runtime::new(&c, 0)?, Runtime::new(&c, 1)?);
+    let caps = json!({"portMappings": [
+        {"hostPort": HOST_PORT, "containerPort": POD_PORT, "protocol": "tcp"}
+    ]});
+    let (web, result) = a.add("web", &caps)?;
+    assert_result_serves_the_chain(&result, &web.ns.path());
+    let _server: Proc = tcp_server(&web, POD_PORT)?;
+    let (client, _) = b.add("client", &json!({}))?;
+    let node_a = c.nodes[0].ip.clone();
+
+    tcp(&client.ns, &node_a, HOST_PORT, "web").context("pod on node B -> node A:8080")?;
+    tcp(&c.nodes[1].ns, &node_a, HOST_PORT, "web").context("node B -> node A:8080")?;
+    let rules = must(c.nodes[0].ns.cmd("iptables-save").args(["-t", "nat"]))?;
+    assert!(rules.contains(&format!("--dport {HOST_PORT}")), "{rules}");
+
+    a.del(&web, &caps)?;
+    let rules = must(c.nodes[0].ns.cmd("iptables-save").args(["-t", "nat"]))?;
+    assert!(
+        !rules.contains(&format!("--dport {HOST_PORT}")),
+        "DEL left the mapping: {rules}"
+    );
+    let after = tcp_get(&c.nodes[1].ns, &node_a, HOST_PORT);
+    assert!(
+        !matches!(&after, Ok(s) if s == "web"),
+        "node A:8080 still answers after DEL: {after:?}"
+    );
+    b.del(&client, &json!({}))?;
+    Ok(())
+}
+
+/// Received bits per second of an iperf3 run of `secs` seconds from `from` to `server`
+/// (the first second, TCP's slow start, omitted).
+fn iperf_bps(from: &Netns, server: &str, secs: u32) -> Result<f64> {
+    let out = must(from.cmd("iperf3").args([
+        "-c",
+        server,
+        "-t",
+        &secs.to_string(),
+        "-O",
+        "1",
+        "-J",
+    ]))?;
+    let v: Value = serde_json::from_str(&out)?;
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .with_context(|| format!("no sum_received in {out}"))
+}
+
+#[test]
+fn cluster_chained_bandwidth_limits_a_pods_egress_to_10_mbit() -> Result<()> {
+    require_root();
+    let c = cluster()?;
+    let (a, b) = (Runtime::new(&c, 0)?, Runtime::new(&c, 1)?);
+    // Rate and burst in bits, as the bandwidth plugin reads them. Kubernetes passes an
+    // unlimited burst; a 1 Mbit bucket makes a short run measure the rate itself.
+    let limit = json!({"bandwidth": {"egressRate": 10_000_000, "egressBurst": 1_000_000}});
+    let (slow, result) = a.add("slow", &limit)?;
+    assert_result_serves_the_chain(&result, &slow.ns.path());
+    let (fast, _) = a.add("fast", &json!({}))?;
+    let (sink, _) = b.add("sink", &json!({}))?;
+    let mut server = sink.ns.cmd("iperf3");
+    server
+        .args(["-s", "-B", &sink.ip])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _server = Proc::spawn(server)?;
+    hostgw_netns_tests::wait_for("iperf3 listening", Duration::from_secs(5), || {
+        let out = sink.ns.sh("ss -Hltn").ok()?;
+        out.contains(":5201 ").then_some(())
+    })?;
+
+    let limited = iperf_bps(&slow.ns, &sink.ip, 4)?;
+    let free = iperf_bps(&fast.ns, &sink.ip, 2)?;
+    eprintln!(
+        "egress 10 Mbit/s limit: {:.2} Mbit/s; the same path without a limit: {:.0} Mbit/s",
+        limited / 1e6,
+        free / 1e6
+    );
+    assert!(limited <= 12e6, "limited pod sent {limited} bit/s");
+    assert!(limited >= 5e6, "limited pod is stalled: {limited} bit/s");
+    assert!(free > 5.0 * limited, "the limit, not the path, is what holds");
+
+    let ifbs = || -> Result<usize> {
+        let links = c.nodes[0].ns.ip_json(&["link", "show", "type", "ifb"])?;
+        Ok(links.as_array().map_or(0, Vec::len))
+    };
+    assert_eq!(ifbs()?, 1, "bandwidth shapes egress on one ifb device");
+    a.del(&slow, &limit)?;
+    assert_eq!(ifbs()?, 0, "DEL removed the ifb device");
+    a.del(&fast, &json!({}))?;
+    b.del(&sink, &json!({}))?;
+    Ok(())
+}
