@@ -77,13 +77,50 @@ pub async fn dump_main(
     Ok(routes)
 }
 
-/// The link of the IPv4 default route, whatever its protocol (DHCP, boot, static).
+/// The link of a route, or of the first hop of a multipath route (which has no Oif).
+pub fn first_oif(m: &RouteMessage) -> Option<u32> {
+    oif(m).or_else(|| {
+        m.attributes.iter().find_map(|a| match a {
+            RouteAttribute::MultiPath(hops) => hops.first().map(|h| h.interface_index),
+            _ => None,
+        })
+    })
+}
+
+/// The link of the default route, whatever its protocol (DHCP, boot, static): IPv4's,
+/// else IPv6's (an IPv6-only host); for a multipath default route, its first hop's.
 pub async fn default_route_oif(h: &Handle) -> Result<Option<u32>, rtnetlink::Error> {
-    let routes = dump_main(h, AddressFamily::Inet, RouteProtocol::Unspec).await?;
-    Ok(routes
-        .iter()
-        .filter(|r| r.header.destination_prefix_length == 0)
-        .find_map(oif))
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let routes = dump_main(h, family, RouteProtocol::Unspec).await?;
+        let found = routes
+            .iter()
+            .filter(|r| r.header.destination_prefix_length == 0)
+            .find_map(first_oif);
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
+}
+
+/// The link the kernel would send a packet for `ip` out of (`ip route get`); `None`
+/// when it has no route there.
+pub async fn oif_towards(h: &Handle, ip: IpAddr) -> Result<Option<u32>, rtnetlink::Error> {
+    let len = if ip.is_ipv4() { 32 } else { 128 };
+    let mut msg = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(ip, len)
+        .map_err(|e| rtnetlink::Error::InvalidNla(e.to_string()))?
+        .build();
+    msg.header.table = 0;
+    msg.header.protocol = RouteProtocol::Unspec;
+    msg.header.scope = RouteScope::Universe;
+    msg.header.kind = RouteType::Unspec;
+    match h.route().get(msg).execute().try_next().await {
+        Ok(r) => Ok(r.as_ref().and_then(first_oif)),
+        // ENETUNREACH / EHOSTUNREACH: no route at all.
+        Err(rtnetlink::Error::NetlinkError(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// The MTU of link `index`; `None` if there is no such link.
@@ -132,5 +169,16 @@ mod tests {
         assert_eq!(dst(&m), Some("0.0.0.0/0".parse().unwrap()));
         m.header.destination_prefix_length = 8;
         assert_eq!(dst(&m), None, "a prefix without an address is not a route");
+        m.attributes
+            .retain(|a| !matches!(a, RouteAttribute::Oif(_)));
+        assert_eq!(first_oif(&m), None);
+        let hop = |i| {
+            let mut h = rtnetlink::packet_route::route::RouteNextHop::default();
+            h.interface_index = i;
+            h
+        };
+        m.attributes
+            .push(RouteAttribute::MultiPath(vec![hop(4), hop(5)]));
+        assert_eq!(first_oif(&m), Some(4), "a multipath route's first hop");
     }
 }

@@ -43,13 +43,19 @@ fn cni_client() -> Result<PathBuf> {
             .arg(&src)
             .env("GO111MODULE", "off")
             .env("GOPATH", "/usr/share/gocode")
-            .env("GOCACHE", Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-cache"))
+            .env(
+                "GOCACHE",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-cache"),
+            )
             .env("GOFLAGS", ""),
         Duration::from_secs(300),
     )
     .context("go build cni-client (golang-go, golang-github-appc-cni-dev: scripts/setup.sh)")?;
     if !o.status.success() {
-        bail!("go build cni-client: {}", String::from_utf8_lossy(&o.stderr));
+        bail!(
+            "go build cni-client: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     Ok(BUILT.get_or_init(|| out).clone())
 }
@@ -93,10 +99,7 @@ impl<'c> Runtime<'c> {
             .arg(netns)
             .arg("eth0")
             .arg(caps.to_string())
-            .env(
-                "CNI_PATH",
-                format!("{}:/usr/lib/cni", plugin_dir.display()),
-            )
+            .env("CNI_PATH", format!("{}:/usr/lib/cni", plugin_dir.display()))
             .env("CNI_CACHE_DIR", &self.cache);
         must(&mut cmd).with_context(|| format!("cni-client {op} {id} on node {}", self.node))
     }
@@ -117,7 +120,8 @@ impl<'c> Runtime<'c> {
     }
 
     fn del(&self, pod: &Pod, caps: &Value) -> Result<()> {
-        self.call("del", &pod.name, &pod.ns.path(), caps).map(|_| ())
+        self.call("del", &pod.name, &pod.ns.path(), caps)
+            .map(|_| ())
     }
 }
 
@@ -190,15 +194,11 @@ fn cluster_chained_hostport_answers_on_the_node_ip_from_a_pod_and_a_node_and_del
 /// Received bits per second of an iperf3 run of `secs` seconds from `from` to `server`
 /// (the first second, TCP's slow start, omitted).
 fn iperf_bps(from: &Netns, server: &str, secs: u32) -> Result<f64> {
-    let out = must(from.cmd("iperf3").args([
-        "-c",
-        server,
-        "-t",
-        &secs.to_string(),
-        "-O",
-        "1",
-        "-J",
-    ]))?;
+    let out =
+        must(
+            from.cmd("iperf3")
+                .args(["-c", server, "-t", &secs.to_string(), "-O", "1", "-J"]),
+        )?;
     let v: Value = serde_json::from_str(&out)?;
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
@@ -237,7 +237,10 @@ fn cluster_chained_bandwidth_limits_a_pods_egress_to_10_mbit() -> Result<()> {
     );
     assert!(limited <= 12e6, "limited pod sent {limited} bit/s");
     assert!(limited >= 5e6, "limited pod is stalled: {limited} bit/s");
-    assert!(free > 5.0 * limited, "the limit, not the path, is what holds");
+    assert!(
+        free > 5.0 * limited,
+        "the limit, not the path, is what holds"
+    );
 
     let ifbs = || -> Result<usize> {
         let links = c.nodes[0].ns.ip_json(&["link", "show", "type", "ifb"])?;

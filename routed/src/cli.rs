@@ -38,12 +38,21 @@ pub struct Common {
     pub etcd_endpoints: Vec<String>,
     #[arg(long, env = "HOSTGW_NODE_NAME")]
     pub node_name: String,
-    /// This node's address on the node network (the next hop peers use).
-    #[arg(long, env = "HOSTGW_PUBLIC_IP", conflicts_with = "iface")]
+    /// This node's address on the node network (the next hop peers use); with an interface
+    /// flag, it must be an address of that interface.
+    #[arg(long, env = "HOSTGW_PUBLIC_IP")]
     pub public_ip: Option<IpAddr>,
-    /// Interface whose address is the public IP (default: the default route's link).
-    #[arg(long, env = "HOSTGW_IFACE")]
-    pub iface: Option<String>,
+    /// The uplink, by name or address; repeatable (or comma-separated): the first that
+    /// exists wins (default: the default route's link).
+    #[arg(long, env = "HOSTGW_IFACE", value_delimiter = ',')]
+    pub iface: Vec<String>,
+    /// The uplink is the first link whose name or address matches; repeatable, tried in
+    /// order (not split on commas: a regex may hold one). Ignored when --iface is given.
+    #[arg(long, env = "HOSTGW_IFACE_REGEX")]
+    pub iface_regex: Vec<String>,
+    /// The uplink is the link the kernel would use to reach this address.
+    #[arg(long, env = "HOSTGW_IFACE_CAN_REACH")]
+    pub iface_can_reach: Option<IpAddr>,
     /// IPv6 next hop for dual-stack (default: a global address of the public interface).
     #[arg(long, env = "HOSTGW_PUBLIC_IPV6")]
     pub public_ipv6: Option<IpAddr>,

@@ -149,7 +149,10 @@ fn installs_plugin_and_conflist_with_their_modes_under_any_shell_and_umask() {
             assert_eq!(mode(&f.conflist_dst()), 0o644, "{shell:?} umask {umask}");
             for p in CHAINED {
                 let dst = f.root().join("opt/cni/bin").join(p);
-                assert_eq!(fs::read(&dst).unwrap(), format!("\x7fELF image {p}").as_bytes());
+                assert_eq!(
+                    fs::read(&dst).unwrap(),
+                    format!("\x7fELF image {p}").as_bytes()
+                );
                 assert_eq!(mode(&dst), 0o755, "{p} {shell:?} umask {umask}");
             }
             assert_eq!(
@@ -334,10 +337,9 @@ fn a_chained_plugin_neither_on_the_host_nor_in_the_image_fails_and_installs_noth
 
 #[test]
 fn the_script_installs_exactly_what_the_shipped_conflist_chains() {
-    let list: serde_json::Value = serde_json::from_str(
-        &fs::read_to_string(manifests().join("10-hostgw.conflist")).unwrap(),
-    )
-    .unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(manifests().join("10-hostgw.conflist")).unwrap())
+            .unwrap();
     let types: Vec<&str> = list["plugins"]
         .as_array()
         .unwrap()
