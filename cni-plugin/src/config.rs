@@ -7,54 +7,14 @@ use std::{
 
 use hostgw_ipam::{Attachment, Pool};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
-use serde::Deserialize;
+use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::Value;
 
-use crate::{error::Error, version::Version};
+use crate::{error::Error, result::Dns, version::Version};
 
 pub const DEFAULT_SUBNET_FILE: &str = "/run/hostgw/subnet.json";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
 pub const DEFAULT_BRIDGE: &str = "cni0";
-
-/// The keys we read; every other key passes through untouched (the spec requires that).
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct RawConf {
-    mode: Option<String>,
-    subnet_file: Option<PathBuf>,
-    subnet: Option<Ipv4Network>,
-    ipv6_subnet: Option<Ipv6Network>,
-    mtu: Option<u32>,
-    data_dir: Option<PathBuf>,
-    bridge: Option<String>,
-    log_file: Option<PathBuf>,
-    dns: Option<Value>,
-    prev_result: Option<Value>,
-    #[serde(default)]
-    runtime_config: RuntimeConfig,
-    #[serde(default)]
-    args: Args,
-}
-
-#[derive(Deserialize, Default)]
-struct RuntimeConfig {
-    #[serde(default)]
-    ips: Vec<String>,
-    mac: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-struct Args {
-    #[serde(default)]
-    cni: CniArgs,
-}
-
-#[derive(Deserialize, Default)]
-struct CniArgs {
-    #[serde(default)]
-    ips: Vec<String>,
-    mac: Option<String>,
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -76,24 +36,25 @@ pub struct NetConf {
     pub mtu: Option<u32>,
     pub data_dir: PathBuf,
     pub log_file: Option<PathBuf>,
-    pub dns: Option<Value>,
+    pub dns: Option<Dns>,
     pub prev_result: Option<Value>,
-    /// Addresses asked for by `runtimeConfig.ips` and `args.cni.ips` (prefixes dropped).
-    pub requested_ips: Vec<IpAddr>,
+    /// Addresses asked for by `runtimeConfig.ips` and `args.cni.ips` (prefixes dropped),
+    /// each with the key it came from, for error messages.
+    pub requested_ips: Vec<(IpAddr, &'static str)>,
     /// `runtimeConfig.mac` wins over `args.cni.mac`; `CNI_ARGS MAC=` is the fallback.
-    pub mac: Option<String>,
+    pub mac: Option<[u8; 6]>,
     raw: Value,
 }
 
 impl NetConf {
-    /// `value` is the whole stdin object; `name` and `cniVersion` were checked by the dispatcher.
+    /// `value` is the whole stdin object; `name` and `cniVersion` were checked by the
+    /// dispatcher. Every key we read is type-checked on its own, so an error names it.
     pub fn parse(value: &Value, name: &str, version: Version) -> Result<NetConf, Error> {
-        let raw: RawConf = serde_json::from_value(value.clone())
-            .map_err(|e| Error::Config(format!("invalid network config: {e}")))?;
-        let mode = match raw.mode.as_deref() {
+        let mode = match key::<String>(value, &["mode"])?.as_deref() {
             None | Some("ptp") => Mode::Ptp,
             Some("bridge") => {
-                let br = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.into());
+                let br =
+                    key::<String>(value, &["bridge"])?.unwrap_or_else(|| DEFAULT_BRIDGE.into());
                 validate_ifname(&br).map_err(|e| Error::Config(format!("bridge: {e}")))?;
                 Mode::Bridge(br)
             }
@@ -103,38 +64,54 @@ impl NetConf {
                 )));
             }
         };
-        if let Some(mtu) = raw.mtu
-            && !(68..=65535).contains(&mtu)
-        {
-            return Err(Error::Config(format!("mtu {mtu} is outside 68..65535")));
+        let mtu = key::<u32>(value, &["mtu"])?;
+        if let Some(mtu) = mtu {
+            validate_mtu(mtu, "mtu")?;
         }
-        let requested_ips = raw
-            .runtime_config
-            .ips
-            .iter()
-            .chain(&raw.args.cni.ips)
-            .map(|s| parse_ip_maybe_prefix(s))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mac = raw.runtime_config.mac.or(raw.args.cni.mac);
-        if let Some(m) = &mac {
-            parse_mac(m)?;
+        // Read only by chained plugins, but a wrong type is still a broken config.
+        key::<bool>(value, &["ipMasq"])?;
+        let subnet = key::<Ipv4Network>(value, &["subnet"])?;
+        let ipv6_subnet = key::<Ipv6Network>(value, &["ipv6Subnet"])?;
+        if let Some(s) = subnet {
+            validate_pool("subnet", IpNetwork::V4(s))?;
         }
+        if let Some(s) = ipv6_subnet {
+            validate_pool("ipv6Subnet", IpNetwork::V6(s))?;
+        }
+        let mut requested_ips = Vec::new();
+        for (path, label) in [
+            (&["runtimeConfig", "ips"][..], "runtimeConfig.ips"),
+            (&["args", "cni", "ips"][..], "args.cni.ips"),
+        ] {
+            for s in key::<Vec<String>>(value, path)?.unwrap_or_default() {
+                let ip = parse_ip_maybe_prefix(&s)
+                    .map_err(|e| Error::Config(format!("{label}: {e}")))?;
+                requested_ips.push((ip, label));
+            }
+        }
+        let mac = match key::<String>(value, &["runtimeConfig", "mac"])? {
+            Some(m) => Some(m),
+            None => key::<String>(value, &["args", "cni", "mac"])?,
+        };
         Ok(NetConf {
             version,
             name: name.to_owned(),
             mode,
-            subnet_file: raw
-                .subnet_file
+            subnet_file: absolute_path(value, "subnetFile")?
                 .unwrap_or_else(|| DEFAULT_SUBNET_FILE.into()),
-            subnet: raw.subnet,
-            ipv6_subnet: raw.ipv6_subnet,
-            mtu: raw.mtu,
-            data_dir: raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
-            log_file: raw.log_file,
-            dns: raw.dns,
-            prev_result: raw.prev_result.filter(|v| !v.is_null()),
+            subnet,
+            ipv6_subnet,
+            mtu,
+            data_dir: absolute_path(value, "dataDir")?.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            log_file: absolute_path(value, "logFile")?,
+            dns: key::<Dns>(value, &["dns"])?,
+            prev_result: value.get("prevResult").filter(|v| !v.is_null()).cloned(),
             requested_ips,
-            mac,
+            mac: mac
+                .map(|m| {
+                    parse_mac(&m).map_err(|e| Error::Config(format!("runtimeConfig.mac: {e}")))
+                })
+                .transpose()?,
             raw: value.clone(),
         })
     }
@@ -154,12 +131,151 @@ impl NetConf {
             });
         }
         let file = SubnetFile::load(&self.subnet_file)?;
+        validate_subnet_file(&file, &self.subnet_file)?;
         Ok(NodeSubnets {
             v4: Some(file.subnet),
             v6: self.ipv6_subnet.or(file.ipv6_subnet),
             mtu: file.mtu,
         })
     }
+}
+
+/// `key` at `path` in the stdin object, type-checked on its own so that the error names
+/// the key and the value. Absent or `null` is `None`; a non-object on the way is an error.
+fn key<T: DeserializeOwned>(value: &Value, path: &[&str]) -> Result<Option<T>, Error> {
+    let mut v = value;
+    for (i, k) in path.iter().enumerate() {
+        match v {
+            Value::Object(m) => match m.get(*k) {
+                None | Some(Value::Null) => return Ok(None),
+                Some(next) => v = next,
+            },
+            other => {
+                return Err(Error::Config(format!(
+                    "{} must be an object, not {other}",
+                    path[..i].join(".")
+                )));
+            }
+        }
+    }
+    serde_json::from_value(v.clone())
+        .map(Some)
+        .map_err(|e| Error::Config(format!("invalid {} {v}: {e}", path.join("."))))
+}
+
+/// A path key that must be absolute: a relative one would land below whatever working
+/// directory the runtime happened to start the plugin in.
+fn absolute_path(value: &Value, name: &str) -> Result<Option<PathBuf>, Error> {
+    match key::<PathBuf>(value, &[name])? {
+        Some(p) if !p.is_absolute() => Err(Error::Config(format!(
+            "{name} {p:?} is not an absolute path"
+        ))),
+        other => Ok(other),
+    }
+}
+
+/// The MTU range a veth takes; `source` names where the value came from.
+pub fn validate_mtu(mtu: u32, source: &str) -> Result<(), Error> {
+    if !(68..=65535).contains(&mtu) {
+        return Err(Error::Config(format!(
+            "{source} {mtu} is outside 68..65535"
+        )));
+    }
+    Ok(())
+}
+
+/// IPv6 needs links of at least 1280 bytes (RFC 8200 §5); the kernel drops IPv6 from a
+/// link with a smaller MTU, so such a pod would get an address it can never use.
+pub fn validate_mtu_for_ipv6(mtu: u32, source: &str, v6: Option<Ipv6Network>) -> Result<(), Error> {
+    match v6 {
+        Some(net) if mtu < 1280 => Err(Error::Config(format!(
+            "{source} {mtu} is below 1280, the minimum for IPv6, and the pool {net} is IPv6"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A pod subnet that makes sense: a real unicast range, not so large that it is surely a
+/// mistake (0.0.0.0/0 once handed out `198.18.3.3/0` with gateway 0.0.0.1), not so small
+/// that nothing is left, without host bits. `name` is the key it came from.
+pub fn validate_pool(name: &str, net: IpNetwork) -> Result<Pool, Error> {
+    let bad = |why: &str| Err(Error::Config(format!("{name} {net}: {why}")));
+    let (min, max) = if net.is_ipv4() { (8, 30) } else { (16, 126) };
+    if net.prefix() < min {
+        return bad(&format!(
+            "a prefix shorter than /{min} is not a node's pod subnet"
+        ));
+    }
+    if net.prefix() > max {
+        return bad(&format!(
+            "a prefix longer than /{max} leaves no address beside the gateway"
+        ));
+    }
+    if net.ip() != net.network() {
+        return bad(&format!(
+            "host bits set; the network address is {}",
+            net.network()
+        ));
+    }
+    if [net.network(), net.broadcast()]
+        .iter()
+        .any(|ip| special(*ip))
+    {
+        return bad(
+            "not a unicast range (unspecified, loopback, link-local, multicast or reserved)",
+        );
+    }
+    Pool::new(net, None).map_err(|e| Error::Config(format!("{name} {net}: {e}")))
+}
+
+fn special(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            a.is_unspecified()
+                || a.is_loopback()
+                || a.is_link_local()
+                || a.is_multicast()
+                || a.octets()[0] == 0
+                || a.octets()[0] >= 240
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            a.is_unspecified()
+                || a.is_loopback()
+                || a.is_multicast()
+                || (s[0] & 0xffc0) == 0xfe80
+                || a.to_ipv4_mapped().is_some()
+        }
+    }
+}
+
+/// What the daemon wrote must make sense too: each subnet a valid pool inside its network,
+/// the MTU a veth's. Kept apart from the file's type so that the type can move.
+pub fn validate_subnet_file(f: &SubnetFile, path: &Path) -> Result<(), Error> {
+    let ctx = |e: Error| Error::Config(format!("subnet file {}: {e}", path.display()));
+    validate_pool("subnet", IpNetwork::V4(f.subnet)).map_err(ctx)?;
+    if let Some(n) = f.network
+        && !(n.prefix() <= f.subnet.prefix() && n.contains(f.subnet.network()))
+    {
+        return Err(ctx(Error::Config(format!(
+            "subnet {} is not inside network {n}",
+            f.subnet
+        ))));
+    }
+    if let Some(s) = f.ipv6_subnet {
+        validate_pool("ipv6Subnet", IpNetwork::V6(s)).map_err(ctx)?;
+        if let Some(n) = f.ipv6_network
+            && !(n.prefix() <= s.prefix() && n.contains(s.network()))
+        {
+            return Err(ctx(Error::Config(format!(
+                "ipv6Subnet {s} is not inside ipv6Network {n}"
+            ))));
+        }
+    }
+    if let Some(m) = f.mtu {
+        validate_mtu(m, "mtu").map_err(ctx)?;
+    }
+    Ok(())
 }
 
 /// What the node may hand out, and the MTU the daemon measured on its uplink.
@@ -199,8 +315,9 @@ pub struct SubnetFile {
 
 impl SubnetFile {
     /// A missing file means the daemon has not leased a subnet yet: try again later (11).
+    /// Read without blocking and bounded: a FIFO or a huge file there must not hang ADD.
     pub fn load(path: &Path) -> Result<SubnetFile, Error> {
-        let text = match std::fs::read(path) {
+        let text = match hostgw_ipam::read_small_file(path, SUBNET_FILE_MAX, true) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::TryAgain(format!(
@@ -215,12 +332,15 @@ impl SubnetFile {
     }
 }
 
+/// The daemon writes about 150 bytes.
+const SUBNET_FILE_MAX: u64 = 64 * 1024;
+
 /// CNI_ARGS: `K=V;K=V`. We read IP and MAC; the K8S_* labels runtimes send are known;
 /// any other key is an error unless `IgnoreUnknown` is set, as in the Go library.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CniArgsEnv {
     pub ips: Vec<IpAddr>,
-    pub mac: Option<String>,
+    pub mac: Option<[u8; 6]>,
 }
 
 impl CniArgsEnv {
@@ -241,14 +361,12 @@ impl CniArgsEnv {
             match k {
                 "IP" => {
                     for ip in v.split(',').filter(|x| !x.is_empty()) {
-                        out.ips
-                            .push(parse_ip_maybe_prefix(ip).map_err(|e| invalid(e.to_string()))?);
+                        let ip =
+                            parse_ip_maybe_prefix(ip).map_err(|e| invalid(format!("IP: {e}")))?;
+                        out.ips.push(ip);
                     }
                 }
-                "MAC" => {
-                    parse_mac(v).map_err(|e| invalid(e.to_string()))?;
-                    out.mac = Some(v.to_owned());
-                }
+                "MAC" => out.mac = Some(parse_mac(v).map_err(|e| invalid(e.to_string()))?),
                 "IgnoreUnknown" => {
                     ignore_unknown = matches!(v.to_ascii_lowercase().as_str(), "1" | "true")
                 }
@@ -263,11 +381,18 @@ impl CniArgsEnv {
     }
 }
 
-/// `198.18.3.7` or `198.18.3.7/24`: the prefix, if any, is ignored (as host-local does).
+/// `198.18.3.7` or `198.18.3.7/24`: the prefix, if any, must be valid for the family
+/// and is then ignored (as host-local does).
 fn parse_ip_maybe_prefix(s: &str) -> Result<IpAddr, Error> {
-    let ip = s.split('/').next().unwrap_or(s);
-    ip.parse()
-        .map_err(|_| Error::Config(format!("requested IP {s:?} is not an IP address")))
+    let parsed = match s.split_once('/') {
+        Some(_) => s.parse::<IpNetwork>().ok().map(|n| n.ip()),
+        None => s.parse::<IpAddr>().ok(),
+    };
+    parsed.ok_or_else(|| {
+        Error::Config(format!(
+            "requested IP {s:?} is not an IP address or IP/prefix"
+        ))
+    })
 }
 
 pub fn parse_mac(s: &str) -> Result<[u8; 6], Error> {
@@ -407,11 +532,181 @@ mod tests {
         assert_eq!(
             c.requested_ips,
             vec![
-                "198.18.3.9".parse::<IpAddr>().unwrap(),
-                "fd18:18:0:3::9".parse().unwrap()
+                ("198.18.3.9".parse::<IpAddr>().unwrap(), "runtimeConfig.ips"),
+                ("fd18:18:0:3::9".parse().unwrap(), "args.cni.ips")
             ]
         );
-        assert_eq!(c.mac.as_deref(), Some("02:00:00:00:00:09"));
+        assert_eq!(
+            c.mac,
+            Some([2, 0, 0, 0, 0, 9]),
+            "parsed once, at config time"
+        );
+    }
+
+    /// Issue 12 item 11: every nonsense value is a code-7 error naming the key and value.
+    #[test]
+    fn nonsense_values_are_refused_naming_key_and_value() {
+        for (bad, key, value) in [
+            (json!({"subnet":"0.0.0.0/0"}), "subnet", "0.0.0.0/0"),
+            (json!({"subnet":"198.0.0.0/7"}), "subnet", "198.0.0.0/7"),
+            (json!({"subnet":"198.18.3.0/31"}), "subnet", "198.18.3.0/31"),
+            (json!({"subnet":"198.18.3.1/32"}), "subnet", "198.18.3.1/32"),
+            (json!({"subnet":"198.18.3.7/24"}), "subnet", "198.18.3.7/24"),
+            (json!({"subnet":"127.0.0.0/24"}), "subnet", "127.0.0.0/24"),
+            (json!({"subnet":"224.1.0.0/16"}), "subnet", "224.1.0.0/16"),
+            (
+                json!({"subnet":"169.254.3.0/24"}),
+                "subnet",
+                "169.254.3.0/24",
+            ),
+            (json!({"subnet":"0.1.2.0/24"}), "subnet", "0.1.2.0/24"),
+            (
+                json!({"subnet":"255.255.255.0/24"}),
+                "subnet",
+                "255.255.255.0/24",
+            ),
+            (json!({"subnet":7}), "subnet", "7"),
+            (json!({"ipv6Subnet":"::/0"}), "ipv6Subnet", "::/0"),
+            (
+                json!({"ipv6Subnet":"fd18::/127"}),
+                "ipv6Subnet",
+                "fd18::/127",
+            ),
+            (
+                json!({"ipv6Subnet":"fd18::/128"}),
+                "ipv6Subnet",
+                "fd18::/128",
+            ),
+            (json!({"ipv6Subnet":"fe80::/64"}), "ipv6Subnet", "fe80::/64"),
+            (json!({"ipv6Subnet":"ff02::/64"}), "ipv6Subnet", "ff02::/64"),
+            (
+                json!({"ipv6Subnet":"::ffff:198.18.0.0/112"}),
+                "ipv6Subnet",
+                "::ffff:198.18.0.0/112",
+            ),
+            (
+                json!({"runtimeConfig":{"ips":["198.18.3.7/33"]}}),
+                "runtimeConfig.ips",
+                "198.18.3.7/33",
+            ),
+            (
+                json!({"runtimeConfig":{"ips":["198.18.3.7/"]}}),
+                "runtimeConfig.ips",
+                "198.18.3.7/",
+            ),
+            (
+                json!({"runtimeConfig":{"ips":["fd18::7/129"]}}),
+                "runtimeConfig.ips",
+                "fd18::7/129",
+            ),
+            (json!({"args":{"cni":{"ips":["x"]}}}), "args.cni.ips", "x"),
+            (
+                json!({"runtimeConfig":{"ips":"198.18.3.7"}}),
+                "runtimeConfig.ips",
+                "198.18.3.7",
+            ),
+            (json!({"runtimeConfig":[1]}), "runtimeConfig", "[1]"),
+            (json!({"runtimeConfig":{"mac":7}}), "runtimeConfig.mac", "7"),
+            (
+                json!({"runtimeConfig":{"mac":"02:00:00:00:00"}}),
+                "runtimeConfig.mac",
+                "02:00:00:00:00",
+            ),
+            (json!({"dns":"198.18.0.10"}), "dns", "198.18.0.10"),
+            (
+                json!({"dns":{"nameservers":"198.18.0.10"}}),
+                "dns",
+                "198.18.0.10",
+            ),
+            (
+                json!({"dns":{"nameservers":["not-an-ip"]}}),
+                "dns",
+                "not-an-ip",
+            ),
+            (json!({"dns":{"domain":["a"]}}), "dns", "a"),
+            (json!({"dns":{"search":"a"}}), "dns", "search"),
+            (
+                json!({"dns":{"nameserver":["198.18.0.10"]}}),
+                "dns",
+                "nameserver",
+            ),
+            (json!({"mtu":"1500"}), "mtu", "1500"),
+            (json!({"mtu":-1}), "mtu", "-1"),
+            (json!({"mtu":1500.5}), "mtu", "1500.5"),
+            (json!({"mtu":67}), "mtu", "67"),
+            (json!({"mtu":65536}), "mtu", "65536"),
+            (json!({"ipMasq":{"on":true}}), "ipMasq", "on"),
+            (json!({"ipMasq":"true"}), "ipMasq", "true"),
+            (json!({"mode":["ptp"]}), "mode", "ptp"),
+            (json!({"mode":"bridge","bridge":5}), "bridge", "5"),
+            (json!({"dataDir":""}), "dataDir", "\"\""),
+            (json!({"dataDir":"var/lib/cni"}), "dataDir", "var/lib/cni"),
+            (json!({"dataDir":"./x"}), "dataDir", "./x"),
+            (json!({"dataDir":5}), "dataDir", "5"),
+            (
+                json!({"subnetFile":"subnet.json"}),
+                "subnetFile",
+                "subnet.json",
+            ),
+            (json!({"logFile":"hostgw.log"}), "logFile", "hostgw.log"),
+        ] {
+            let e = parse(bad.clone()).unwrap_err();
+            let msg = e.to_string();
+            assert_eq!(e.code(), 7, "{bad}: {msg}");
+            assert!(msg.contains(key) && msg.contains(value), "{bad}: {msg}");
+        }
+        assert!(parse(json!({"subnet":"198.18.3.0/30","ipv6Subnet":"fd18:18:0:3::/126"})).is_ok());
+        assert!(parse(json!({"subnet":"10.0.0.0/8","mtu":null,"dns":null})).is_ok());
+    }
+
+    #[test]
+    fn subnet_file_values_that_make_no_sense_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("subnet.json");
+        let c = parse(json!({"subnetFile": path})).unwrap();
+        for (file, what) in [
+            (json!({"subnet":"0.0.0.0/0"}), "0.0.0.0/0"),
+            (json!({"subnet":"198.18.3.0/32"}), "198.18.3.0/32"),
+            (
+                json!({"network":"198.18.0.0/16","subnet":"198.19.3.0/24"}),
+                "not inside network",
+            ),
+            (
+                json!({"subnet":"198.18.3.0/24","ipv6Subnet":"fd18::/128"}),
+                "fd18::/128",
+            ),
+            (
+                json!({"subnet":"198.18.3.0/24","ipv6Network":"fd18:18::/48","ipv6Subnet":"fd19::/64"}),
+                "not inside",
+            ),
+            (json!({"subnet":"198.18.3.0/24","mtu":0}), "mtu 0"),
+            (json!({"subnet":"198.18.3.0/24","mtu":70000}), "mtu 70000"),
+        ] {
+            std::fs::write(&path, file.to_string()).unwrap();
+            let e = c.node_subnets().unwrap_err();
+            assert_eq!(e.code(), 7, "{file}: {e}");
+            assert!(
+                e.to_string().contains(what) && e.to_string().contains("subnet file"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn subnet_file_that_is_no_regular_file_is_an_io_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        for path in [fifo, dir.path().to_path_buf()] {
+            let c = parse(json!({"subnetFile": path})).unwrap();
+            let e = c.node_subnets().unwrap_err();
+            assert_eq!(e.code(), 5, "{e}");
+            assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        }
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b' '; 100_000]).unwrap();
+        let c = parse(json!({"subnetFile": big})).unwrap();
+        assert_eq!(c.node_subnets().unwrap_err().code(), 5);
     }
 
     #[test]
@@ -445,6 +740,13 @@ mod tests {
         let a =
             CniArgsEnv::parse("IgnoreUnknown=1;K8S_POD_NAME=x;IP=198.18.3.5/24;FOO=bar").unwrap();
         assert_eq!(a.ips, vec!["198.18.3.5".parse::<IpAddr>().unwrap()]);
+        let e = CniArgsEnv::parse("IP=198.18.3.5/33").unwrap_err();
+        assert_eq!(e.code(), 4);
+        assert!(e.details().unwrap().contains("198.18.3.5/33"), "{e:?}");
+        assert_eq!(
+            CniArgsEnv::parse("MAC=02:00:00:00:00:07").unwrap().mac,
+            Some([2, 0, 0, 0, 0, 7])
+        );
         assert_eq!(CniArgsEnv::parse("FOO=bar").unwrap_err().code(), 4);
         assert_eq!(CniArgsEnv::parse("IP").unwrap_err().code(), 4);
         assert_eq!(CniArgsEnv::parse("IP=a=b").unwrap_err().code(), 4);

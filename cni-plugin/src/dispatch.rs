@@ -210,7 +210,7 @@ fn version_answer(input: &[u8]) -> Value {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         })
-        .filter(|v| Version::parse(v).is_ok());
+        .filter(|v| SUPPORTED.contains(&v.as_str()));
     let newest = SUPPORTED[SUPPORTED.len() - 1];
     json!({ "cniVersion": asked.as_deref().unwrap_or(newest), "supportedVersions": SUPPORTED })
 }

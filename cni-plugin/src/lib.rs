@@ -3,6 +3,7 @@
 //! `dispatch::run` is the whole protocol as a pure function of (environment, stdin); the
 //! kernel sits behind `datapath::Datapath` (rtnetlink in `netlink.rs`, a fake for tests);
 //! addresses come from the `hostgw-ipam` store.
+#![forbid(unsafe_code)]
 
 pub mod cmd;
 pub mod config;

@@ -506,24 +506,33 @@ async fn configure_pod_end(h: &Handle, spec: &PodSpec) -> Result<LinkInfo, Error
             AddressFlags::Nodad
         };
         add_address(h, index, a.addr, flags, false).await?;
+        // A pod attached twice to this network (eth0, eth1: the spec allows it) keeps
+        // the gateway and default routes of its first attachment, which already exist
+        // (EEXIST); the second interface still gets its address, and the host its /32.
         if ptp {
             let full = if a.gateway.is_ipv4() { 32 } else { 128 };
             let gw = IpNetwork::new(a.gateway, full).expect("full prefix");
-            add_route(h, gw, None, index, RouteScope::Link).await?;
+            may_exist(add_route(h, gw, None, index, RouteScope::Link).await)?;
         }
-        // A pod attached twice to this network keeps the default route of its first
-        // attachment; the second interface still gets its address and on-link route.
         let default = crate::datapath::default_route(a.addr);
-        match add_route(h, default, Some(a.gateway), index, RouteScope::Universe).await {
-            Err(Error::Netlink { source, .. })
-                if netlink_errno(&source) == Some(nix::errno::Errno::EEXIST as i32) => {}
-            other => other?,
-        }
+        may_exist(add_route(h, default, Some(a.gateway), index, RouteScope::Universe).await)?;
     }
     Ok(LinkInfo {
         name: spec.ifname.clone(),
         mac: link_mac(&link),
     })
+}
+
+/// A route that is already there (EEXIST) is fine.
+fn may_exist(r: Result<(), Error>) -> Result<(), Error> {
+    match r {
+        Err(Error::Netlink { source, .. })
+            if netlink_errno(&source) == Some(nix::errno::Errno::EEXIST as i32) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 async fn add_address(

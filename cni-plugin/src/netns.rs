@@ -1,32 +1,75 @@
 //! The only code that enters another network namespace. `setns` changes the calling
 //! *thread*, so each entry happens on a scoped thread that ends right after: nothing else
-//! in the process ever runs inside the pod's namespace by accident.
+//! in the process ever runs inside the pod's namespace by accident. No `unsafe`: nix's
+//! `setns` is a safe wrapper, and the checks below read /proc instead of calling ioctls.
 
-use std::{fs::File, path::Path};
+use std::{
+    fs::{File, OpenOptions},
+    os::{
+        fd::AsRawFd,
+        unix::fs::{MetadataExt, OpenOptionsExt},
+    },
+    path::Path,
+};
 
-use nix::sched::{CloneFlags, setns};
+use nix::{
+    fcntl::OFlag,
+    sched::{CloneFlags, setns},
+};
 
 use crate::error::Error;
 
-/// Opens a namespace path (`/run/netns/x`, `/proc/<pid>/ns/net`).
+/// Namespaces a pod never lives in: the plugin's own (the node's, where the host veths
+/// go) and that of PID 1 (the machine's). A pod "in" either would put its address and
+/// default route on the host itself.
+const NOT_A_POD: [&str; 2] = ["/proc/self/ns/net", "/proc/1/ns/net"];
+
+/// Opens a pod's namespace path (`/run/netns/x`, `/proc/<pid>/ns/net`) and makes sure it
+/// is a network namespace that is not the host's. Refusals are environment errors (4):
+/// the path comes from `CNI_NETNS`.
 pub fn open(path: &Path) -> Result<File, Error> {
-    File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            Error::Config(format!("netns {} does not exist", path.display()))
+    let refuse = |why: String| Error::InvalidEnv {
+        msg: format!("invalid CNI_NETNS {}: {why}", path.display()),
+        details: why,
+    };
+    // Non-blocking: a FIFO at the path must not hang the call.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).bits())
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => refuse("no such file".into()),
+            _ => Error::io(format!("open netns {}", path.display()))(e),
+        })?;
+    // An nsfs file descriptor reads back as "net:[<inode>]" (proc(5), /proc/pid/fd).
+    let fd_link = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let kind = std::fs::read_link(&fd_link).map_err(Error::io(format!("readlink {fd_link}")))?;
+    let kind = kind.to_string_lossy();
+    if !kind.starts_with("net:[") {
+        return Err(refuse(format!("not a network namespace (it is {kind})")));
+    }
+    let meta = file
+        .metadata()
+        .map_err(Error::io(format!("stat {}", path.display())))?;
+    for host in NOT_A_POD {
+        if let Ok(h) = std::fs::metadata(host)
+            && (h.dev(), h.ino()) == (meta.dev(), meta.ino())
+        {
+            return Err(refuse(format!(
+                "the host's own network namespace (the same as {host}); a pod needs its own"
+            )));
         }
-        _ => Error::io(format!("open netns {}", path.display()))(e),
-    })
+    }
+    Ok(file)
 }
 
 /// Runs `f` on a fresh thread that has joined the namespace `ns`.
 pub fn run_in<T: Send>(ns: &File, path: &Path, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
     std::thread::scope(|s| {
         s.spawn(|| {
-            setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| {
-                Error::Config(format!(
-                    "{} is not a network namespace: {e}",
-                    path.display()
-                ))
+            setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| Error::InvalidEnv {
+                msg: format!("invalid CNI_NETNS {}: cannot enter it: {e}", path.display()),
+                details: format!("cannot enter it: {e}"),
             })?;
             Ok(f())
         })

@@ -15,12 +15,14 @@
 
 use std::{
     ffi::OsString,
-    fs::{self, OpenOptions},
-    io::{self, Write},
+    fs::{self, File, OpenOptions},
+    io::{self, Read, Write},
     net::IpAddr,
-    os::unix::fs::OpenOptionsExt,
+    os::unix::fs::{FileTypeExt, OpenOptionsExt},
     path::{Path, PathBuf},
 };
+
+use nix::{errno::Errno, fcntl::OFlag};
 
 use crate::{Attachment, Error, error::Result};
 
@@ -30,6 +32,10 @@ const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
 const TMP_PREFIX: &str = ".tmp-";
 /// host-local HEAD writes reservations 0600.
 const FILE_MODE: u32 = 0o600;
+/// `<containerID>\r\n<ifname>` is well under this; anything longer is not ours.
+const RESERVATION_MAX: u64 = 4096;
+/// An IP address in text.
+const MARKER_MAX: u64 = 256;
 
 /// One reservation file. `name` is kept because a hand-made file may spell the IP in a
 /// non-canonical way (`FD18::2`): it still blocks that IP and is removed by its own name.
@@ -87,7 +93,7 @@ pub(crate) fn scan(dir: &Path, clean_tmp: bool) -> Result<Scan> {
             continue;
         }
         let path = dirent.path();
-        match fs::read(&path) {
+        match read_small_file(&path, RESERVATION_MAX, false) {
             Ok(content) => scan.entries.push(Entry {
                 ip,
                 name,
@@ -132,8 +138,10 @@ pub(crate) fn remove(dir: &Path, name: &OsString) -> Result<bool> {
 /// beginning" (host-local logs that as noise on a fresh directory; we stay quiet).
 pub(crate) fn read_last_reserved(dir: &Path, index: usize) -> Result<Option<IpAddr>> {
     let path = last_reserved_path(dir, index);
-    match fs::read_to_string(&path) {
-        Ok(text) => Ok(text.trim().parse().ok()),
+    // Only a hint: a marker that is no regular file (a FIFO, a symlink, a directory) or
+    // holds junk is read as "none"; the next write renames a fresh one over it.
+    match read_small_file(&path, MARKER_MAX, false) {
+        Ok(text) => Ok(String::from_utf8_lossy(&text).trim().parse().ok()),
         Err(e)
             if matches!(
                 e.kind(),
@@ -157,12 +165,68 @@ pub(crate) fn write_last_reserved(dir: &Path, index: usize, ip: IpAddr) -> Resul
     })
 }
 
+/// Reads a small regular file without ever blocking on it: opened non-blocking (a FIFO
+/// would otherwise wait for a writer forever, while we hold the IPAM lock), without
+/// following a symlink unless `follow`, refused unless it is a regular file, and read at
+/// most `limit` bytes. Refusals are `InvalidData` errors naming what was found.
+pub fn read_small_file(path: &Path, limit: u64, follow: bool) -> io::Result<Vec<u8>> {
+    let mut flags = OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    if !follow {
+        flags |= OFlag::O_NOFOLLOW;
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(c) if c == Errno::ELOOP as i32 => invalid("is a symbolic link"),
+            _ => e,
+        })?;
+    let meta = check_regular(&file)?;
+    if meta.len() > limit {
+        return Err(invalid(&format!(
+            "is {} bytes, more than {limit}",
+            meta.len()
+        )));
+    }
+    let mut buf = Vec::new();
+    file.take(limit + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > limit {
+        return Err(invalid(&format!("holds more than {limit} bytes")));
+    }
+    Ok(buf)
+}
+
+/// The file's metadata, or an `InvalidData` error saying what kind of file it is instead.
+pub(crate) fn check_regular(file: &File) -> io::Result<fs::Metadata> {
+    let meta = file.metadata()?;
+    let t = meta.file_type();
+    let what = if t.is_file() {
+        return Ok(meta);
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    };
+    Err(invalid(&format!("is {what}, not a regular file")))
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
+}
+
 fn last_reserved_path(dir: &Path, index: usize) -> PathBuf {
     dir.join(format!("{LAST_RESERVED_PREFIX}{index}"))
 }
 
 /// Writes `content` to `.tmp-<final_name>-<pid>` and returns its path.
-fn write_temp(dir: &Path, final_name: &str, content: &[u8]) -> Result<PathBuf> {
+pub(crate) fn write_temp(dir: &Path, final_name: &str, content: &[u8]) -> Result<PathBuf> {
     let tmp = dir.join(format!("{TMP_PREFIX}{final_name}-{}", std::process::id()));
     // A leftover of a killed process with a reused pid may be hard-linked to a live
     // reservation: unlink it rather than truncate it, or we would rewrite that
