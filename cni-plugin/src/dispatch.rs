@@ -162,8 +162,9 @@ fn dispatch(
         Some(Value::String(s)) => s.clone(),
         Some(other) => return Err(Error::Decode(format!("cniVersion {other} is not a string"))),
     };
+    // Every answer, a refusal of the version included, carries the request's own string.
+    *version_out = Some(raw_version.clone());
     let version = Version::negotiate(&raw_version)?;
-    *version_out = Some(raw_version);
     match verb {
         Verb::Check if version < Version::V0_4_0 => {
             return Err(Error::VersionNotAllowed(

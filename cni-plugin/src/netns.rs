@@ -94,3 +94,52 @@ pub fn ensure_sysctl(key: &str, value: &str) -> Result<(), Error> {
         _ => write_sysctl(key, value),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(path: &Path) -> String {
+        let e = open(path).unwrap_err();
+        assert_eq!(e.code(), 4, "{}: {e}", path.display());
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        e.to_string()
+    }
+
+    /// Issue 12 item 10: the host's own namespace, and anything that is no network
+    /// namespace, is refused with code 4 (no root needed: nothing is entered).
+    #[test]
+    fn host_namespaces_and_non_namespaces_are_refused() {
+        for own in ["/proc/self/ns/net", "/proc/thread-self/ns/net"] {
+            assert!(refused(Path::new(own)).contains("host's own"));
+        }
+        let pid = format!("/proc/{}/ns/net", std::process::id());
+        assert!(refused(Path::new(&pid)).contains("host's own"));
+        // PID 1's: refused as the host's, or not even openable (a container without
+        // ptrace rights over PID 1 gets EACCES, an I/O error naming the path).
+        let e = open(Path::new("/proc/1/ns/net")).unwrap_err();
+        assert!(
+            (e.code() == 4 && e.to_string().contains("host's own")) || e.code() == 5,
+            "{e}"
+        );
+        for other in [
+            "/proc/self/ns/mnt",
+            "/proc/self/ns/uts",
+            "/proc/self/ns/user",
+        ] {
+            assert!(refused(Path::new(other)).contains("not a network namespace"));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("gone"), &dangling).unwrap();
+        for p in [file, fifo, dir.path().to_path_buf(), "/dev/null".into()] {
+            assert!(refused(&p).contains("not a network namespace"));
+        }
+        assert!(refused(&dangling).contains("no such file"));
+        assert!(refused(Path::new("/run/netns/hgwt-never-made")).contains("no such file"));
+    }
+}

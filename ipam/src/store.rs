@@ -28,15 +28,18 @@ use nix::{
 
 use crate::{Attachment, Error, Pool, error::Result};
 
-/// Below the network's directory: one lock file per container (not an IP, so every
-/// reader of reservations, ours and host-local's, skips it).
-const CONTAINER_LOCK_DIR: &str = "attachment-locks";
+/// Beside the networks' directories: `<dataDir>/.hostgw-locks/<network>/<containerID>`,
+/// one lock file per container. Outside the network's directory, which keeps exactly
+/// host-local's layout; a name starting with a dot is no valid network name, so it
+/// never collides with one.
+const CONTAINER_LOCK_DIR: &str = ".hostgw-locks";
 
 /// A network's directory. Cheap to open: one mkdir and one open, no scan.
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
     lock_path: PathBuf,
+    container_locks: PathBuf,
 }
 
 /// Proof that this process holds the network's lock; every operation hangs off it.
@@ -62,7 +65,12 @@ impl Store {
             .create(&dir)
             .map_err(|e| Error::io("create network directory", &dir, e))?;
         let lock_path = dir.join(files::LOCK_FILE);
-        let store = Store { dir, lock_path };
+        let container_locks = data_dir.join(CONTAINER_LOCK_DIR).join(network);
+        let store = Store {
+            dir,
+            lock_path,
+            container_locks,
+        };
         store.open_lock_file()?;
         Ok(store)
     }
@@ -95,17 +103,17 @@ impl Store {
     /// it) instead of freeing an address a pod is still being given. Take it before
     /// [`Store::lock`], never while holding that.
     ///
-    /// The lock file is `attachment-locks/<containerID>`; DEL removes it while holding
+    /// The lock file is `<dataDir>/.hostgw-locks/<network>/<containerID>`; DEL removes it while holding
     /// it, so a waiter that then gets the flock of the removed inode tries again on the
     /// new file instead of running beside the next holder.
     pub fn lock_container(&self, container_id: &str, timeout: Duration) -> Result<ContainerLock> {
         let path = self.container_lock_path(container_id)?;
-        let dir = self.dir.join(CONTAINER_LOCK_DIR);
+        let dir = &self.container_locks;
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&dir)
-            .map_err(|e| Error::io("create network directory", &dir, e))?;
+            .create(dir)
+            .map_err(|e| Error::io("create lock directory", dir, e))?;
         let deadline = Instant::now() + timeout;
         loop {
             let file = open_lock(&path)?;
@@ -147,7 +155,7 @@ impl Store {
             .take_while(|end| *end <= 200)
             .last()
             .unwrap_or(0);
-        Ok(self.dir.join(CONTAINER_LOCK_DIR).join(&id[..cut]))
+        Ok(self.container_locks.join(&id[..cut]))
     }
 
     fn open_lock_file(&self) -> Result<File> {
@@ -287,7 +295,7 @@ impl Locked<'_> {
     /// effort: a leftover lock file costs an inode, nothing else.
     fn remove_stale_container_locks(&self, valid: &[Attachment]) {
         let store = self.store;
-        let Ok(rd) = std::fs::read_dir(store.dir.join(CONTAINER_LOCK_DIR)) else {
+        let Ok(rd) = std::fs::read_dir(&store.container_locks) else {
             return;
         };
         for name in rd.filter_map(|e| e.ok()?.file_name().into_string().ok()) {
