@@ -512,10 +512,15 @@ async fn configure_pod_end(h: &Handle, spec: &PodSpec) -> Result<LinkInfo, Error
         if ptp {
             let full = if a.gateway.is_ipv4() { 32 } else { 128 };
             let gw = IpNetwork::new(a.gateway, full).expect("full prefix");
-            may_exist(add_route(h, gw, None, index, RouteScope::Link).await)?;
+            if !tolerate_exists(add_route(h, gw, None, index, RouteScope::Link).await)? {
+                // The gateway is on-link through the first attachment only, so a default
+                // route through this one would be unreachable (ENETUNREACH); the first's
+                // default route serves both.
+                continue;
+            }
         }
         let default = crate::datapath::default_route(a.addr);
-        may_exist(add_route(h, default, Some(a.gateway), index, RouteScope::Universe).await)?;
+        tolerate_exists(add_route(h, default, Some(a.gateway), index, RouteScope::Universe).await)?;
     }
     Ok(LinkInfo {
         name: spec.ifname.clone(),
@@ -523,15 +528,16 @@ async fn configure_pod_end(h: &Handle, spec: &PodSpec) -> Result<LinkInfo, Error
     })
 }
 
-/// A route that is already there (EEXIST) is fine.
-fn may_exist(r: Result<(), Error>) -> Result<(), Error> {
+/// A route that is already there (EEXIST) is fine: Ok(false) then, Ok(true) if added.
+fn tolerate_exists(r: Result<(), Error>) -> Result<bool, Error> {
     match r {
+        Ok(()) => Ok(true),
         Err(Error::Netlink { source, .. })
             if netlink_errno(&source) == Some(nix::errno::Errno::EEXIST as i32) =>
         {
-            Ok(())
+            Ok(false)
         }
-        other => other,
+        Err(e) => Err(e),
     }
 }
 

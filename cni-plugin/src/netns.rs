@@ -15,6 +15,7 @@ use std::{
 use nix::{
     fcntl::OFlag,
     sched::{CloneFlags, setns},
+    sys::statfs::{NSFS_MAGIC, fstatfs},
 };
 
 use crate::error::Error;
@@ -41,12 +42,25 @@ pub fn open(path: &Path) -> Result<File, Error> {
             std::io::ErrorKind::NotFound => refuse("no such file".into()),
             _ => Error::io(format!("open netns {}", path.display()))(e),
         })?;
-    // An nsfs file descriptor reads back as "net:[<inode>]" (proc(5), /proc/pid/fd).
+    // Namespace files live on nsfs, whether reached by /proc/<pid>/ns/net or by a bind
+    // mount under /run/netns. Which kind of namespace: an fd of the /proc form reads
+    // back as "<kind>:[<inode>]"; a bind mount reads back as its path, and setns with
+    // CLONE_NEWNET (run_in) refuses any other kind with EINVAL before anything is made.
+    let fs =
+        fstatfs(&file).map_err(|e| Error::io(format!("statfs {}", path.display()))(e.into()))?;
+    if fs.filesystem_type() != NSFS_MAGIC {
+        return Err(refuse(
+            "not a network namespace (not a namespace file at all)".into(),
+        ));
+    }
     let fd_link = format!("/proc/self/fd/{}", file.as_raw_fd());
-    let kind = std::fs::read_link(&fd_link).map_err(Error::io(format!("readlink {fd_link}")))?;
-    let kind = kind.to_string_lossy();
-    if !kind.starts_with("net:[") {
-        return Err(refuse(format!("not a network namespace (it is {kind})")));
+    let target = std::fs::read_link(&fd_link).map_err(Error::io(format!("readlink {fd_link}")))?;
+    let target = target.to_string_lossy();
+    if let Some((kind, _)) = target.split_once(":[")
+        && kind != "net"
+        && !kind.contains('/')
+    {
+        return Err(refuse(format!("not a network namespace (it is {target})")));
     }
     let meta = file
         .metadata()

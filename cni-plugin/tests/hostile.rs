@@ -240,14 +240,14 @@ fn io_failures_are_code_5_with_the_path_and_long_ids_are_code_4() {
         50,
         &["/proc/hostgw-no-such-dir"],
     );
-    // A container id the kernel cannot take in the host veth's alias (255 bytes).
+    // A container id the kernel cannot take in the host veth's alias (254 bytes).
     let long = "a".repeat(240);
     let msg = refused(
         &run("ADD", &long, &conf(dir.path()), 1500),
         4,
         &["CNI_CONTAINERID"],
     );
-    assert!(msg.contains("255"), "{msg}");
+    assert!(msg.contains("254"), "{msg}");
     assert!(!dir.path().join("data").exists());
     assert_eq!(
         run("DEL", &long, &conf(dir.path()), 1500).code,

@@ -11,8 +11,9 @@ use crate::{
     result::{CniResult, Interface, IpConfig, Route},
 };
 
-/// The kernel keeps at most this many bytes of a link's alias (IFALIASZ - 1).
-const ALIAS_MAX: usize = 255;
+/// The longest alias the kernel takes: IFLA_IFALIAS may be IFALIASZ - 1 = 255 bytes, and
+/// rtnetlink sends the string with its NUL (255 bytes of text got ERANGE, measured).
+const ALIAS_MAX: usize = 254;
 
 /// ADD: validate everything, reserve the addresses, wire the pod; undo all of it on failure.
 pub fn add(conf: &NetConf, req: &Attach, dp: &dyn Datapath) -> Result<CniResult, Error> {
