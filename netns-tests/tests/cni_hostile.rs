@@ -305,7 +305,7 @@ fn state(n: &Node, id: &str, pod: &Netns) -> Result<(Vec<String>, Option<String>
         .map(|(ip, _)| ip)
         .collect();
     let addr = if pod.links()?.contains(&"eth0".to_owned()) {
-        global_addrs(&pod, "eth0")?
+        global_addrs(pod, "eth0")?
             .into_iter()
             .find(|a| a.starts_with("198.18."))
     } else {
