@@ -12,7 +12,14 @@ pub fn status(conf: &NetConf) -> Result<(), Error> {
         .map_err(not_ready)?;
     let store = open_store(conf).map_err(not_ready)?;
     store.check_writable().map_err(|e| not_ready(e.into()))?;
-    let locked = store.lock(LOCK_TIMEOUT).map_err(|e| not_ready(e.into()))?;
+    // A lock held too long is "try again" (11), as for every verb, not "not ready".
+    let locked = store.lock(LOCK_TIMEOUT).map_err(|e| {
+        if e.is_transient() {
+            Error::from(e)
+        } else {
+            not_ready(e.into())
+        }
+    })?;
     for pool in &pools {
         if !locked.has_free(pool).map_err(|e| not_ready(e.into()))? {
             return Err(Error::NotAvailable(format!(
