@@ -625,11 +625,7 @@ mod tests {
             ),
             (json!({"dns":{"domain":["a"]}}), "dns", "a"),
             (json!({"dns":{"search":"a"}}), "dns", "search"),
-            (
-                json!({"dns":{"nameserver":["198.18.0.10"]}}),
-                "dns",
-                "nameserver",
-            ),
+            (json!({"dns":{"options":[1]}}), "dns", "options"),
             (json!({"mtu":"1500"}), "mtu", "1500"),
             (json!({"mtu":-1}), "mtu", "-1"),
             (json!({"mtu":1500.5}), "mtu", "1500.5"),

@@ -183,6 +183,8 @@ impl Datapath for NetlinkDatapath {
         let host = self.host()?;
         let pod = match self.pod(&spec.netns) {
             Ok((p, _)) => Some(p),
+            // The host's own namespace, or no namespace at all: refused as in ADD.
+            Err(e) if e.code() == 4 => return Err(e),
             Err(_) => None,
         };
         self.block_on(async {

@@ -83,9 +83,9 @@ pub struct Route {
 }
 
 /// libcni's `types.DNS`; also the config's `dns` key, so a wrong type there is refused
-/// rather than echoed in a form libcni cannot parse.
+/// rather than echoed in a form libcni cannot parse. Unknown keys pass through, as
+/// libcni ignores them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Dns {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nameservers: Vec<IpAddr>,
@@ -95,6 +95,8 @@ pub struct Dns {
     pub search: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub options: Vec<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// `ips[]` of 0.3.0, 0.3.1 and 0.4.0: the family is spelled out ("4" or "6").
@@ -350,7 +352,7 @@ mod tests {
             "interfaces":[{"name":"a","mac":"","vendor":"x"}],
             "ips":[{"version":"4","address":"198.18.3.2/24","label":"y"}],
             "routes":[{"dst":"198.18.0.0/16","weird":true}],
-            "dns":{"nameservers":["198.18.0.10"]}});
+            "dns":{"nameservers":["198.18.0.10"],"x-vendor":1}});
         let r = CniResult::from_json(&prev).unwrap();
         assert_eq!(r.interfaces[0].mac, None);
         let out = r.to_json(Version::V1_0_0);
@@ -361,7 +363,10 @@ mod tests {
             json!({"address":"198.18.3.2/24","label":"y"})
         );
         assert_eq!(out["routes"][0]["weird"], true);
-        assert_eq!(out["dns"]["nameservers"], json!(["198.18.0.10"]));
+        assert_eq!(
+            out["dns"],
+            json!({"nameservers":["198.18.0.10"],"x-vendor":1})
+        );
         let again = r.to_json(Version::parse("0.3.0").unwrap());
         assert_eq!(again["ips"][0]["version"], "4");
         // A 1.x prevResult whose entry still says "version" is written back without it.

@@ -72,7 +72,14 @@ fn cni_netns_of_the_host_or_not_a_netns_is_refused() -> Result<()> {
         assert!(e["msg"].as_str().unwrap().contains("CNI_NETNS"), "{e}");
         assert_node_untouched(&n)?;
     }
-    // CHECK of the node's own namespace finds nothing; DEL still succeeds.
+    // CHECK of the node's own namespace is refused the same way; DEL still succeeds.
+    let prev = json!({"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": ns_path(&n.ns)}],
+                      "ips": [{"address": "198.18.3.2/24", "interface": 0}]});
+    let check = with(&conf, "prevResult", prev);
+    err_code(
+        &n.invoke(&Call::attach("CHECK", "c0", &ns_path(&n.ns)), &check)?,
+        4,
+    )?;
     ok_empty(&n.del(&conf, "c0", Some(&ns_path(&n.ns)))?)?;
     assert_node_untouched(&n)
 }
