@@ -13,6 +13,7 @@ pub mod error;
 pub mod netlink;
 pub mod netns;
 pub mod result;
+pub mod validate;
 pub mod version;
 
 use std::{

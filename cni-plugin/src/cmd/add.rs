@@ -5,10 +5,11 @@ use ipnetwork::IpNetwork;
 
 use super::{Attach, LOCK_TIMEOUT, open_store};
 use crate::{
-    config::{NetConf, NodeSubnets, validate_mtu_for_ipv6},
+    config::{NetConf, NodeSubnets},
     datapath::{Datapath, PodAddr, PodLinks, PodSpec, default_route},
     error::Error,
     result::{CniResult, Interface, IpConfig, Route},
+    validate::validate_mtu_for_ipv6,
 };
 
 /// The longest alias the kernel takes: IFLA_IFALIAS may be IFALIASZ - 1 = 255 bytes, and
