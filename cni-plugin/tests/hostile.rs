@@ -292,3 +292,12 @@ fn special_files_in_the_store_never_hang_and_corrupt_entries_are_io_errors() {
     std::fs::remove_file(net.join("lock")).unwrap();
     assert_eq!(run("ADD", "c2", &c, 1500).code, 0);
 }
+
+#[test]
+fn stdin_is_bounded_in_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = conf(dir.path());
+    c["padding"] = json!("x".repeat(5 * 1024 * 1024));
+    refused(&run("ADD", "c1", &c, 1500), 5, &["stdin", "larger than"]);
+    assert!(!dir.path().join("data").exists());
+}

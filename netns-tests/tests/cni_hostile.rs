@@ -245,8 +245,14 @@ fn cni_special_files_in_the_store_never_hang_an_add() -> Result<()> {
     // A FIFO as the lock: refused at once with the path, nothing made.
     std::fs::remove_file(net.join("lock"))?;
     mkfifo(&net.join("lock"))?;
-    let e = err_code(&n.add(&conf, "c2", &pod)?, 5)?;
+    // ... with a FIFO as the logFile too: the error line goes to stderr instead.
+    let log_fifo = n.tmp.path().join("log-fifo");
+    mkfifo(&log_fifo)?;
+    let logged = with(&conf, "logFile", json!(log_fifo));
+    let r = n.add(&logged, "c2", &pod)?;
+    let e = err_code(&r, 5)?;
     assert!(e["msg"].as_str().unwrap().contains("lock"), "{e}");
+    assert!(r.stderr.contains("ADD c2: error 5"), "{:?}", r.stderr);
     assert_eq!(pod.links()?, ["lo"]);
     assert!(n.host_veths()?.is_empty());
     Ok(())
