@@ -8,54 +8,19 @@ use std::{
 use hostgw_common::{SubnetFile, subnet_file::SubnetFileError};
 use hostgw_ipam::{Attachment, Pool};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::{error::Error, version::Version};
+use crate::{
+    error::Error,
+    result::Dns,
+    validate::{validate_mtu, validate_pool, validate_subnet_file},
+    version::Version,
+};
 
 pub const DEFAULT_SUBNET_FILE: &str = hostgw_common::subnet_file::DEFAULT_PATH;
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
 pub const DEFAULT_BRIDGE: &str = "cni0";
-
-/// The keys we read; every other key passes through untouched (the spec requires that).
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct RawConf {
-    mode: Option<String>,
-    subnet_file: Option<PathBuf>,
-    subnet: Option<Ipv4Network>,
-    ipv6_subnet: Option<Ipv6Network>,
-    mtu: Option<u32>,
-    data_dir: Option<PathBuf>,
-    bridge: Option<String>,
-    log_file: Option<PathBuf>,
-    dns: Option<Value>,
-    prev_result: Option<Value>,
-    #[serde(default)]
-    runtime_config: RuntimeConfig,
-    #[serde(default)]
-    args: Args,
-}
-
-#[derive(Deserialize, Default)]
-struct RuntimeConfig {
-    #[serde(default)]
-    ips: Vec<String>,
-    mac: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-struct Args {
-    #[serde(default)]
-    cni: CniArgs,
-}
-
-#[derive(Deserialize, Default)]
-struct CniArgs {
-    #[serde(default)]
-    ips: Vec<String>,
-    mac: Option<String>,
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -77,24 +42,25 @@ pub struct NetConf {
     pub mtu: Option<u32>,
     pub data_dir: PathBuf,
     pub log_file: Option<PathBuf>,
-    pub dns: Option<Value>,
+    pub dns: Option<Dns>,
     pub prev_result: Option<Value>,
-    /// Addresses asked for by `runtimeConfig.ips` and `args.cni.ips` (prefixes dropped).
-    pub requested_ips: Vec<IpAddr>,
+    /// Addresses asked for by `runtimeConfig.ips` and `args.cni.ips` (prefixes dropped),
+    /// each with the key it came from, for error messages.
+    pub requested_ips: Vec<(IpAddr, &'static str)>,
     /// `runtimeConfig.mac` wins over `args.cni.mac`; `CNI_ARGS MAC=` is the fallback.
-    pub mac: Option<String>,
+    pub mac: Option<[u8; 6]>,
     raw: Value,
 }
 
 impl NetConf {
-    /// `value` is the whole stdin object; `name` and `cniVersion` were checked by the dispatcher.
+    /// `value` is the whole stdin object; `name` and `cniVersion` were checked by the
+    /// dispatcher. Every key we read is type-checked on its own, so an error names it.
     pub fn parse(value: &Value, name: &str, version: Version) -> Result<NetConf, Error> {
-        let raw: RawConf = serde_json::from_value(value.clone())
-            .map_err(|e| Error::Config(format!("invalid network config: {e}")))?;
-        let mode = match raw.mode.as_deref() {
+        let mode = match key::<String>(value, &["mode"])?.as_deref() {
             None | Some("ptp") => Mode::Ptp,
             Some("bridge") => {
-                let br = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.into());
+                let br =
+                    key::<String>(value, &["bridge"])?.unwrap_or_else(|| DEFAULT_BRIDGE.into());
                 validate_ifname(&br).map_err(|e| Error::Config(format!("bridge: {e}")))?;
                 Mode::Bridge(br)
             }
@@ -104,38 +70,54 @@ impl NetConf {
                 )));
             }
         };
-        if let Some(mtu) = raw.mtu
-            && !(68..=65535).contains(&mtu)
-        {
-            return Err(Error::Config(format!("mtu {mtu} is outside 68..65535")));
+        let mtu = key::<u32>(value, &["mtu"])?;
+        if let Some(mtu) = mtu {
+            validate_mtu(mtu, "mtu")?;
         }
-        let requested_ips = raw
-            .runtime_config
-            .ips
-            .iter()
-            .chain(&raw.args.cni.ips)
-            .map(|s| parse_ip_maybe_prefix(s))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mac = raw.runtime_config.mac.or(raw.args.cni.mac);
-        if let Some(m) = &mac {
-            parse_mac(m)?;
+        // Read only by chained plugins, but a wrong type is still a broken config.
+        key::<bool>(value, &["ipMasq"])?;
+        let subnet = key::<Ipv4Network>(value, &["subnet"])?;
+        let ipv6_subnet = key::<Ipv6Network>(value, &["ipv6Subnet"])?;
+        if let Some(s) = subnet {
+            validate_pool("subnet", IpNetwork::V4(s))?;
         }
+        if let Some(s) = ipv6_subnet {
+            validate_pool("ipv6Subnet", IpNetwork::V6(s))?;
+        }
+        let mut requested_ips = Vec::new();
+        for (path, label) in [
+            (&["runtimeConfig", "ips"][..], "runtimeConfig.ips"),
+            (&["args", "cni", "ips"][..], "args.cni.ips"),
+        ] {
+            for s in key::<Vec<String>>(value, path)?.unwrap_or_default() {
+                let ip = parse_ip_maybe_prefix(&s)
+                    .map_err(|e| Error::Config(format!("{label}: {e}")))?;
+                requested_ips.push((ip, label));
+            }
+        }
+        let mac = match key::<String>(value, &["runtimeConfig", "mac"])? {
+            Some(m) => Some(m),
+            None => key::<String>(value, &["args", "cni", "mac"])?,
+        };
         Ok(NetConf {
             version,
             name: name.to_owned(),
             mode,
-            subnet_file: raw
-                .subnet_file
+            subnet_file: absolute_path(value, "subnetFile")?
                 .unwrap_or_else(|| DEFAULT_SUBNET_FILE.into()),
-            subnet: raw.subnet,
-            ipv6_subnet: raw.ipv6_subnet,
-            mtu: raw.mtu,
-            data_dir: raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
-            log_file: raw.log_file,
-            dns: raw.dns,
-            prev_result: raw.prev_result.filter(|v| !v.is_null()),
+            subnet,
+            ipv6_subnet,
+            mtu,
+            data_dir: absolute_path(value, "dataDir")?.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            log_file: absolute_path(value, "logFile")?,
+            dns: key::<Dns>(value, &["dns"])?,
+            prev_result: value.get("prevResult").filter(|v| !v.is_null()).cloned(),
             requested_ips,
-            mac,
+            mac: mac
+                .map(|m| {
+                    parse_mac(&m).map_err(|e| Error::Config(format!("runtimeConfig.mac: {e}")))
+                })
+                .transpose()?,
             raw: value.clone(),
         })
     }
@@ -161,11 +143,46 @@ impl NetConf {
                 self.subnet_file.display()
             )));
         }
+        validate_subnet_file(&file, &self.subnet_file)?;
         Ok(NodeSubnets {
             v4: file.subnet,
             v6: self.ipv6_subnet.or(file.ipv6_subnet),
             mtu: file.mtu,
         })
+    }
+}
+
+/// `key` at `path` in the stdin object, type-checked on its own so that the error names
+/// the key and the value. Absent or `null` is `None`; a non-object on the way is an error.
+fn key<T: DeserializeOwned>(value: &Value, path: &[&str]) -> Result<Option<T>, Error> {
+    let mut v = value;
+    for (i, k) in path.iter().enumerate() {
+        match v {
+            Value::Object(m) => match m.get(*k) {
+                None | Some(Value::Null) => return Ok(None),
+                Some(next) => v = next,
+            },
+            other => {
+                return Err(Error::Config(format!(
+                    "{} must be an object, not {other}",
+                    path[..i].join(".")
+                )));
+            }
+        }
+    }
+    serde_json::from_value(v.clone())
+        .map(Some)
+        .map_err(|e| Error::Config(format!("invalid {} {v}: {e}", path.join("."))))
+}
+
+/// A path key that must be absolute: a relative one would land below whatever working
+/// directory the runtime happened to start the plugin in.
+fn absolute_path(value: &Value, name: &str) -> Result<Option<PathBuf>, Error> {
+    match key::<PathBuf>(value, &[name])? {
+        Some(p) if !p.is_absolute() => Err(Error::Config(format!(
+            "{name} {p:?} is not an absolute path"
+        ))),
+        other => Ok(other),
     }
 }
 
@@ -212,7 +229,7 @@ fn load_subnet_file(path: &Path) -> Result<SubnetFile, Error> {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CniArgsEnv {
     pub ips: Vec<IpAddr>,
-    pub mac: Option<String>,
+    pub mac: Option<[u8; 6]>,
 }
 
 impl CniArgsEnv {
@@ -233,14 +250,12 @@ impl CniArgsEnv {
             match k {
                 "IP" => {
                     for ip in v.split(',').filter(|x| !x.is_empty()) {
-                        out.ips
-                            .push(parse_ip_maybe_prefix(ip).map_err(|e| invalid(e.to_string()))?);
+                        let ip =
+                            parse_ip_maybe_prefix(ip).map_err(|e| invalid(format!("IP: {e}")))?;
+                        out.ips.push(ip);
                     }
                 }
-                "MAC" => {
-                    parse_mac(v).map_err(|e| invalid(e.to_string()))?;
-                    out.mac = Some(v.to_owned());
-                }
+                "MAC" => out.mac = Some(parse_mac(v).map_err(|e| invalid(e.to_string()))?),
                 "IgnoreUnknown" => {
                     ignore_unknown = matches!(v.to_ascii_lowercase().as_str(), "1" | "true")
                 }
@@ -255,11 +270,18 @@ impl CniArgsEnv {
     }
 }
 
-/// `198.18.3.7` or `198.18.3.7/24`: the prefix, if any, is ignored (as host-local does).
+/// `198.18.3.7` or `198.18.3.7/24`: the prefix, if any, must be valid for the family
+/// and is then ignored (as host-local does).
 fn parse_ip_maybe_prefix(s: &str) -> Result<IpAddr, Error> {
-    let ip = s.split('/').next().unwrap_or(s);
-    ip.parse()
-        .map_err(|_| Error::Config(format!("requested IP {s:?} is not an IP address")))
+    let parsed = match s.split_once('/') {
+        Some(_) => s.parse::<IpNetwork>().ok().map(|n| n.ip()),
+        None => s.parse::<IpAddr>().ok(),
+    };
+    parsed.ok_or_else(|| {
+        Error::Config(format!(
+            "requested IP {s:?} is not an IP address or IP/prefix"
+        ))
+    })
 }
 
 pub fn parse_mac(s: &str) -> Result<[u8; 6], Error> {
@@ -399,11 +421,177 @@ mod tests {
         assert_eq!(
             c.requested_ips,
             vec![
-                "198.18.3.9".parse::<IpAddr>().unwrap(),
-                "fd18:18:0:3::9".parse().unwrap()
+                ("198.18.3.9".parse::<IpAddr>().unwrap(), "runtimeConfig.ips"),
+                ("fd18:18:0:3::9".parse().unwrap(), "args.cni.ips")
             ]
         );
-        assert_eq!(c.mac.as_deref(), Some("02:00:00:00:00:09"));
+        assert_eq!(
+            c.mac,
+            Some([2, 0, 0, 0, 0, 9]),
+            "parsed once, at config time"
+        );
+    }
+
+    /// Issue 12 item 11: every nonsense value is a code-7 error naming the key and value.
+    #[test]
+    fn nonsense_values_are_refused_naming_key_and_value() {
+        for (bad, key, value) in [
+            (json!({"subnet":"0.0.0.0/0"}), "subnet", "0.0.0.0/0"),
+            (json!({"subnet":"198.0.0.0/7"}), "subnet", "198.0.0.0/7"),
+            (json!({"subnet":"198.18.3.0/31"}), "subnet", "198.18.3.0/31"),
+            (json!({"subnet":"198.18.3.1/32"}), "subnet", "198.18.3.1/32"),
+            (json!({"subnet":"198.18.3.7/24"}), "subnet", "198.18.3.7/24"),
+            (json!({"subnet":"127.0.0.0/24"}), "subnet", "127.0.0.0/24"),
+            (json!({"subnet":"224.1.0.0/16"}), "subnet", "224.1.0.0/16"),
+            (
+                json!({"subnet":"169.254.3.0/24"}),
+                "subnet",
+                "169.254.3.0/24",
+            ),
+            (json!({"subnet":"0.1.2.0/24"}), "subnet", "0.1.2.0/24"),
+            (
+                json!({"subnet":"255.255.255.0/24"}),
+                "subnet",
+                "255.255.255.0/24",
+            ),
+            (json!({"subnet":7}), "subnet", "7"),
+            (json!({"ipv6Subnet":"::/0"}), "ipv6Subnet", "::/0"),
+            (
+                json!({"ipv6Subnet":"fd18::/127"}),
+                "ipv6Subnet",
+                "fd18::/127",
+            ),
+            (
+                json!({"ipv6Subnet":"fd18::/128"}),
+                "ipv6Subnet",
+                "fd18::/128",
+            ),
+            (json!({"ipv6Subnet":"fe80::/64"}), "ipv6Subnet", "fe80::/64"),
+            (json!({"ipv6Subnet":"ff02::/64"}), "ipv6Subnet", "ff02::/64"),
+            (
+                json!({"ipv6Subnet":"::ffff:198.18.0.0/112"}),
+                "ipv6Subnet",
+                "::ffff:198.18.0.0/112",
+            ),
+            (
+                json!({"runtimeConfig":{"ips":["198.18.3.7/33"]}}),
+                "runtimeConfig.ips",
+                "198.18.3.7/33",
+            ),
+            (
+                json!({"runtimeConfig":{"ips":["198.18.3.7/"]}}),
+                "runtimeConfig.ips",
+                "198.18.3.7/",
+            ),
+            (
+                json!({"runtimeConfig":{"ips":["fd18::7/129"]}}),
+                "runtimeConfig.ips",
+                "fd18::7/129",
+            ),
+            (json!({"args":{"cni":{"ips":["x"]}}}), "args.cni.ips", "x"),
+            (
+                json!({"runtimeConfig":{"ips":"198.18.3.7"}}),
+                "runtimeConfig.ips",
+                "198.18.3.7",
+            ),
+            (json!({"runtimeConfig":[1]}), "runtimeConfig", "[1]"),
+            (json!({"runtimeConfig":{"mac":7}}), "runtimeConfig.mac", "7"),
+            (
+                json!({"runtimeConfig":{"mac":"02:00:00:00:00"}}),
+                "runtimeConfig.mac",
+                "02:00:00:00:00",
+            ),
+            (json!({"dns":"198.18.0.10"}), "dns", "198.18.0.10"),
+            (
+                json!({"dns":{"nameservers":"198.18.0.10"}}),
+                "dns",
+                "198.18.0.10",
+            ),
+            (
+                json!({"dns":{"nameservers":["not-an-ip"]}}),
+                "dns",
+                "not-an-ip",
+            ),
+            (json!({"dns":{"domain":["a"]}}), "dns", "a"),
+            (json!({"dns":{"search":"a"}}), "dns", "search"),
+            (json!({"dns":{"options":[1]}}), "dns", "options"),
+            (json!({"mtu":"1500"}), "mtu", "1500"),
+            (json!({"mtu":-1}), "mtu", "-1"),
+            (json!({"mtu":1500.5}), "mtu", "1500.5"),
+            (json!({"mtu":67}), "mtu", "67"),
+            (json!({"mtu":65536}), "mtu", "65536"),
+            (json!({"ipMasq":{"on":true}}), "ipMasq", "on"),
+            (json!({"ipMasq":"true"}), "ipMasq", "true"),
+            (json!({"mode":["ptp"]}), "mode", "ptp"),
+            (json!({"mode":"bridge","bridge":5}), "bridge", "5"),
+            (json!({"dataDir":""}), "dataDir", "\"\""),
+            (json!({"dataDir":"var/lib/cni"}), "dataDir", "var/lib/cni"),
+            (json!({"dataDir":"./x"}), "dataDir", "./x"),
+            (json!({"dataDir":5}), "dataDir", "5"),
+            (
+                json!({"subnetFile":"subnet.json"}),
+                "subnetFile",
+                "subnet.json",
+            ),
+            (json!({"logFile":"hostgw.log"}), "logFile", "hostgw.log"),
+        ] {
+            let e = parse(bad.clone()).unwrap_err();
+            let msg = e.to_string();
+            assert_eq!(e.code(), 7, "{bad}: {msg}");
+            assert!(msg.contains(key) && msg.contains(value), "{bad}: {msg}");
+        }
+        assert!(parse(json!({"subnet":"198.18.3.0/30","ipv6Subnet":"fd18:18:0:3::/126"})).is_ok());
+        assert!(parse(json!({"subnet":"10.0.0.0/8","mtu":null,"dns":null})).is_ok());
+    }
+
+    #[test]
+    fn subnet_file_values_that_make_no_sense_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("subnet.json");
+        let c = parse(json!({"subnetFile": path})).unwrap();
+        for (file, what) in [
+            (json!({"subnet":"0.0.0.0/0"}), "0.0.0.0/0"),
+            (json!({"subnet":"198.18.3.0/32"}), "198.18.3.0/32"),
+            (
+                json!({"network":"198.18.0.0/16","subnet":"198.19.3.0/24"}),
+                "not inside network",
+            ),
+            (
+                json!({"subnet":"198.18.3.0/24","ipv6Subnet":"fd18::/128"}),
+                "fd18::/128",
+            ),
+            (
+                json!({"subnet":"198.18.3.0/24","ipv6Network":"fd18:18::/48","ipv6Subnet":"fd19::/64"}),
+                "not inside",
+            ),
+            (json!({"subnet":"198.18.3.0/24","mtu":0}), "mtu 0"),
+            (json!({"subnet":"198.18.3.0/24","mtu":70000}), "mtu 70000"),
+        ] {
+            std::fs::write(&path, file.to_string()).unwrap();
+            let e = c.node_subnets().unwrap_err();
+            assert_eq!(e.code(), 7, "{file}: {e}");
+            assert!(
+                e.to_string().contains(what) && e.to_string().contains("subnet file"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn subnet_file_that_is_no_regular_file_is_an_io_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        for path in [fifo, dir.path().to_path_buf()] {
+            let c = parse(json!({"subnetFile": path})).unwrap();
+            let e = c.node_subnets().unwrap_err();
+            assert_eq!(e.code(), 5, "{e}");
+            assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        }
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b' '; 100_000]).unwrap();
+        let c = parse(json!({"subnetFile": big})).unwrap();
+        assert_eq!(c.node_subnets().unwrap_err().code(), 5);
     }
 
     #[test]
@@ -437,6 +625,13 @@ mod tests {
         let a =
             CniArgsEnv::parse("IgnoreUnknown=1;K8S_POD_NAME=x;IP=198.18.3.5/24;FOO=bar").unwrap();
         assert_eq!(a.ips, vec!["198.18.3.5".parse::<IpAddr>().unwrap()]);
+        let e = CniArgsEnv::parse("IP=198.18.3.5/33").unwrap_err();
+        assert_eq!(e.code(), 4);
+        assert!(e.details().unwrap().contains("198.18.3.5/33"), "{e:?}");
+        assert_eq!(
+            CniArgsEnv::parse("MAC=02:00:00:00:00:07").unwrap().mac,
+            Some([2, 0, 0, 0, 0, 7])
+        );
         assert_eq!(CniArgsEnv::parse("FOO=bar").unwrap_err().code(), 4);
         assert_eq!(CniArgsEnv::parse("IP").unwrap_err().code(), 4);
         assert_eq!(CniArgsEnv::parse("IP=a=b").unwrap_err().code(), 4);

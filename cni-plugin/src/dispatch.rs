@@ -19,6 +19,10 @@ use crate::{
     version::{SUPPORTED, Version},
 };
 
+/// A config is a few KiB; a prevResult of a long chain a few more. Far above both, and
+/// bounded so that a runaway writer cannot make the plugin hold gigabytes.
+const STDIN_MAX: u64 = 4 * 1024 * 1024;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Verb {
     Add,
@@ -140,12 +144,18 @@ fn dispatch(
         })?;
     }
     let mut input = Vec::new();
-    let read = stdin.read_to_end(&mut input);
+    let read = stdin.take(STDIN_MAX + 1).read_to_end(&mut input);
     if verb == Verb::Version {
         // VERSION needs nothing from stdin: a failed or unfinished read still gets an answer.
         return Ok(Some(version_answer(&input)));
     }
     read.map_err(Error::Stdin)?;
+    if input.len() as u64 > STDIN_MAX {
+        return Err(Error::Stdin(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the config on stdin is larger than {STDIN_MAX} bytes"),
+        )));
+    }
 
     let value: Value = serde_json::from_slice(&input).map_err(|e| Error::Decode(e.to_string()))?;
     let name = match value.get("name") {
@@ -162,8 +172,9 @@ fn dispatch(
         Some(Value::String(s)) => s.clone(),
         Some(other) => return Err(Error::Decode(format!("cniVersion {other} is not a string"))),
     };
+    // Every answer, a refusal of the version included, carries the request's own string.
+    *version_out = Some(raw_version.clone());
     let version = Version::negotiate(&raw_version)?;
-    *version_out = Some(raw_version);
     match verb {
         Verb::Check if version < Version::V0_4_0 => {
             return Err(Error::VersionNotAllowed(
@@ -210,7 +221,7 @@ fn version_answer(input: &[u8]) -> Value {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         })
-        .filter(|v| Version::parse(v).is_ok());
+        .filter(|v| SUPPORTED.contains(&v.as_str()));
     let newest = SUPPORTED[SUPPORTED.len() - 1];
     json!({ "cniVersion": asked.as_deref().unwrap_or(newest), "supportedVersions": SUPPORTED })
 }

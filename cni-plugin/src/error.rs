@@ -41,6 +41,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Check(String),
+    /// Several failures of a best-effort verb (DEL, GC), reported together.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    List(Vec<Error>),
     #[error("{0}")]
     Internal(String),
 }
@@ -58,7 +61,9 @@ impl Error {
             Error::NotAvailable(_) => 50,
             Error::Ipam(e) if e.is_transient() => 11,
             Error::Ipam(e) if e.is_config() => 7,
+            Error::Ipam(e) if e.is_io() => 5,
             Error::Io { .. } => 5,
+            Error::List(errors) => list_code(errors),
             Error::Ipam(_) | Error::Netlink { .. } | Error::Check(_) | Error::Internal(_) => 999,
         }
     }
@@ -92,6 +97,17 @@ impl Error {
     pub fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
         let context = context.into();
         move |source| Error::Io { context, source }
+    }
+}
+
+/// One code for several errors: theirs when they agree, else "try again" when the first
+/// says so (a retry may fix the rest), else 999.
+fn list_code(errors: &[Error]) -> u32 {
+    let first = errors.first().map_or(999, Error::code);
+    if errors.iter().all(|e| e.code() == first) || first == 11 {
+        first
+    } else {
+        999
     }
 }
 

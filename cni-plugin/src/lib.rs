@@ -3,6 +3,7 @@
 //! `dispatch::run` is the whole protocol as a pure function of (environment, stdin); the
 //! kernel sits behind `datapath::Datapath` (rtnetlink in `netlink.rs`, a fake for tests);
 //! addresses come from the `hostgw-ipam` store.
+#![forbid(unsafe_code)]
 
 pub mod cmd;
 pub mod config;
@@ -12,11 +13,12 @@ pub mod error;
 pub mod netlink;
 pub mod netns;
 pub mod result;
+pub mod validate;
 pub mod version;
 
 use std::{
     io::{Read, Write},
-    os::fd::AsFd,
+    os::{fd::AsFd, unix::fs::OpenOptionsExt},
     time::{Duration, Instant},
 };
 
@@ -87,9 +89,11 @@ fn log_line(file: Option<&std::path::Path>, line: &str) {
         .unwrap_or(0.0);
     let text = format!("{stamp:.3} hostgw: {line}\n");
     let wrote = file.is_some_and(|p| {
+        // Non-blocking: a FIFO without a reader put there must not hang the call's end.
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
             .open(p)
             .and_then(|mut f| f.write_all(text.as_bytes()))
             .is_ok()

@@ -184,6 +184,8 @@ impl Datapath for NetlinkDatapath {
         let host = self.host()?;
         let pod = match self.pod(&spec.netns) {
             Ok((p, _)) => Some(p),
+            // The host's own namespace, or no namespace at all: refused as in ADD.
+            Err(e) if e.code() == 4 => return Err(e),
             Err(_) => None,
         };
         self.block_on(async {
@@ -486,24 +488,39 @@ async fn configure_pod_end(h: &Handle, spec: &PodSpec) -> Result<LinkInfo, Error
             AddressFlags::Nodad
         };
         add_address(h, index, a.addr, flags, false).await?;
+        // A pod attached twice to this network (eth0, eth1: the spec allows it) keeps
+        // the gateway and default routes of its first attachment, which already exist
+        // (EEXIST); the second interface still gets its address, and the host its /32.
         if ptp {
             let full = if a.gateway.is_ipv4() { 32 } else { 128 };
             let gw = IpNetwork::new(a.gateway, full).expect("full prefix");
-            add_route(h, gw, None, index, RouteScope::Link).await?;
+            if !tolerate_exists(add_route(h, gw, None, index, RouteScope::Link).await)? {
+                // The gateway is on-link through the first attachment only, so a default
+                // route through this one would be unreachable (ENETUNREACH); the first's
+                // default route serves both.
+                continue;
+            }
         }
-        // A pod attached twice to this network keeps the default route of its first
-        // attachment; the second interface still gets its address and on-link route.
         let default = crate::datapath::default_route(a.addr);
-        match add_route(h, default, Some(a.gateway), index, RouteScope::Universe).await {
-            Err(Error::Netlink { source, .. })
-                if netlink_errno(&source) == Some(nix::errno::Errno::EEXIST as i32) => {}
-            other => other?,
-        }
+        tolerate_exists(add_route(h, default, Some(a.gateway), index, RouteScope::Universe).await)?;
     }
     Ok(LinkInfo {
         name: spec.ifname.clone(),
         mac: link_mac(&link),
     })
+}
+
+/// A route that is already there (EEXIST) is fine: Ok(false) then, Ok(true) if added.
+fn tolerate_exists(r: Result<(), Error>) -> Result<bool, Error> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(Error::Netlink { source, .. })
+            if netlink_errno(&source) == Some(nix::errno::Errno::EEXIST as i32) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 async fn add_address(

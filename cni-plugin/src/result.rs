@@ -1,198 +1,286 @@
 //! The ADD result, read from any supported version and written in the one asked for.
+//!
+//! Derived serde types: one shape of `ips[]` per result version (0.3.x/0.4.0 spell the
+//! family out, 1.x do not); every object keeps the keys it does not know in a flattened
+//! map, so a prevResult from another plugin passes through unchanged.
 
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::{error::Error, version::Version};
-
-/// Route fields that only 1.1.0 knows; dropped when answering an older version.
-const ROUTE_1_1_FIELDS: [&str; 5] = ["mtu", "advmss", "priority", "table", "scope"];
-/// Interface fields that only 1.1.0 knows.
-const IFACE_1_1_FIELDS: [&str; 3] = ["mtu", "socketPath", "pciID"];
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CniResult {
     pub interfaces: Vec<Interface>,
     pub ips: Vec<IpConfig>,
     pub routes: Vec<Route>,
-    pub dns: Option<Value>,
+    pub dns: Dns,
+    /// Top-level keys of a prevResult that we do not know, kept as given.
+    pub extra: Map<String, Value>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Interface {
     pub name: String,
+    #[serde(
+        default,
+        skip_serializing_if = "is_empty",
+        deserialize_with = "non_empty"
+    )]
     pub mac: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "is_empty",
+        deserialize_with = "non_empty"
+    )]
     pub sandbox: Option<String>,
-    /// Everything else the interface carried (`mtu`, `socketPath`, `pciID`), kept as given.
+    /// 1.1.0 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// 1.1.0 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_path: Option<String>,
+    /// 1.1.0 only.
+    #[serde(default, rename = "pciID", skip_serializing_if = "Option::is_none")]
+    pub pci_id: Option<String>,
+    #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IpConfig {
-    pub address: IpNetwork,
-    pub gateway: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<usize>,
+    pub address: IpNetwork,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<IpAddr>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Route {
     pub dst: IpNetwork,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gw: Option<IpAddr>,
+    /// The rest are 1.1.0 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advmss: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<u8>,
+    #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
+
+/// libcni's `types.DNS`; also the config's `dns` key, so a wrong type there is refused
+/// rather than echoed in a form libcni cannot parse. Unknown keys pass through, as
+/// libcni ignores them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Dns {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<IpAddr>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub domain: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub search: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `ips[]` of 0.3.0, 0.3.1 and 0.4.0: the family is spelled out ("4" or "6").
+#[derive(Serialize, Deserialize)]
+struct Ip040 {
+    version: String,
+    #[serde(flatten)]
+    ip: IpConfig,
+}
+
+/// The whole result as written for one version; `I` is that version's `ips[]` entry.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Wire<'a, I> {
+    cni_version: String,
+    interfaces: Vec<Interface>,
+    ips: Vec<I>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    routes: Vec<Route>,
+    dns: &'a Dns,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+/// What a prevResult is read as: its version decides the shape of `ips[]`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", bound(deserialize = "I: Deserialize<'de>"))]
+struct WireIn<I> {
+    #[serde(default)]
+    interfaces: Vec<Interface>,
+    #[serde(default)]
+    ips: Vec<I>,
+    #[serde(default)]
+    routes: Vec<Route>,
+    #[serde(default)]
+    dns: Dns,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+fn is_empty(s: &Option<String>) -> bool {
+    s.as_deref().is_none_or(str::is_empty)
+}
+
+/// `"mac": ""` (an interface without one) reads as absent.
+fn non_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()))
+}
+
+// === impl CniResult ===
 
 impl CniResult {
     /// Reads a result of any supported shape (prevResult from a runtime or an earlier plugin).
     pub fn from_json(v: &Value) -> Result<CniResult, Error> {
-        let bad = |what: &str| Error::Decode(format!("prevResult: {what}"));
-        let obj = v.as_object().ok_or_else(|| bad("not an object"))?;
-        let mut r = CniResult {
-            dns: obj.get("dns").cloned(),
-            ..Default::default()
+        let bad = |e: serde_json::Error| Error::Decode(format!("prevResult: {e}"));
+        let mut extra = v
+            .as_object()
+            .cloned()
+            .ok_or_else(|| Error::Decode("prevResult: not an object".into()))?;
+        let version = extra.remove("cniVersion");
+        let old = match &version {
+            Some(Value::String(s)) => Version::parse(s).is_ok_and(Version::ips_carry_version),
+            _ => false,
         };
-        for i in obj
-            .get("interfaces")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let mut extra = i.as_object().cloned().ok_or_else(|| bad("interface"))?;
-            let name = extra
-                .remove("name")
-                .and_then(|n| n.as_str().map(str::to_owned));
-            let str_field = |m: &mut Map<String, Value>, k| {
-                m.remove(k)
-                    .and_then(|x| x.as_str().map(str::to_owned))
-                    .filter(|s| !s.is_empty())
-            };
-            let mac = str_field(&mut extra, "mac");
-            let sandbox = str_field(&mut extra, "sandbox");
-            r.interfaces.push(Interface {
-                name: name.ok_or_else(|| bad("interface name"))?,
-                mac,
-                sandbox,
-                extra,
-            });
-        }
-        for ip in obj
-            .get("ips")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let address = ip["address"]
-                .as_str()
-                .and_then(|a| a.parse().ok())
-                .ok_or_else(|| bad("ips[].address"))?;
-            let gateway = match ip.get("gateway").and_then(Value::as_str) {
-                Some(g) => Some(g.parse().map_err(|_| bad("ips[].gateway"))?),
-                None => None,
-            };
-            let interface = ip
-                .get("interface")
-                .and_then(Value::as_u64)
-                .map(|i| i as usize);
-            r.ips.push(IpConfig {
-                address,
-                gateway,
-                interface,
-            });
-        }
-        for rt in obj
-            .get("routes")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let mut extra = rt.as_object().cloned().ok_or_else(|| bad("route"))?;
-            let dst = extra
-                .remove("dst")
-                .and_then(|d| d.as_str().and_then(|d| d.parse().ok()));
-            let gw = match extra.remove("gw") {
-                Some(Value::String(g)) => Some(g.parse().map_err(|_| bad("routes[].gw"))?),
-                _ => None,
-            };
-            r.routes.push(Route {
-                dst: dst.ok_or_else(|| bad("routes[].dst"))?,
-                gw,
-                extra,
-            });
-        }
+        let rest = Value::Object(extra);
+        let mut r = if old {
+            let w: WireIn<Ip040> = serde_json::from_value(rest).map_err(bad)?;
+            let mut ips = Vec::with_capacity(w.ips.len());
+            for i in w.ips {
+                let fam = if i.ip.address.is_ipv4() { "4" } else { "6" };
+                if i.version != fam {
+                    return Err(Error::Decode(format!(
+                        "prevResult: ips[] entry {} has version {:?}",
+                        i.ip.address, i.version
+                    )));
+                }
+                ips.push(i.ip);
+            }
+            CniResult {
+                interfaces: w.interfaces,
+                ips,
+                routes: w.routes,
+                dns: w.dns,
+                extra: w.extra,
+            }
+        } else {
+            let w: WireIn<IpConfig> = serde_json::from_value(rest).map_err(bad)?;
+            CniResult {
+                interfaces: w.interfaces,
+                ips: w.ips,
+                routes: w.routes,
+                dns: w.dns,
+                extra: w.extra,
+            }
+        };
+        // A 1.x entry carrying 0.x's `version` is not passed on in the wrong shape.
+        r.ips
+            .iter_mut()
+            .for_each(|ip| drop(ip.extra.remove("version")));
         Ok(r)
     }
 
     /// Writes the result in the exact shape of `version`.
     pub fn to_json(&self, version: Version) -> Value {
         let is_1_1 = version >= Version::V1_1_0;
-        let interfaces: Vec<Value> = self
+        let interfaces = self
             .interfaces
             .iter()
-            .map(|i| {
-                let mut m = i.extra.clone();
-                if !is_1_1 {
-                    IFACE_1_1_FIELDS.iter().for_each(|k| drop(m.remove(*k)));
-                }
-                m.insert("name".into(), i.name.clone().into());
-                if let Some(mac) = &i.mac {
-                    m.insert("mac".into(), mac.clone().into());
-                }
-                if let Some(sb) = &i.sandbox {
-                    m.insert("sandbox".into(), sb.clone().into());
-                }
-                Value::Object(m)
-            })
+            .map(|i| i.for_version(is_1_1))
             .collect();
-        let ips: Vec<Value> = self.ips.iter().map(|ip| ip_json(ip, version)).collect();
-        let routes: Vec<Value> = self
-            .routes
-            .iter()
-            .map(|r| {
-                let mut m = r.extra.clone();
-                if !is_1_1 {
-                    ROUTE_1_1_FIELDS.iter().for_each(|k| drop(m.remove(*k)));
-                }
-                m.insert("dst".into(), r.dst.to_string().into());
-                if let Some(gw) = r.gw {
-                    m.insert("gw".into(), gw.to_string().into());
-                }
-                Value::Object(m)
+        let routes = self.routes.iter().map(|r| r.for_version(is_1_1)).collect();
+        let mut extra = self.extra.clone();
+        extra.remove("cniVersion");
+        let written = if version.ips_carry_version() {
+            let ips = self
+                .ips
+                .iter()
+                .map(|ip| Ip040 {
+                    version: if ip.address.is_ipv4() { "4" } else { "6" }.into(),
+                    ip: ip.clone(),
+                })
+                .collect();
+            serde_json::to_value(Wire {
+                cni_version: version.to_string(),
+                interfaces,
+                ips,
+                routes,
+                dns: &self.dns,
+                extra,
             })
-            .collect();
-        let mut out =
-            json!({ "cniVersion": version.to_string(), "interfaces": interfaces, "ips": ips });
-        if !routes.is_empty() {
-            out["routes"] = routes.into();
-        }
-        out["dns"] = self.dns.clone().unwrap_or_else(|| json!({}));
-        out
+        } else {
+            serde_json::to_value(Wire {
+                cni_version: version.to_string(),
+                interfaces,
+                ips: self.ips.clone(),
+                routes,
+                dns: &self.dns,
+                extra,
+            })
+        };
+        written.expect("a result of plain strings and numbers always serialises")
     }
 }
 
-fn ip_json(ip: &IpConfig, version: Version) -> Value {
-    let mut m = Map::new();
-    if version.ips_carry_version() {
-        let fam = if ip.address.is_ipv4() { "4" } else { "6" };
-        m.insert("version".into(), fam.into());
+impl Interface {
+    fn for_version(&self, is_1_1: bool) -> Interface {
+        let mut i = self.clone();
+        if !is_1_1 {
+            (i.mtu, i.socket_path, i.pci_id) = (None, None, None);
+        }
+        i
     }
-    if let Some(i) = ip.interface {
-        m.insert("interface".into(), i.into());
+}
+
+impl Route {
+    pub fn new(dst: IpNetwork, gw: Option<IpAddr>) -> Route {
+        Route {
+            dst,
+            gw,
+            mtu: None,
+            advmss: None,
+            priority: None,
+            table: None,
+            scope: None,
+            extra: Map::new(),
+        }
     }
-    m.insert("address".into(), ip.address.to_string().into());
-    if let Some(gw) = ip.gateway {
-        m.insert("gateway".into(), gw.to_string().into());
+
+    fn for_version(&self, is_1_1: bool) -> Route {
+        let mut r = self.clone();
+        if !is_1_1 {
+            (r.mtu, r.advmss, r.priority, r.table, r.scope) = (None, None, None, None, None);
+        }
+        r
     }
-    Value::Object(m)
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn sample() -> CniResult {
-        let mut extra = Map::new();
-        extra.insert("mtu".into(), 1400.into());
         CniResult {
             interfaces: vec![
                 Interface {
@@ -204,20 +292,24 @@ mod tests {
                     name: "eth0".into(),
                     mac: Some("02:00:00:00:00:02".into()),
                     sandbox: Some("/run/netns/p".into()),
-                    extra: extra.clone(),
+                    mtu: Some(1400),
+                    ..Default::default()
                 },
             ],
             ips: vec![IpConfig {
                 address: "198.18.3.2/24".parse().unwrap(),
                 gateway: Some("198.18.3.1".parse().unwrap()),
                 interface: Some(1),
+                extra: Map::new(),
             }],
             routes: vec![Route {
-                dst: "0.0.0.0/0".parse().unwrap(),
-                gw: Some("198.18.3.1".parse().unwrap()),
-                extra,
+                mtu: Some(1400),
+                ..Route::new(
+                    "0.0.0.0/0".parse().unwrap(),
+                    Some("198.18.3.1".parse().unwrap()),
+                )
             }],
-            dns: None,
+            ..Default::default()
         }
     }
 
@@ -242,16 +334,47 @@ mod tests {
         assert_eq!(v11["ips"][0]["address"], "198.18.3.2/24");
         assert_eq!(v11["interfaces"][1]["sandbox"], "/run/netns/p");
         assert!(v11["interfaces"][0].get("sandbox").is_none());
+        assert_eq!(v11["dns"], json!({}));
     }
 
     #[test]
     fn round_trips_through_every_version() {
         let r = sample();
         let back = CniResult::from_json(&r.to_json(Version::V1_1_0)).unwrap();
-        assert_eq!(back.ips, r.ips);
-        assert_eq!(back.interfaces, r.interfaces);
+        assert_eq!(back, r);
         let old = CniResult::from_json(&r.to_json(Version::parse("0.3.1").unwrap())).unwrap();
         assert_eq!(old.ips, r.ips);
+    }
+
+    #[test]
+    fn unknown_keys_pass_through_and_old_shape_is_not_leaked() {
+        let prev = json!({"cniVersion":"0.4.0","foo":{"x":1},
+            "interfaces":[{"name":"a","mac":"","vendor":"x"}],
+            "ips":[{"version":"4","address":"198.18.3.2/24","label":"y"}],
+            "routes":[{"dst":"198.18.0.0/16","weird":true}],
+            "dns":{"nameservers":["198.18.0.10"],"x-vendor":1}});
+        let r = CniResult::from_json(&prev).unwrap();
+        assert_eq!(r.interfaces[0].mac, None);
+        let out = r.to_json(Version::V1_0_0);
+        assert_eq!(out["foo"], json!({"x":1}));
+        assert_eq!(out["interfaces"][0], json!({"name":"a","vendor":"x"}));
+        assert_eq!(
+            out["ips"][0],
+            json!({"address":"198.18.3.2/24","label":"y"})
+        );
+        assert_eq!(out["routes"][0]["weird"], true);
+        assert_eq!(
+            out["dns"],
+            json!({"nameservers":["198.18.0.10"],"x-vendor":1})
+        );
+        let again = r.to_json(Version::parse("0.3.0").unwrap());
+        assert_eq!(again["ips"][0]["version"], "4");
+        // A 1.x prevResult whose entry still says "version" is written back without it.
+        let mixed = json!({"cniVersion":"1.0.0","ips":[{"version":"4","address":"198.18.3.2/24"}]});
+        let out = CniResult::from_json(&mixed)
+            .unwrap()
+            .to_json(Version::V1_0_0);
+        assert!(out["ips"][0].get("version").is_none(), "{out}");
     }
 
     #[test]
@@ -260,6 +383,12 @@ mod tests {
             json!(3),
             json!({"ips":[{"address":"nope"}]}),
             json!({"interfaces":[{}]}),
+            json!({"interfaces":"eth0"}),
+            json!({"routes":[{"dst":"198.18.0.0/33"}]}),
+            json!({"routes":[{"gw":"198.18.0.1"}]}),
+            json!({"dns":{"nameservers":"198.18.0.10"}}),
+            json!({"cniVersion":"0.4.0","ips":[{"version":"6","address":"198.18.3.2/24"}]}),
+            json!({"cniVersion":"0.4.0","ips":[{"address":"198.18.3.2/24"}]}),
         ] {
             assert_eq!(CniResult::from_json(&bad).unwrap_err().code(), 6, "{bad}");
         }

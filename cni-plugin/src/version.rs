@@ -28,13 +28,12 @@ impl Version {
         }
     }
 
-    /// Parses and requires a version this plugin supports (code 1 otherwise).
+    /// Parses and requires one of the exact strings this plugin supports (code 1
+    /// otherwise): `01.0.0` reads as 1.0.0, but the result must carry the request's own
+    /// string, and no runtime parses that back.
     pub fn negotiate(s: &str) -> Result<Version, Error> {
         let v = Version::parse(s)?;
-        if SUPPORTED
-            .iter()
-            .any(|&sup| Version::parse(sup).ok() == Some(v))
-        {
+        if SUPPORTED.contains(&s) {
             Ok(v)
         } else {
             Err(Error::IncompatibleVersion(format!(
@@ -70,6 +69,9 @@ mod tests {
     fn unsupported_is_code_1_and_garbage_is_code_6() {
         assert_eq!(Version::negotiate("0.2.0").unwrap_err().code(), 1);
         assert_eq!(Version::negotiate("9.9.9").unwrap_err().code(), 1);
+        for odd in ["01.0.0", "1.00.0", "0.4.00", "001.1.0"] {
+            assert_eq!(Version::negotiate(odd).unwrap_err().code(), 1, "{odd}");
+        }
         for bad in ["", "1", "1.0", "1.0.x", "a.b.c", "1..0", "-1.0.0"] {
             assert_eq!(Version::negotiate(bad).unwrap_err().code(), 6, "{bad}");
         }

@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod fs;
 pub mod hash;
 pub mod ip;
 pub mod route;

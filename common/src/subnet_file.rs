@@ -5,13 +5,11 @@
 
 use std::{
     fs::File,
-    io::{self, Read, Write},
-    os::unix::fs::OpenOptionsExt,
+    io::{self, Write},
     path::{Path, PathBuf},
 };
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
-use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_PATH: &str = "/run/hostgw/subnet.json";
@@ -48,8 +46,8 @@ pub enum SubnetFileError {
 }
 
 impl SubnetFile {
-    /// Reads and decodes the file. Only a regular file of at most 64 KiB is read; opening
-    /// with O_NONBLOCK means a FIFO in its place is refused instead of blocking the open.
+    /// Reads and decodes the file. Only a regular file of at most 64 KiB is read (anything
+    /// else is an I/O error naming the path), without blocking: see [`crate::fs`].
     pub fn read(path: &Path) -> Result<SubnetFile, SubnetFileError> {
         let io = |source| SubnetFileError::Io {
             path: path.to_owned(),
@@ -59,24 +57,12 @@ impl SubnetFile {
             path: path.to_owned(),
             msg,
         };
-        let file = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(OFlag::O_NONBLOCK.bits())
-            .open(path)
-        {
+        let bytes = match crate::fs::read_small_file(path, MAX_LEN, true) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(SubnetFileError::Missing(path.to_owned()));
             }
             r => r.map_err(io)?,
         };
-        if !file.metadata().map_err(io)?.is_file() {
-            return Err(decode("is not a regular file".into()));
-        }
-        let mut bytes = Vec::new();
-        file.take(MAX_LEN + 1).read_to_end(&mut bytes).map_err(io)?;
-        if bytes.len() as u64 > MAX_LEN {
-            return Err(decode(format!("is larger than {MAX_LEN} bytes")));
-        }
         serde_json::from_slice(&bytes).map_err(|e| decode(e.to_string()))
     }
 
@@ -162,18 +148,17 @@ mod tests {
             .status()
             .unwrap();
         assert!(ok.success());
-        assert!(matches!(
-            SubnetFile::read(&fifo),
-            Err(SubnetFileError::Decode { .. })
-        ));
+        let err = SubnetFile::read(&fifo).unwrap_err();
+        assert!(matches!(err, SubnetFileError::Io { .. }), "{err}");
+        assert!(err.to_string().contains("is a FIFO"), "{err}");
         assert!(matches!(
             SubnetFile::read(dir.path()),
-            Err(SubnetFileError::Decode { .. }) | Err(SubnetFileError::Io { .. })
+            Err(SubnetFileError::Io { .. })
         ));
         let big = dir.path().join("big");
         std::fs::write(&big, vec![b' '; 100_000]).unwrap();
         let err = SubnetFile::read(&big).unwrap_err().to_string();
-        assert!(err.contains("larger than"), "{err}");
+        assert!(err.contains("more than"), "{err}");
         let garbage = dir.path().join("garbage");
         std::fs::write(&garbage, "{not json").unwrap();
         assert!(matches!(

@@ -1,5 +1,5 @@
 //! One error type for the crate; the plugin maps it to a CNI code through
-//! [`Error::is_transient`] and [`Error::is_config`], everything else is 999.
+//! [`Error::is_transient`], [`Error::is_config`] and [`Error::is_io`]; everything else is 999.
 
 use std::{io, net::IpAddr, path::PathBuf, time::Duration};
 
@@ -105,8 +105,25 @@ impl Error {
             | Error::TooSmall(_)
             | Error::InvalidGateway { .. }
             | Error::NoPools
-            | Error::PoolsOverlap { .. } => true,
+            | Error::PoolsOverlap { .. }
+            | Error::InvalidAttachment(_)
+            | Error::RequestedNotInRange { .. }
+            | Error::RequestedIsGateway { .. }
+            | Error::RequestedUnmatched { .. } => true,
             Error::Rollback { cause, .. } => cause.is_config(),
+            _ => false,
+        }
+    }
+
+    /// A file or directory of the store could not be read or written (CNI code 5); the
+    /// message names the path.
+    pub fn is_io(&self) -> bool {
+        match self {
+            Error::Io { .. } => true,
+            Error::Incomplete { errors, .. } => {
+                !errors.is_empty() && errors.iter().all(Error::is_io)
+            }
+            Error::Rollback { cause, .. } => cause.is_io(),
             _ => false,
         }
     }
@@ -154,7 +171,15 @@ mod tests {
             cause: Box::new(timeout),
             errors: vec![io()],
         };
-        assert!(rollback.is_transient() && !rollback.is_config());
+        assert!(rollback.is_transient() && !rollback.is_config() && !rollback.is_io());
+        assert!(io().is_io());
+        assert!(
+            Error::Incomplete {
+                released: Vec::new(),
+                errors: vec![io()],
+            }
+            .is_io()
+        );
         assert!(
             rollback
                 .to_string()

@@ -24,4 +24,4 @@ mod store;
 pub use attachment::Attachment;
 pub use error::{Error, Result};
 pub use pool::Pool;
-pub use store::{Locked, Store};
+pub use store::{ContainerLock, Locked, Store, read_small_file};

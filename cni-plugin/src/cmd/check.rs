@@ -42,7 +42,6 @@ pub fn check(conf: &NetConf, req: &Attach, dp: &dyn Datapath) -> Result<(), Erro
         })
         .collect();
 
-    check_reservation(conf, req, &addrs)?;
     let spec = PodSpec {
         netns: netns.to_path_buf(),
         ifname: req.ifname.clone(),
@@ -53,7 +52,9 @@ pub fn check(conf: &NetConf, req: &Attach, dp: &dyn Datapath) -> Result<(), Erro
         mac: None,
         addrs,
     };
+    // First, as it refuses a CNI_NETNS that is the host's own (code 4).
     let observed = dp.observe(&spec)?;
+    check_reservation(conf, req, &spec.addrs)?;
     let want_mac = prev.interfaces[pod_index].mac.as_deref();
     compare(&spec, &prev, want_mac, &observed, netns)
 }

@@ -62,18 +62,6 @@ fn join_errors(mut errors: Vec<Error>) -> Result<(), Error> {
     match errors.len() {
         0 => Ok(()),
         1 => Err(errors.remove(0)),
-        _ => {
-            let code = errors[0].code();
-            let msg = errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
-            Err(if code == 11 {
-                Error::TryAgain(msg)
-            } else {
-                Error::Internal(msg)
-            })
-        }
+        _ => Err(Error::List(errors)),
     }
 }

@@ -30,6 +30,10 @@ const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
 const TMP_PREFIX: &str = ".tmp-";
 /// host-local HEAD writes reservations 0600.
 const FILE_MODE: u32 = 0o600;
+/// `<containerID>\r\n<ifname>` is well under this; anything longer is not ours.
+const RESERVATION_MAX: u64 = 4096;
+/// An IP address in text.
+const MARKER_MAX: u64 = 256;
 
 /// One reservation file. `name` is kept because a hand-made file may spell the IP in a
 /// non-canonical way (`FD18::2`): it still blocks that IP and is removed by its own name.
@@ -87,7 +91,7 @@ pub(crate) fn scan(dir: &Path, clean_tmp: bool) -> Result<Scan> {
             continue;
         }
         let path = dirent.path();
-        match fs::read(&path) {
+        match read_small_file(&path, RESERVATION_MAX, false) {
             Ok(content) => scan.entries.push(Entry {
                 ip,
                 name,
@@ -132,8 +136,10 @@ pub(crate) fn remove(dir: &Path, name: &OsString) -> Result<bool> {
 /// beginning" (host-local logs that as noise on a fresh directory; we stay quiet).
 pub(crate) fn read_last_reserved(dir: &Path, index: usize) -> Result<Option<IpAddr>> {
     let path = last_reserved_path(dir, index);
-    match fs::read_to_string(&path) {
-        Ok(text) => Ok(text.trim().parse().ok()),
+    // Only a hint: a marker that is no regular file (a FIFO, a symlink, a directory) or
+    // holds junk is read as "none"; the next write renames a fresh one over it.
+    match read_small_file(&path, MARKER_MAX, false) {
+        Ok(text) => Ok(String::from_utf8_lossy(&text).trim().parse().ok()),
         Err(e)
             if matches!(
                 e.kind(),
@@ -157,12 +163,14 @@ pub(crate) fn write_last_reserved(dir: &Path, index: usize, ip: IpAddr) -> Resul
     })
 }
 
+pub use hostgw_common::fs::{check_regular, read_small_file};
+
 fn last_reserved_path(dir: &Path, index: usize) -> PathBuf {
     dir.join(format!("{LAST_RESERVED_PREFIX}{index}"))
 }
 
 /// Writes `content` to `.tmp-<final_name>-<pid>` and returns its path.
-fn write_temp(dir: &Path, final_name: &str, content: &[u8]) -> Result<PathBuf> {
+pub(crate) fn write_temp(dir: &Path, final_name: &str, content: &[u8]) -> Result<PathBuf> {
     let tmp = dir.join(format!("{TMP_PREFIX}{final_name}-{}", std::process::id()));
     // A leftover of a killed process with a reused pid may be hard-linked to a live
     // reservation: unlink it rather than truncate it, or we would rewrite that
