@@ -71,9 +71,9 @@ pub async fn status(args: &StatusArgs) -> Result<String, Error> {
     let table = NetlinkRoutes::connect()?;
     let (me, _) = super::me(&table, c).await?;
     let keys = Keys::new(&c.etcd_prefix);
-    let mut client = etcd::connect_reachable(c).await?;
-    let cfg = etcd::read_config(&mut client, &keys).await?;
-    let (_, entries) = etcd::list(&mut client, &keys).await?;
+    let store = etcd::connect_reachable(c).await?;
+    let cfg = etcd::read_config(&store, &keys).await?;
+    let (_, entries) = etcd::list(&store, &keys).await?;
     let own = own_key(&entries, &me).and_then(|(k, e)| {
         let l = e.decoded.as_ref().ok()?;
         Some(OwnView {
