@@ -101,30 +101,35 @@ impl Metrics {
             "Owned routes restored after someone removed them",
             m.routes_repaired.clone(),
         );
-        r.register(
-            "etcd_restores",
-            "Times etcd was found restored, replaced or wiped (leases re-listed, own key re-claimed)",
-            m.etcd_restores.clone(),
-        );
-        r.register(
-            "own_key_restores",
-            "Times our own key was put back after someone else deleted or overwrote it, or its lease was lost",
-            m.own_key_restores.clone(),
-        );
-        r.register(
-            "node_name_conflicts",
-            "Keys that carry our node name but not our public IP (not adopted)",
-            m.node_name_conflicts.clone(),
-        );
-        r.register(
-            "config_mismatch",
-            "1 when the network config in etcd differs from the running one (changed, deleted or invalid)",
-            m.config_mismatch.clone(),
-        );
+        m.register_etcd(&mut r);
         Metrics {
             registry: Arc::new(r),
             ..m
         }
+    }
+
+    /// What the daemon found wrong in etcd: restores, our key, names, config.
+    fn register_etcd(&self, r: &mut Registry) {
+        r.register(
+            "etcd_restores",
+            "Times etcd was found restored, replaced or wiped (leases re-listed, own key re-claimed)",
+            self.etcd_restores.clone(),
+        );
+        r.register(
+            "own_key_restores",
+            "Times our own key was put back after someone else deleted or overwrote it, or its lease was lost",
+            self.own_key_restores.clone(),
+        );
+        r.register(
+            "node_name_conflicts",
+            "Keys that carry our node name but not our public IP (not adopted)",
+            self.node_name_conflicts.clone(),
+        );
+        r.register(
+            "config_mismatch",
+            "1 when the network config in etcd differs from the running one (changed, deleted or invalid)",
+            self.config_mismatch.clone(),
+        );
     }
 
     pub fn encode(&self) -> String {
