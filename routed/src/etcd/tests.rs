@@ -582,3 +582,29 @@ async fn a_prefix_wipe_keeps_routes_while_nodes_recreate_their_keys() {
     );
     d.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_member_lagging_behind_is_not_taken_for_a_restored_etcd() {
+    let s = store();
+    peer(&s, "198.18.1.0-24", "b", "198.19.0.2");
+    let d = Daemon::start(&s, me("a", "198.19.0.1")).await;
+    let rev = s.state().rev;
+    // The watch resumes on a member two entries behind; by the list it has caught up.
+    s.before_next(Op::Watch, |f| f.state().rev -= 2);
+    s.before_next(Op::List, move |f| f.state().rev = rev);
+    s.break_watches();
+    settle().await;
+    assert!(
+        d.metric("hostgw_etcd_restores_total").ends_with(" 0"),
+        "{}",
+        d.metrics.encode()
+    );
+    assert_eq!(
+        exactly(&s, "list /p/"),
+        2,
+        "one plain re-list: {:?}",
+        s.calls()
+    );
+    assert_eq!(d.names().len(), 2);
+    d.stop().await;
+}

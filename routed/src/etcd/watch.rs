@@ -41,6 +41,8 @@ pub type LeasesRx = watch::Receiver<Option<Arc<Leases>>>;
 /// that died meanwhile doesn't leave a black hole for long.
 pub const GRACE: Duration = Duration::from_secs(120);
 
+const CLUSTER_CHANGED: &str = "cluster ID changed";
+
 pub struct Watcher<S> {
     pub store: S,
     pub keys: Keys,
@@ -137,7 +139,7 @@ impl<S: Store> Watcher<S> {
     /// Whether `h` comes from another etcd than the one we followed, and why.
     fn other_etcd(view: &View, h: &Header) -> Option<&'static str> {
         match view.cluster {
-            Some(c) if h.cluster_id != 0 && c != h.cluster_id => Some("cluster ID changed"),
+            Some(c) if h.cluster_id != 0 && c != h.cluster_id => Some(CLUSTER_CHANGED),
             Some(_) if h.revision < view.rev => Some("revision went backwards"),
             _ => None,
         }
@@ -150,7 +152,11 @@ impl<S: Store> Watcher<S> {
         restored: &mut Option<&'static str>,
     ) -> Result<(), EtcdError> {
         let (header, kvs) = self.store.list(&self.keys.prefix_dir()).await?;
-        if let Some(why) = restored.take().or_else(|| Self::other_etcd(view, &header)) {
+        // A revision behind ours on the watch may be a member lagging by a few entries
+        // (after a leader change): only the list, a moment later, confirms a restore. A
+        // changed cluster ID needs no confirmation.
+        let suspected = restored.take().filter(|w| *w == CLUSTER_CHANGED);
+        if let Some(why) = Self::other_etcd(view, &header).or(suspected) {
             self.metrics.etcd_restores.inc();
             error!(
                 reason = why,
