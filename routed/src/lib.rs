@@ -23,7 +23,6 @@ pub(crate) mod reconcile;
 pub mod subnet_file;
 
 pub use error::Error;
-pub use tokio_util::sync::CancellationToken;
 
 /// Runs one subcommand to completion; `shutdown` ends `run`.
 pub async fn main(
