@@ -22,7 +22,6 @@ pub(crate) mod net;
 pub(crate) mod reconcile;
 
 pub use error::Error;
-pub use tokio_util::sync::CancellationToken;
 
 /// Runs one subcommand to completion; `shutdown` ends `run`.
 pub async fn main(

@@ -13,6 +13,11 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabel {
+    pub cause: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Arc<Registry>,
@@ -25,6 +30,10 @@ pub struct Metrics {
     pub watch_restarts: Counter,
     pub lease_renewal_failures: Counter,
     pub routes_repaired: Counter,
+    pub etcd_restores: Counter,
+    pub own_key_restores: Family<CauseLabel, Counter>,
+    pub node_name_conflicts: Gauge,
+    pub config_mismatch: Gauge,
 }
 
 impl Default for Metrics {
@@ -49,6 +58,10 @@ impl Metrics {
             watch_restarts: Counter::default(),
             lease_renewal_failures: Counter::default(),
             routes_repaired: Counter::default(),
+            etcd_restores: Counter::default(),
+            own_key_restores: Family::default(),
+            node_name_conflicts: Gauge::default(),
+            config_mismatch: Gauge::default(),
         };
         r.register(
             "routes_installed",
@@ -88,10 +101,35 @@ impl Metrics {
             "Owned routes restored after someone removed them",
             m.routes_repaired.clone(),
         );
+        m.register_etcd(&mut r);
         Metrics {
             registry: Arc::new(r),
             ..m
         }
+    }
+
+    /// What the daemon found wrong in etcd: restores, our key, names, config.
+    fn register_etcd(&self, r: &mut Registry) {
+        r.register(
+            "etcd_restores",
+            "Times etcd was found restored, replaced or wiped (leases re-listed, own key re-claimed)",
+            self.etcd_restores.clone(),
+        );
+        r.register(
+            "own_key_restores",
+            "Times our own key was put back after someone else deleted or overwrote it, or its lease was lost",
+            self.own_key_restores.clone(),
+        );
+        r.register(
+            "node_name_conflicts",
+            "Keys that carry our node name but not our public IP (not adopted)",
+            self.node_name_conflicts.clone(),
+        );
+        r.register(
+            "config_mismatch",
+            "1 when the network config in etcd differs from the running one (changed, deleted or invalid)",
+            self.config_mismatch.clone(),
+        );
     }
 
     pub fn encode(&self) -> String {
@@ -126,6 +164,9 @@ mod tests {
             "hostgw_etcd_watch_restarts_total ",
             "hostgw_lease_renewal_failures_total ",
             "hostgw_routes_repaired_total ",
+            "hostgw_etcd_restores_total ",
+            "hostgw_node_name_conflicts ",
+            "hostgw_config_mismatch ",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }

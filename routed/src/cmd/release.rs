@@ -2,14 +2,13 @@
 //! the key we just read as ours), revokes its lease, and removes the subnet file, our nft
 //! table and this node's owned routes. Peers drop their route on the delete event.
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use tracing::info;
 
 use super::status;
 use crate::{
     cli::Common,
     error::Error,
-    etcd::{self, Keys},
+    etcd::{self, Keys, store::Store},
     kernel::{RouteTable, nft, routes::NetlinkRoutes},
 };
 
@@ -17,26 +16,19 @@ pub async fn release(c: &Common) -> Result<String, Error> {
     let table = NetlinkRoutes::connect()?;
     let (me, _) = super::me(&table, c).await?;
     let keys = Keys::new(&c.etcd_prefix);
-    let mut client = etcd::connect_reachable(c).await?;
-    let (_, entries) = etcd::list(&mut client, &keys).await?;
+    let store = etcd::connect_reachable(c).await?;
+    let (_, entries) = etcd::list(&store, &keys).await?;
     let mut report = String::new();
     match status::own_key(&entries, &me) {
         Some((name, entry)) => {
             let key = keys.subnet(name);
-            let guard = Compare::mod_revision(key.clone(), CompareOp::Equal, entry.mod_revision);
-            let txn = Txn::new()
-                .when([guard])
-                .and_then([TxnOp::delete(key.clone(), None)]);
-            if !etcd::timeout("release transaction", client.txn(txn))
-                .await?
-                .succeeded()
-            {
+            if !store.delete_if(&key, entry.mod_revision).await? {
                 return Err(Error::Other(format!(
                     "{key} changed while releasing; not deleted, try again"
                 )));
             }
             if entry.lease_id != 0 {
-                let _ = etcd::timeout("revoke lease", client.lease_revoke(entry.lease_id)).await;
+                let _ = store.revoke(entry.lease_id).await;
             }
             info!(key = %key, "released");
             report += &format!("released {name}\n");

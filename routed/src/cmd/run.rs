@@ -5,7 +5,6 @@
 
 use std::{future::Future, sync::Arc, sync::atomic::Ordering};
 
-use etcd_client::Client;
 use hostgw_common::SubnetFile;
 use ipnetwork::IpNetwork;
 use tokio::sync::{Notify, watch};
@@ -21,6 +20,7 @@ use crate::{
         self, EtcdError, Keys,
         claim::{self, Claim},
         keepalive::KeepAlive,
+        store::EtcdStore,
         watch::Watcher,
     },
     http::{self, Ready},
@@ -32,7 +32,7 @@ use crate::{
 
 struct Started {
     table: NetlinkRoutes,
-    client: Client,
+    store: EtcdStore,
     cfg: NetConfig,
     me: Me,
     mtu: u32,
@@ -94,7 +94,7 @@ async fn start(args: &RunArgs, ready: &Ready) -> Result<Started, Error> {
     let table = NetlinkRoutes::connect()?;
     let (me, mtu) = super::me(&table, c).await?;
     let keys = Keys::new(&c.etcd_prefix);
-    let (mut client, cfg) = connect_and_read_config(c, &keys).await?;
+    let (store, cfg) = connect_and_read_config(c, &keys).await?;
     let claim = Claim {
         keys: &keys,
         cfg: &cfg,
@@ -102,7 +102,7 @@ async fn start(args: &RunArgs, ready: &Ready) -> Result<Started, Error> {
         ttl: args.lease_ttl,
         prefer: me.last,
     };
-    let own = claim::acquire(&mut client, &claim).await?;
+    let own = claim::acquire(&store, &claim).await?;
     write_subnet_file(c, &cfg, mtu, &own)?;
     ready.subnet_file.store(true, Ordering::Relaxed);
     hostgw_common::sysctl::ensure_forwarding(true, cfg.v6.is_some())
@@ -117,7 +117,7 @@ async fn start(args: &RunArgs, ready: &Ready) -> Result<Started, Error> {
     info!(node = %me.node, public_ip = %me.public_ip, subnet = %own.subnet, "started");
     Ok(Started {
         table,
-        client,
+        store,
         cfg,
         me,
         mtu,
@@ -129,13 +129,13 @@ async fn start(args: &RunArgs, ready: &Ready) -> Result<Started, Error> {
 async fn connect_and_read_config(
     c: &crate::cli::Common,
     keys: &Keys,
-) -> Result<(Client, NetConfig), Error> {
+) -> Result<(EtcdStore, NetConfig), Error> {
     let mut backoff = Backoff::etcd();
     loop {
         let r = async {
-            let mut client = etcd::connect(c).await?;
-            let cfg = etcd::read_config(&mut client, keys).await?;
-            Ok::<_, EtcdError>((client, cfg))
+            let store = etcd::connect(c).await?;
+            let cfg = etcd::read_config(&store, keys).await?;
+            Ok::<_, EtcdError>((store, cfg))
         }
         .await;
         match r {
@@ -191,20 +191,26 @@ async fn tasks(
     let keys = Keys::new(&args.common.etcd_prefix);
     let (own_tx, own_rx) = watch::channel(s.own.clone());
     let (leases_tx, leases_rx) = watch::channel(None);
+    let check_own = Arc::new(Notify::new());
     let watcher = Watcher {
-        client: s.client.clone(),
+        store: s.store.clone(),
         keys: keys.clone(),
         tx: leases_tx,
         metrics: metrics.clone(),
+        cfg: s.cfg.clone(),
+        me: s.me.clone(),
+        own: own_rx.clone(),
+        check_own: check_own.clone(),
     };
     let keeper = KeepAlive {
-        client: s.client.clone(),
+        store: s.store.clone(),
         keys,
         cfg: s.cfg.clone(),
         me: s.me.clone(),
         ttl: args.lease_ttl,
         own: own_tx,
         metrics: metrics.clone(),
+        check_own,
     };
     let every = std::time::Duration::from_secs(args.resync_secs.clamp(1, 60));
     let rules = keep_rules(

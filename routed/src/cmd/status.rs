@@ -8,9 +8,10 @@ use ipnetwork::IpNetwork;
 use serde::Serialize;
 
 use crate::{
-    cli::StatusArgs,
+    cli::{Common, StatusArgs},
+    config::NetConfig,
     error::Error,
-    etcd::{self, Entry, Keys, claim},
+    etcd::{self, Entry, EtcdError, Keys, claim, store::Store},
     kernel::{RouteTable, routes::NetlinkRoutes},
     me::{Me, OwnLease},
     reconcile::{
@@ -23,10 +24,20 @@ use crate::{
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub node: String,
+    pub config: ConfigView,
     pub lease: Option<OwnView>,
     pub peers: Vec<PeerStatus>,
     pub drift: Drift,
     pub rejected: Vec<Rejected>,
+}
+
+/// The network config in etcd against the one the daemon runs with (from its subnet file:
+/// the daemon never applies a config changed at runtime).
+#[derive(Debug, Serialize)]
+pub struct ConfigView {
+    /// same | changed | deleted | invalid | unknown (no subnet file to compare with)
+    pub state: &'static str,
+    pub detail: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,14 +77,73 @@ pub fn own_key<'a>(
     claim::own_entry(entries, me, None, me.last.map(|(s, _)| s)).map(|(k, e, _)| (k, e))
 }
 
+/// The config to compute with (etcd's if valid, else the running one) and how they compare.
+async fn config<S: Store>(
+    store: &S,
+    keys: &Keys,
+    c: &Common,
+) -> Result<(NetConfig, ConfigView), Error> {
+    let running = hostgw_common::SubnetFile::read(&c.subnet_file)
+        .ok()
+        .and_then(|f| {
+            let json = format!(
+                r#"{{"Network":"{}","SubnetLen":{}}}"#,
+                f.network?,
+                f.subnet?.prefix()
+            );
+            NetConfig::parse(json.as_bytes()).ok()
+        });
+    let show = |n: &NetConfig| format!("Network {} SubnetLen {}", n.v4.network, n.v4.subnet_len);
+    let view = |state, detail: String| ConfigView { state, detail };
+    match (etcd::read_config(store, keys).await, running) {
+        (Ok(cfg), None) => {
+            let v = view(
+                "unknown",
+                format!("{} (no subnet file to compare with)", show(&cfg)),
+            );
+            Ok((cfg, v))
+        }
+        (Ok(cfg), Some(run)) => {
+            let same = cfg.v4.network == run.v4.network && cfg.v4.subnet_len == run.v4.subnet_len;
+            let v = match same {
+                true => view("same", show(&cfg)),
+                false => view(
+                    "changed",
+                    format!(
+                        "etcd has {}; the daemon runs with {}: restart the daemons to apply it",
+                        show(&cfg),
+                        show(&run)
+                    ),
+                ),
+            };
+            Ok((cfg, v))
+        }
+        (Err(EtcdError::NoConfig(k)), Some(run)) => {
+            let v = view(
+                "deleted",
+                format!("{k} is gone; the daemon runs with {}", show(&run)),
+            );
+            Ok((run, v))
+        }
+        (Err(EtcdError::Config(e)), Some(run)) => {
+            let v = view(
+                "invalid",
+                format!("{e}; the daemon runs with {}", show(&run)),
+            );
+            Ok((run, v))
+        }
+        (Err(e), _) => Err(e.into()),
+    }
+}
+
 pub async fn status(args: &StatusArgs) -> Result<String, Error> {
     let c = &args.common;
     let table = NetlinkRoutes::connect()?;
     let (me, _) = super::me(&table, c).await?;
     let keys = Keys::new(&c.etcd_prefix);
-    let mut client = etcd::connect_reachable(c).await?;
-    let cfg = etcd::read_config(&mut client, &keys).await?;
-    let (_, entries) = etcd::list(&mut client, &keys).await?;
+    let store = etcd::connect_reachable(c).await?;
+    let (cfg, config) = config(&store, &keys, c).await?;
+    let (_, entries) = etcd::list(&store, &keys).await?;
     let own = own_key(&entries, &me).and_then(|(k, e)| {
         let l = e.decoded.as_ref().ok()?;
         Some(OwnView {
@@ -114,6 +184,7 @@ pub async fn status(args: &StatusArgs) -> Result<String, Error> {
         .collect();
     let status = Status {
         node: c.node_name.clone(),
+        config,
         lease: own,
         peers,
         drift: Drift {
@@ -131,6 +202,8 @@ pub async fn status(args: &StatusArgs) -> Result<String, Error> {
 
 pub fn render(s: &Status) -> String {
     let mut o = String::new();
+    let loud = if s.config.state == "same" { "" } else { " (!)" };
+    let _ = writeln!(o, "config: {}{loud}: {}", s.config.state, s.config.detail);
     match &s.lease {
         Some(l) => {
             let v6 = l.ipv6_subnet.map(|n| format!(" + {n}")).unwrap_or_default();

@@ -1,16 +1,16 @@
-//! Claiming this node's subnet: adopt our existing key, or claim a free subnet with a
-//! create-only-if-absent transaction. Every write is guarded, so we never overwrite a key
-//! another node owns.
+//! Claiming this node's subnet: adopt the key we can prove is ours, or claim a free subnet
+//! with a create-only-if-absent transaction. Every write is guarded, so we never overwrite
+//! a key another node owns.
 
 use std::collections::BTreeMap;
 
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use ipnetwork::IpNetwork;
 use tracing::{info, warn};
 
 use super::{
     Entry, EtcdError, Keys,
     codec::{self as lease, Lease, LeaseValue},
+    store::Store,
     subnet::{self, Taken},
 };
 use crate::{
@@ -38,10 +38,10 @@ pub enum ClaimError {
 
 /// Claims until it succeeds: etcd errors are retried with backoff (the caller bounds
 /// this with shutdown); lost races are retried at once with another subnet.
-pub async fn acquire(client: &mut Client, c: &Claim<'_>) -> Result<OwnLease, ClaimError> {
+pub async fn acquire<S: Store>(store: &S, c: &Claim<'_>) -> Result<OwnLease, ClaimError> {
     let mut backoff = Backoff::etcd();
     loop {
-        match try_claim(client, c).await {
+        match try_claim(store, c).await {
             Ok(Some(l)) => return Ok(l),
             Ok(None) => info!("lost the race for a subnet, choosing another"),
             Err(ClaimError::Exhausted(n)) => return Err(ClaimError::Exhausted(n)),
@@ -54,11 +54,16 @@ pub async fn acquire(client: &mut Client, c: &Claim<'_>) -> Result<OwnLease, Cla
 }
 
 fn value(c: &Claim, ipv6_subnet: Option<IpNetwork>) -> LeaseValue {
+    value_of(c.me, ipv6_subnet)
+}
+
+/// The value this node writes under its key.
+pub fn value_of(me: &Me, ipv6_subnet: Option<IpNetwork>) -> LeaseValue {
     LeaseValue {
-        public_ip: c.me.public_ip,
-        public_ipv6: ipv6_subnet.and(c.me.public_ipv6),
+        public_ip: me.public_ip,
+        public_ipv6: ipv6_subnet.and(me.public_ipv6),
         backend_type: "host-gw".into(),
-        node_name: c.me.node.clone(),
+        node_name: me.node.clone(),
         ipv6_subnet,
     }
 }
@@ -75,10 +80,24 @@ fn find_own<'a>(
     )
 }
 
-/// Our key: same node name (preferring `prefer`, the subnet we used last), else a
-/// nameless key with our public IP (flannel identifies nodes by public IP). Only keys inside
-/// `network` count (the daemon knows it; status and release may not). The daemon, `status`
-/// and `release` all use this one rule.
+/// Whether a key is provably this node's: its node name and public IP both match ours, or
+/// the subnet we know we held (`prefer`: the subnet file, or the lease just lost) is this
+/// key's and its name is ours (or empty: a key written by flannel).
+pub fn is_own(l: &Lease, me: &Me, prefer: Option<IpNetwork>) -> bool {
+    let name = &l.value.node_name;
+    (*name == me.node && l.value.public_ip == me.public_ip)
+        || (prefer == Some(l.subnet) && (*name == me.node || name.is_empty()))
+}
+
+/// A key that carries our node name but that we cannot prove is ours (another node started
+/// with our name, or we lost our subnet file and our address): reported, never taken.
+pub fn is_conflict(l: &Lease, me: &Me, prefer: Option<IpNetwork>) -> bool {
+    l.value.node_name == me.node && !is_own(l, me, prefer)
+}
+
+/// Our key by [`is_own`], preferring `prefer`. Only keys inside `network` count (the daemon
+/// knows it; status and release may not). The daemon, `status` and `release` all use this
+/// one rule.
 pub fn own_entry<'a>(
     entries: &'a BTreeMap<String, Entry>,
     me: &Me,
@@ -90,39 +109,51 @@ pub fn own_entry<'a>(
     let mine: Vec<_> = entries
         .iter()
         .filter_map(ok)
-        .filter(|(_, _, l)| l.value.node_name == me.node && in_net(l))
+        .filter(|(_, _, l)| in_net(l) && is_own(l, me, prefer))
         .collect();
     let preferred = prefer.and_then(|p| mine.iter().find(|(_, _, l)| l.subnet == p).copied());
-    preferred.or_else(|| mine.first().copied()).or_else(|| {
-        entries.iter().filter_map(ok).find(|(_, _, l)| {
-            l.value.node_name.is_empty() && l.value.public_ip == me.public_ip && in_net(l)
-        })
-    })
+    preferred.or_else(|| mine.first().copied())
 }
 
-async fn try_claim(client: &mut Client, c: &Claim<'_>) -> Result<Option<OwnLease>, ClaimError> {
-    let (_, entries) = super::list(client, c.keys).await?;
-    if let Some((name, entry, lease)) = find_own(&entries, c) {
-        return adopt(client, c, &entries, name, entry, lease).await;
+fn report_conflicts(entries: &BTreeMap<String, Entry>, c: &Claim) {
+    let prefer = c.prefer.map(|(p, _)| p);
+    for (k, e) in entries {
+        if let Ok(l) = &e.decoded
+            && is_conflict(l, c.me, prefer)
+        {
+            warn!(key = %k, public_ip = %l.value.public_ip, "a key carries our node name but not our public IP, and our subnet file does not name it: not adopted (another node with the same name?)");
+        }
     }
+}
+
+async fn try_claim<S: Store>(store: &S, c: &Claim<'_>) -> Result<Option<OwnLease>, ClaimError> {
+    let (_, entries) = super::list(store, c.keys).await?;
+    if let Some((name, entry, lease)) = find_own(&entries, c) {
+        return adopt(store, c, &entries, name, entry, lease).await;
+    }
+    report_conflicts(&entries, c);
     let taken: Vec<IpNetwork> = entries
         .keys()
         .filter_map(|k| lease::parse_key_name(k).ok())
         .collect();
-    let mut rng = rand::rng();
     let subnet = subnet::choose(
         &c.cfg.v4,
         &Taken::new(&c.cfg.v4, &taken),
         c.prefer.map(|p| p.0),
-        &mut rng,
+        &mut rand::rng(),
     )
     .ok_or(ClaimError::Exhausted(c.cfg.v4.network))?;
     let v6 = choose_v6(c, &entries)?;
     let name = lease::key_name(&subnet);
     let key = c.keys.subnet(&name);
-    let id = grant(client, c.ttl).await?;
-    let guard = Compare::version(key.clone(), CompareOp::Equal, 0);
-    if put_if(client, guard, &key, &value(c, v6), id).await? {
+    let id = store.grant(c.ttl).await?;
+    if written(
+        store,
+        store.create(&key, lease::encode(&value(c, v6)), id).await,
+        id,
+    )
+    .await?
+    {
         info!(%subnet, ipv6_subnet = ?v6, lease = id, "claimed a new subnet");
         return Ok(Some(OwnLease {
             name,
@@ -154,8 +185,8 @@ fn choose_v6(
 /// Keeps our key untouched when its lease is alive and its value current (a restart then
 /// writes nothing, so no peer sees an event); otherwise rewrites it, guarded by the
 /// revision we read, bound to a fresh lease.
-async fn adopt(
-    client: &mut Client,
+async fn adopt<S: Store>(
+    store: &S,
     c: &Claim<'_>,
     entries: &BTreeMap<String, Entry>,
     name: &str,
@@ -173,56 +204,28 @@ async fn adopt(
         ipv6_subnet: v6,
         lease_id,
     };
-    if entry.lease_id != 0 && want == lease.value && alive(client, entry.lease_id).await? {
+    if entry.lease_id != 0 && want == lease.value && store.keep_alive(entry.lease_id).await? {
         info!(subnet = %lease.subnet, lease = entry.lease_id, "adopted our existing lease");
         return Ok(Some(own(entry.lease_id)));
     }
     let key = c.keys.subnet(name);
-    let id = grant(client, c.ttl).await?;
-    let guard = Compare::mod_revision(key.clone(), CompareOp::Equal, entry.mod_revision);
-    if put_if(client, guard, &key, &want, id).await? {
+    let id = store.grant(c.ttl).await?;
+    let put = store.put_if(&key, lease::encode(&want), id, entry.mod_revision);
+    if written(store, put.await, id).await? {
         info!(subnet = %lease.subnet, lease = id, "renewed our existing subnet under a new lease");
         return Ok(Some(own(id)));
     }
     Ok(None)
 }
 
-pub async fn grant(client: &mut Client, ttl: i64) -> Result<i64, EtcdError> {
-    Ok(super::timeout("grant lease", client.lease_grant(ttl, None))
-        .await?
-        .id())
-}
-
-/// Whether the etcd lease still exists; a keep-alive both checks and refreshes it.
-pub async fn alive(client: &mut Client, id: i64) -> Result<bool, EtcdError> {
-    match tokio::time::timeout(super::REQUEST_TIMEOUT, client.lease_keep_alive(id)).await {
-        Ok(Ok(_)) => Ok(true),
-        Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => Ok(false),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(EtcdError::Timeout("lease keep-alive")),
-    }
-}
-
-/// Puts `value` under `key` bound to lease `id` if `guard` holds; revokes the unused lease
-/// otherwise. Returns whether the put happened.
-async fn put_if(
-    client: &mut Client,
-    guard: Compare,
-    key: &str,
-    value: &LeaseValue,
+/// The outcome of a guarded write with the fresh lease `id`; an unused lease is revoked.
+async fn written<S: Store>(
+    store: &S,
+    put: Result<bool, EtcdError>,
     id: i64,
 ) -> Result<bool, EtcdError> {
-    let put = TxnOp::put(
-        key,
-        lease::encode(value),
-        Some(PutOptions::new().with_lease(id)),
-    );
-    let txn = Txn::new().when([guard]).and_then([put]);
-    let ok = super::timeout("claim transaction", client.txn(txn))
-        .await?
-        .succeeded();
-    if !ok {
-        let _ = super::timeout("revoke lease", client.lease_revoke(id)).await;
+    if !matches!(put, Ok(true)) {
+        let _ = store.revoke(id).await;
     }
-    Ok(ok)
+    put
 }

@@ -12,6 +12,11 @@ impl Keys {
         }
     }
 
+    /// Everything under the prefix: the one range the watcher lists and watches.
+    pub fn prefix_dir(&self) -> String {
+        format!("{}/", self.prefix)
+    }
+
     pub fn config(&self) -> String {
         format!("{}/config", self.prefix)
     }

@@ -3,19 +3,25 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
 use crate::{cli::Common, config::NetConfig};
 
 pub mod claim;
 pub mod codec;
+#[cfg(test)]
+pub mod fake;
 pub mod keepalive;
 mod keys;
+pub mod store;
 pub mod subnet;
+#[cfg(test)]
+mod tests;
 pub mod watch;
 
 pub use codec::Decoded;
 pub use keys::Keys;
+use store::{Header, Kv, Store};
 
 /// Every unary request is bounded; the watch stream is not (it is meant to stay open).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,17 +60,18 @@ impl EtcdError {
     }
 }
 
-pub async fn connect(c: &Common) -> Result<Client, EtcdError> {
+pub async fn connect(c: &Common) -> Result<store::EtcdStore, EtcdError> {
     let endpoints: Vec<String> = c
         .etcd_endpoints
         .iter()
         .map(|e| e.trim().to_owned())
         .collect();
-    timeout(
+    let client = timeout(
         "connect",
         Client::connect(endpoints, Some(options(c).await?)),
     )
-    .await
+    .await?;
+    Ok(store::EtcdStore::new(client))
 }
 
 /// A client for a one-shot command (`status`, `release`), on the first endpoint that answers.
@@ -72,7 +79,7 @@ pub async fn connect(c: &Common) -> Result<Client, EtcdError> {
 /// The balanced channel of [`connect`] sends each request to one member and returns its
 /// error: the daemon retries, but a one-shot command would fail whenever any member of a
 /// 3-member etcd is down. So each endpoint is tried in turn with a cheap read.
-pub async fn connect_reachable(c: &Common) -> Result<Client, EtcdError> {
+pub async fn connect_reachable(c: &Common) -> Result<store::EtcdStore, EtcdError> {
     let opts = options(c).await?;
     let mut last = None;
     for ep in c.etcd_endpoints.iter().map(|e| e.trim()) {
@@ -82,7 +89,7 @@ pub async fn connect_reachable(c: &Common) -> Result<Client, EtcdError> {
             Ok::<_, EtcdError>(client)
         };
         match attempt.await {
-            Ok(client) => return Ok(client),
+            Ok(client) => return Ok(store::EtcdStore::new(client)),
             Err(e) => last = Some(e),
         }
     }
@@ -125,13 +132,10 @@ pub async fn timeout<T>(
     }
 }
 
-pub async fn read_config(client: &mut Client, keys: &Keys) -> Result<NetConfig, EtcdError> {
-    let resp = timeout("get config", client.get(keys.config(), None)).await?;
-    let kv = resp
-        .kvs()
-        .first()
-        .ok_or_else(|| EtcdError::NoConfig(keys.config()))?;
-    Ok(NetConfig::parse(kv.value())?)
+pub async fn read_config<S: Store>(store: &S, keys: &Keys) -> Result<NetConfig, EtcdError> {
+    let (_, kv) = store.get(&keys.config()).await?;
+    let kv = kv.ok_or_else(|| EtcdError::NoConfig(keys.config()))?;
+    Ok(NetConfig::parse(&kv.value)?)
 }
 
 /// One leased subnet as read: decoded (or why not), plus what guarded writes need.
@@ -142,30 +146,28 @@ pub struct Entry {
     pub lease_id: i64,
 }
 
-/// Lists every subnet key at one revision.
-pub async fn list(
-    client: &mut Client,
-    keys: &Keys,
-) -> Result<(i64, BTreeMap<String, Entry>), EtcdError> {
-    let resp = timeout(
-        "list subnets",
-        client.get(keys.subnets(), Some(GetOptions::new().with_prefix())),
-    )
-    .await?;
-    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-    let mut out = BTreeMap::new();
-    for kv in resp.kvs() {
-        if let Some(name) = keys.name(kv.key()) {
-            let decoded = codec::decode(name, kv.value(), kv.create_revision());
-            out.insert(
-                name.to_owned(),
-                Entry {
-                    decoded,
-                    mod_revision: kv.mod_revision(),
-                    lease_id: kv.lease(),
-                },
-            );
+impl Entry {
+    pub fn of(name: &str, kv: &Kv) -> Entry {
+        Entry {
+            decoded: codec::decode(name, &kv.value, kv.create_revision),
+            mod_revision: kv.mod_revision,
+            lease_id: kv.lease,
         }
     }
-    Ok((rev, out))
+}
+
+/// Lists every subnet key at one revision.
+pub async fn list<S: Store>(
+    store: &S,
+    keys: &Keys,
+) -> Result<(Header, BTreeMap<String, Entry>), EtcdError> {
+    let (header, kvs) = store.list(&keys.subnets()).await?;
+    let out = kvs
+        .iter()
+        .filter_map(|kv| {
+            keys.name(kv.key.as_bytes())
+                .map(|n| (n.to_owned(), Entry::of(n, kv)))
+        })
+        .collect();
+    Ok((header, out))
 }

@@ -1,44 +1,96 @@
-//! The one owner of the etcd view of all leases: lists once at a revision, then follows a
-//! watch from the next revision, and publishes the lease map into a `watch` channel.
+//! The one owner of the etcd view of all leases: lists `<prefix>/` once at a revision, then
+//! follows a watch from the next revision, and publishes the lease map into a `watch`
+//! channel. It also watches the network config and tells the keeper when our own key was
+//! touched by someone else.
 //!
 //! A failed or empty read never replaces what we have: the last good set stays published,
-//! so routes stay as they are while etcd is unreachable.
+//! so routes stay as they are while etcd is unreachable. An etcd restored from a snapshot
+//! or rebuilt (cluster ID changed, revision gone backwards) or wiped by one prefix delete is
+//! re-listed once, and the leases it lost are kept for [`GRACE`] while their nodes re-create
+//! them, so routes don't flap.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use etcd_client::{Client, EventType, WatchOptions};
-use tokio::sync::watch;
-use tracing::{debug, info, warn};
-
+use tokio::{
+    sync::{Notify, watch},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
 
 use super::{
     EtcdError, Keys,
+    claim::is_conflict,
     codec::{self as lease, Decoded},
+    store::{Event, Header, Kv, Store, WatchMsg, WatchStream},
 };
-use crate::{backoff::Backoff, metrics::Metrics};
+use crate::{
+    backoff::Backoff,
+    config::NetConfig,
+    me::{Me, OwnLease},
+    metrics::Metrics,
+};
 
 pub type Leases = BTreeMap<String, Decoded>;
 
 /// `None` until the first complete list: nothing is reconciled against an unknown set.
 pub type LeasesRx = watch::Receiver<Option<Arc<Leases>>>;
 
-pub struct Watcher {
-    pub client: Client,
+/// How long leases lost to a restored or wiped etcd keep their routes: long enough for
+/// every running daemon to notice and re-create its key (seconds), short enough that a node
+/// that died meanwhile doesn't leave a black hole for long.
+pub const GRACE: Duration = Duration::from_secs(120);
+
+const CLUSTER_CHANGED: &str = "cluster ID changed";
+
+pub struct Watcher<S> {
+    pub store: S,
     pub keys: Keys,
     pub tx: watch::Sender<Option<Arc<Leases>>>,
     pub metrics: Metrics,
+    /// The config this process runs with: a different one in etcd is reported, not applied.
+    pub cfg: NetConfig,
+    pub me: Me,
+    /// Our lease as held, to notice someone else deleting or rewriting our key.
+    pub own: watch::Receiver<OwnLease>,
+    /// Wakes the keeper to check our key.
+    pub check_own: Arc<Notify>,
+}
+
+/// What the watcher knows beyond the lease map.
+#[derive(Default)]
+struct View {
+    rev: i64,
+    cluster: Option<u64>,
+    current: Leases,
+    /// Leases lost to a restore or wipe, kept until `carry_until`.
+    carry: Leases,
+    carry_until: Option<Instant>,
+    config: ConfigState,
+    /// Keys already reported as node-name conflicts.
+    conflicts: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+enum ConfigState {
+    #[default]
+    Same,
+    Changed(String),
+    Deleted,
+    Invalid(String),
 }
 
 enum End {
     /// Our revision was compacted away: deletes may be lost, so re-list and replace.
     Compacted(i64),
+    /// Another etcd answered (restored, rebuilt): re-list once and re-claim.
+    Restored(&'static str),
     /// The stream broke: resume from the last revision seen. `true` when etcd could not
     /// be reached at all (see `Backoff::next_delay_for`).
     Broken(String, bool),
 }
 
-impl Watcher {
+impl<S: Store> Watcher<S> {
     pub async fn run(mut self, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => {}
@@ -48,32 +100,35 @@ impl Watcher {
 
     async fn forever(&mut self) {
         let mut backoff = Backoff::etcd();
+        let mut view = View::default();
+        let mut restored = None;
         loop {
-            let (mut rev, mut current) = match self.list().await {
-                Ok(v) => v,
-                Err(e) => {
-                    let d = backoff.next_delay_for(e.is_unreachable());
-                    warn!(error = %e, retry_in = ?d, "listing leases failed; keeping the current routes");
-                    tokio::time::sleep(d).await;
-                    continue;
-                }
-            };
-            self.tx.send_replace(Some(current.clone()));
+            if let Err(e) = self.list(&mut view, &mut restored).await {
+                let d = backoff.next_delay_for(e.is_unreachable());
+                warn!(error = %e, retry_in = ?d, "listing leases failed; keeping the current routes");
+                tokio::time::sleep(d).await;
+                continue;
+            }
             loop {
-                match self.follow(&mut rev, &mut current, &mut backoff).await {
+                match self.follow(&mut view, &mut backoff).await {
                     End::Compacted(at) => {
                         self.metrics.watch_restarts.inc();
                         warn!(
-                            revision = rev,
+                            revision = view.rev,
                             compacted = at,
                             "watch revision compacted; listing again"
                         );
                         break;
                     }
+                    End::Restored(why) => {
+                        self.metrics.watch_restarts.inc();
+                        restored = Some(why);
+                        break;
+                    }
                     End::Broken(e, unreachable) => {
                         self.metrics.watch_restarts.inc();
                         let d = backoff.next_delay_for(unreachable);
-                        warn!(error = %e, revision = rev, retry_in = ?d, "lease watch broke; resuming");
+                        warn!(error = %e, revision = view.rev, retry_in = ?d, "lease watch broke; resuming");
                         tokio::time::sleep(d).await;
                     }
                 }
@@ -81,76 +136,264 @@ impl Watcher {
         }
     }
 
-    async fn list(&mut self) -> Result<(i64, Arc<Leases>), EtcdError> {
-        let (rev, entries) = super::list(&mut self.client, &self.keys).await?;
-        if entries.is_empty() {
+    /// Whether `h` comes from another etcd than the one we followed, and why.
+    fn other_etcd(view: &View, h: &Header) -> Option<&'static str> {
+        match view.cluster {
+            Some(c) if h.cluster_id != 0 && c != h.cluster_id => Some(CLUSTER_CHANGED),
+            Some(_) if h.revision < view.rev => Some("revision went backwards"),
+            _ => None,
+        }
+    }
+
+    /// Lists and publishes; `restored` (why the follow found another etcd) is handled once.
+    async fn list(
+        &mut self,
+        view: &mut View,
+        restored: &mut Option<&'static str>,
+    ) -> Result<(), EtcdError> {
+        let (header, kvs) = self.store.list(&self.keys.prefix_dir()).await?;
+        // A revision behind ours on the watch may be a member lagging by a few entries
+        // (after a leader change): only the list, a moment later, confirms a restore. A
+        // changed cluster ID needs no confirmation.
+        let suspected = restored.take().filter(|w| *w == CLUSTER_CHANGED);
+        if let Some(why) = Self::other_etcd(view, &header).or(suspected) {
+            self.metrics.etcd_restores.inc();
+            error!(
+                reason = why,
+                revision = header.revision,
+                last_revision = view.rev,
+                "etcd was restored or replaced; listing again and re-claiming our key"
+            );
+            let lost = std::mem::take(&mut view.current);
+            self.start_carry(view, lost);
+            self.check_own.notify_one();
+        }
+        view.cluster = Some(header.cluster_id);
+        view.rev = header.revision;
+        let config = kvs.iter().find(|k| k.key == self.keys.config());
+        self.check_config(view, config.map(|k| &k.value[..]));
+        let mut current = Leases::new();
+        let mut own_ok = false;
+        let own = self.own.borrow().clone();
+        for kv in &kvs {
+            if let Some(name) = self.keys.name(kv.key.as_bytes()) {
+                own_ok |= name == own.name && self.is_ours(kv, &own);
+                current.insert(
+                    name.to_owned(),
+                    lease::decode(name, &kv.value, kv.create_revision),
+                );
+            }
+        }
+        if !own_ok {
+            self.check_own.notify_one();
+        }
+        if current.is_empty() {
             // Our own key is always there, so an empty answer is not a real cluster state.
             return Err(EtcdError::Empty);
         }
-        info!(leases = entries.len(), revision = rev, "listed leases");
-        Ok((
-            rev,
-            Arc::new(entries.into_iter().map(|(k, e)| (k, e.decoded)).collect()),
-        ))
+        info!(leases = current.len(), revision = view.rev, "listed leases");
+        view.current = current;
+        self.publish(view);
+        Ok(())
     }
 
-    async fn follow(
-        &mut self,
-        rev: &mut i64,
-        current: &mut Arc<Leases>,
-        backoff: &mut Backoff,
-    ) -> End {
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(*rev + 1);
-        let mut stream =
-            match super::timeout("watch", self.client.watch(self.keys.subnets(), Some(opts))).await
-            {
-                Ok(s) => s,
-                Err(e) => return End::Broken(e.to_string(), e.is_unreachable()),
-            };
+    fn start_carry(&self, view: &mut View, lost: Leases) {
+        if lost.is_empty() {
+            return;
+        }
+        warn!(leases = lost.len(), grace = ?GRACE, "keeping the routes of leases etcd lost until their nodes re-create them");
+        view.carry.extend(lost);
+        view.carry_until = Some(Instant::now() + GRACE);
+    }
+
+    /// Our key, our lease, our node name and public IP: written by us.
+    fn is_ours(&self, kv: &Kv, own: &OwnLease) -> bool {
+        let name = self.keys.name(kv.key.as_bytes()).unwrap_or_default();
+        kv.lease == own.lease_id
+            && lease::decode(name, &kv.value, kv.create_revision).is_ok_and(|l| {
+                l.value.node_name == self.me.node && l.value.public_ip == self.me.public_ip
+            })
+    }
+
+    async fn follow(&mut self, view: &mut View, backoff: &mut Backoff) -> End {
+        let mut stream = match self
+            .store
+            .watch(&self.keys.prefix_dir(), view.rev + 1)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => return End::Broken(e.to_string(), e.is_unreachable()),
+        };
         loop {
-            let resp = match stream.message().await {
-                Ok(Some(r)) => r,
-                // A stream that ends or fails mid-way: etcd went away (stopped, restarted).
-                Ok(None) => return End::Broken("stream ended".into(), true),
-                Err(e) => {
-                    let e = EtcdError::Client(e);
-                    return End::Broken(e.to_string(), e.is_unreachable());
+            let msg = tokio::select! {
+                m = stream.next() => m,
+                _ = sleep_until(view.carry_until) => {
+                    self.end_carry(view);
+                    continue;
                 }
             };
-            if resp.compact_revision() != 0 {
-                return End::Compacted(resp.compact_revision());
+            let (header, events) = match msg {
+                Ok(Some(WatchMsg::Events { header, events })) => (header, events),
+                Ok(Some(WatchMsg::Compacted(at))) => return End::Compacted(at),
+                Ok(Some(WatchMsg::Canceled(why))) => {
+                    return End::Broken(format!("watch canceled: {why}"), false);
+                }
+                // A stream that ends or fails mid-way: etcd went away (stopped, restarted).
+                Ok(None) => return End::Broken("stream ended".into(), true),
+                Err(e) => return End::Broken(e.to_string(), e.is_unreachable()),
+            };
+            if let Some(why) = Self::other_etcd(view, &header) {
+                return End::Restored(why);
             }
-            if resp.canceled() {
-                return End::Broken(format!("watch canceled: {}", resp.cancel_reason()), false);
-            }
-            if resp.events().is_empty() {
+            if events.is_empty() {
                 continue;
             }
             backoff.reset();
-            let map = Arc::make_mut(current);
-            for ev in resp.events() {
-                let Some(kv) = ev.kv() else { continue };
-                *rev = (*rev).max(kv.mod_revision());
-                let Some(name) = self.keys.name(kv.key()) else {
-                    continue;
+            self.apply(view, events);
+            self.publish(view);
+        }
+    }
+
+    fn end_carry(&self, view: &mut View) {
+        view.carry_until = None;
+        let gone = std::mem::take(&mut view.carry);
+        let dropped = gone
+            .keys()
+            .filter(|k| !view.current.contains_key(*k))
+            .count();
+        warn!(
+            dropped,
+            "grace after etcd lost leases is over; leases not re-created are dropped"
+        );
+        self.publish(view);
+    }
+
+    fn apply(&mut self, view: &mut View, events: Vec<Event>) {
+        let before = view.current.len();
+        let mut removed = Vec::new();
+        let own = self.own.borrow().clone();
+        for ev in events {
+            let (key, rev) = match &ev {
+                Event::Put(kv) => (kv.key.clone(), kv.mod_revision),
+                Event::Delete { key, mod_revision } => (key.clone(), *mod_revision),
+            };
+            view.rev = view.rev.max(rev);
+            if key == self.keys.config() {
+                let value = match &ev {
+                    Event::Put(kv) => Some(kv.value.clone()),
+                    Event::Delete { .. } => None,
                 };
-                match ev.event_type() {
-                    EventType::Put => {
-                        debug!(key = name, "lease put");
-                        map.insert(
-                            name.to_owned(),
-                            lease::decode(name, kv.value(), kv.create_revision()),
-                        );
+                self.check_config(view, value.as_deref());
+                continue;
+            }
+            let Some(name) = self.keys.name(key.as_bytes()) else {
+                continue;
+            };
+            view.carry.remove(name);
+            match ev {
+                Event::Put(kv) => {
+                    debug!(key = name, "lease put");
+                    if name == own.name && !self.is_ours(&kv, &own) {
+                        self.check_own.notify_one();
                     }
-                    EventType::Delete => {
-                        info!(key = name, "lease gone");
-                        map.remove(name);
+                    let decoded = lease::decode(name, &kv.value, kv.create_revision);
+                    view.current.insert(name.to_owned(), decoded);
+                }
+                Event::Delete { .. } => {
+                    info!(key = name, "lease gone");
+                    if name == own.name {
+                        self.check_own.notify_one();
+                    }
+                    if let Some(d) = view.current.remove(name) {
+                        removed.push((rev, name.to_owned(), d));
                     }
                 }
             }
-            self.tx.send_replace(Some(current.clone()));
         }
+        self.check_wipe(view, removed, before);
+    }
+
+    /// One delete of the whole prefix (all deletes at one revision, most of the keys): an
+    /// operator's `etcdctl del --prefix`, not nodes leaving (each expiry is its own
+    /// revision). Treated like a restore: the lost leases keep their routes for a while.
+    fn check_wipe(&self, view: &mut View, removed: Vec<(i64, String, Decoded)>, before: usize) {
+        let mut by_rev: BTreeMap<i64, Leases> = BTreeMap::new();
+        for (rev, name, d) in removed {
+            by_rev.entry(rev).or_default().insert(name, d);
+        }
+        let Some(lost) = by_rev.into_values().max_by_key(|l| l.len()) else {
+            return;
+        };
+        if lost.len() >= 2 && lost.len() * 2 >= before {
+            self.metrics.etcd_restores.inc();
+            error!(
+                deleted = lost.len(),
+                "most leases were deleted at once (etcd wiped?); re-creating our key"
+            );
+            self.start_carry(view, lost);
+        }
+    }
+
+    fn publish(&self, view: &mut View) {
+        let mut all = view.current.clone();
+        for (k, v) in &view.carry {
+            all.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        self.report_conflicts(view, &all);
+        self.tx.send_replace(Some(Arc::new(all)));
+    }
+
+    fn report_conflicts(&self, view: &mut View, all: &Leases) {
+        let own = self.own.borrow().clone();
+        let now: Vec<String> = all
+            .iter()
+            .filter(|(k, d)| {
+                **k != own.name
+                    && d.as_ref()
+                        .is_ok_and(|l| is_conflict(l, &self.me, Some(own.subnet)))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in now.iter().filter(|k| !view.conflicts.contains(k)) {
+            error!(key = %k, node = %self.me.node, "another key carries our node name with another public IP: two nodes share a name? Not ours; left alone");
+        }
+        self.metrics.node_name_conflicts.set(now.len() as i64);
+        view.conflicts = now;
+    }
+
+    fn check_config(&self, view: &mut View, value: Option<&[u8]>) {
+        let state = match value.map(NetConfig::parse) {
+            None => ConfigState::Deleted,
+            Some(Ok(c)) if c == self.cfg => ConfigState::Same,
+            Some(Ok(c)) => ConfigState::Changed(format!("{c:?}")),
+            Some(Err(e)) => ConfigState::Invalid(e.to_string()),
+        };
+        if state == view.config {
+            return;
+        }
+        let running = &self.cfg.v4.network;
+        match &state {
+            ConfigState::Same => info!("the network config in etcd matches the running one again"),
+            ConfigState::Changed(new) => {
+                error!(%running, new = %new, "the network config in etcd changed; still routing by the running config: restart the daemons to apply it")
+            }
+            ConfigState::Deleted => {
+                error!(%running, "the network config was deleted from etcd; still routing by the running config")
+            }
+            ConfigState::Invalid(e) => {
+                error!(%running, error = %e, "the network config in etcd is invalid; still routing by the running config")
+            }
+        }
+        self.metrics
+            .config_mismatch
+            .set(i64::from(state != ConfigState::Same));
+        view.config = state;
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }

@@ -1,44 +1,62 @@
 //! Many route replaces with few syscalls: up to 256 requests per `send`, acks read back in
 //! bulk. rtnetlink's one-request-one-future path costs ~100 µs per route on a busy host;
-//! convergence at 5,000 peers needs less. Runs on a blocking thread with its own socket.
+//! convergence at 5,000 peers needs less. Its own async socket (rtnetlink's netlink-sys).
+//!
+//! Bounded: acks are awaited at most [`ACK_TIMEOUT`] per chunk, and framing is read from
+//! each message's 16-byte header alone, so an ack whose payload doesn't parse is an error
+//! for its route and never leaves the others waiting.
+
+use std::time::Duration;
 
 use rtnetlink::{
     packet_core::{
-        NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+        NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NLMSG_ERROR, NetlinkMessage,
+        NetlinkPayload,
     },
     packet_route::RouteNetlinkMessage,
-    sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE},
+    sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket, protocols::NETLINK_ROUTE},
 };
 
 use super::{HostRoute, KernelError, Results, message::message};
 
 const PER_SEND: usize = 256;
+/// The kernel acks a chunk within milliseconds; a chunk not answered by then never will be.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+const HEADER_LEN: usize = 16;
 
-pub fn replace_all(routes: &[HostRoute]) -> Results {
-    match open() {
-        Ok(sock) => routes
-            .chunks(PER_SEND)
-            .flat_map(|c| chunk(&sock, c))
-            .collect(),
-        Err(e) => routes
-            .iter()
-            .map(|r| (*r, Err(KernelError::Other(format!("netlink socket: {e}")))))
-            .collect(),
+pub async fn replace_all(routes: &[HostRoute]) -> Results {
+    let sock = match open() {
+        Ok(s) => s,
+        Err(e) => {
+            return routes
+                .iter()
+                .map(|r| (*r, Err(KernelError::Other(format!("netlink socket: {e}")))))
+                .collect();
+        }
+    };
+    let mut out = Vec::with_capacity(routes.len());
+    for c in routes.chunks(PER_SEND) {
+        out.extend(chunk(&sock, c).await);
     }
+    out
 }
 
-fn open() -> std::io::Result<Socket> {
-    let mut sock = Socket::new(NETLINK_ROUTE)?;
-    sock.bind_auto()?;
-    sock.connect(&SocketAddr::new(0, 0))?;
+fn open() -> std::io::Result<TokioSocket> {
+    let mut sock = TokioSocket::new(NETLINK_ROUTE)?;
+    let s = sock.socket_mut();
+    s.bind_auto()?;
+    s.connect(&SocketAddr::new(0, 0))?;
     // Room for every ack of a chunk (an ack with the echoed header is ~36 + request bytes).
-    sock.set_rx_buf_sz(4 << 20)?;
+    s.set_rx_buf_sz(4 << 20)?;
     Ok(sock)
 }
 
-fn chunk(sock: &Socket, routes: &[HostRoute]) -> Results {
-    let mut results: Vec<Option<Result<(), KernelError>>> =
-        (0..routes.len()).map(|_| None).collect();
+type Slots = Vec<Option<Result<(), KernelError>>>;
+
+/// The requests of one chunk, sequence number = index + 1; a route that can't be encoded
+/// gets its error in its slot at once.
+pub fn encode(routes: &[HostRoute]) -> (Vec<u8>, Slots) {
+    let mut slots: Slots = (0..routes.len()).map(|_| None).collect();
     let mut buf = Vec::new();
     for (i, r) in routes.iter().enumerate() {
         match message(r) {
@@ -51,49 +69,91 @@ fn chunk(sock: &Socket, routes: &[HostRoute]) -> Results {
                 buf.resize(start + nl.buffer_len(), 0);
                 nl.serialize(&mut buf[start..]);
             }
-            Err(e) => results[i] = Some(Err(e)),
+            Err(e) => slots[i] = Some(Err(e)),
         }
     }
-    let mut pending = results.iter().filter(|r| r.is_none()).count();
-    if let Err(e) = sock.send(&buf, 0) {
-        return fail_rest(routes, results, &format!("send: {e}"));
+    (buf, slots)
+}
+
+async fn chunk(sock: &TokioSocket, routes: &[HostRoute]) -> Results {
+    let (buf, mut slots) = encode(routes);
+    let mut pending = slots.iter().filter(|r| r.is_none()).count();
+    if let Err(e) = sock.send(&buf).await {
+        return fail_rest(routes, slots, &format!("send: {e}"));
     }
+    let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
     let mut rbuf: Vec<u8> = Vec::with_capacity(1 << 16);
     while pending > 0 {
         rbuf.clear();
-        if let Err(e) = sock.recv(&mut rbuf, 0) {
-            return fail_rest(routes, results, &format!("recv: {e}"));
+        match tokio::time::timeout_at(deadline, sock.recv(&mut rbuf)).await {
+            Err(_) => return fail_rest(routes, slots, "no ack in time"),
+            Ok(Err(e)) => return fail_rest(routes, slots, &format!("recv: {e}")),
+            Ok(Ok(())) => {}
         }
-        let mut off = 0;
-        while off < rbuf.len() {
-            let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rbuf[off..]) else {
-                break;
-            };
-            let len = (msg.header.length as usize).max(16);
-            let idx = (msg.header.sequence_number as usize).wrapping_sub(1);
-            if let (NetlinkPayload::Error(e), Some(slot)) = (msg.payload, results.get_mut(idx))
-                && slot.is_none()
-            {
-                pending -= 1;
-                *slot = Some(match e.code {
-                    None => Ok(()),
-                    Some(c) => Err(KernelError::Errno {
-                        op: format!("replace {}", routes[idx]),
-                        errno: -c.get(),
-                    }),
-                });
-            }
-            off += (len + 3) & !3;
-        }
+        pending -= fill(&mut slots, routes, acks(&rbuf));
     }
-    fail_rest(routes, results, "no answer")
+    fail_rest(routes, slots, "no answer")
 }
 
-fn fail_rest(
-    routes: &[HostRoute],
-    results: Vec<Option<Result<(), KernelError>>>,
-    why: &str,
-) -> Results {
+/// Puts each ack into its route's slot; returns how many slots it filled.
+pub fn fill(slots: &mut Slots, routes: &[HostRoute], acks: Vec<(u32, Ack)>) -> usize {
+    let mut filled = 0;
+    for (seq, ack) in acks {
+        let idx = (seq as usize).wrapping_sub(1);
+        if let Some(slot) = slots.get_mut(idx)
+            && slot.is_none()
+        {
+            let op = || format!("replace {}", routes[idx]);
+            *slot = Some(match ack {
+                Ack::Ok => Ok(()),
+                Ack::Errno(errno) => Err(KernelError::Errno { op: op(), errno }),
+                Ack::Bad(why) => Err(KernelError::Other(format!("{}: bad ack: {why}", op()))),
+            });
+            filled += 1;
+        }
+    }
+    filled
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ack {
+    Ok,
+    Errno(i32),
+    /// An NLMSG_ERROR whose payload didn't parse.
+    Bad(String),
+}
+
+/// The acks in one datagram, as (sequence number, ack). A header that can't be framed
+/// (length below 16 or past the end) ends the datagram: nothing after it can be trusted.
+pub fn acks(buf: &[u8]) -> Vec<(u32, Ack)> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while buf.len() - off >= HEADER_LEN {
+        let word = |at: usize| u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+        let len = word(off) as usize;
+        let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+        let seq = word(off + 8);
+        if len < HEADER_LEN || len > buf.len() - off {
+            break;
+        }
+        let msg = &buf[off..off + len];
+        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(msg) {
+            Ok(m) => {
+                if let NetlinkPayload::Error(e) = m.payload {
+                    out.push((seq, e.code.map_or(Ack::Ok, |c| Ack::Errno(-c.get()))));
+                }
+            }
+            Err(e) if kind == NLMSG_ERROR => out.push((seq, Ack::Bad(e.to_string()))),
+            // Not an ack (NLMSG_DONE, a notification): nothing waits for it.
+            Err(_) => {}
+        }
+        off += (len + 3) & !3;
+        off = off.min(buf.len());
+    }
+    out
+}
+
+fn fail_rest(routes: &[HostRoute], results: Slots, why: &str) -> Results {
     routes
         .iter()
         .zip(results)
@@ -104,4 +164,100 @@ fn fail_rest(
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroI32;
+
+    use rtnetlink::packet_core::{ErrorMessage, NetlinkHeader};
+
+    use super::*;
+
+    fn ack(seq: u32, code: i32) -> Vec<u8> {
+        let mut e = ErrorMessage::default();
+        e.code = NonZeroI32::new(code);
+        let mut m = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::<RouteNetlinkMessage>::Error(e),
+        );
+        m.header.sequence_number = seq;
+        m.finalize();
+        let mut b = vec![0; m.buffer_len()];
+        m.serialize(&mut b);
+        b
+    }
+
+    fn r(i: u8) -> HostRoute {
+        HostRoute {
+            dst: format!("198.18.{i}.0/24").parse().unwrap(),
+            via: "198.19.0.2".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn requests_carry_sequence_numbers_and_ack_flags() {
+        let (buf, slots) = encode(&[r(1), r(2)]);
+        assert!(slots.iter().all(Option::is_none));
+        let first = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf).unwrap();
+        assert_eq!(first.header.sequence_number, 1);
+        assert_ne!(first.header.flags & NLM_F_ACK, 0);
+        let second = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[first.buffer_len()..]);
+        assert_eq!(second.unwrap().header.sequence_number, 2);
+    }
+
+    #[test]
+    fn acks_and_errnos_are_read_in_one_datagram() {
+        let buf = [ack(1, 0), ack(2, -17), ack(3, 0)].concat();
+        assert_eq!(
+            acks(&buf),
+            vec![(1, Ack::Ok), (2, Ack::Errno(17)), (3, Ack::Ok)]
+        );
+    }
+
+    #[test]
+    fn an_unparsable_ack_fails_its_route_only() {
+        let mut bad = ack(2, -17);
+        bad.truncate(18); // an NLMSG_ERROR too short for its error code
+        bad[0..4].copy_from_slice(&18u32.to_ne_bytes());
+        bad.resize(20, 0); // aligned to 4 like the kernel does
+        let buf = [ack(1, 0), bad, ack(3, 0)].concat();
+        let got = acks(&buf);
+        assert_eq!(got[0], (1, Ack::Ok));
+        assert!(matches!(got[1], (2, Ack::Bad(_))), "{got:?}");
+        assert_eq!(got[2], (3, Ack::Ok));
+        let routes = [r(1), r(2), r(3)];
+        let mut slots: Slots = (0..3).map(|_| None).collect();
+        assert_eq!(fill(&mut slots, &routes, got), 3, "all three answered");
+        assert!(slots[1].as_ref().unwrap().is_err());
+    }
+
+    #[test]
+    fn broken_framing_ends_the_datagram_without_looping() {
+        let mut zero = ack(2, 0);
+        zero[0..4].copy_from_slice(&0u32.to_ne_bytes());
+        assert_eq!(
+            acks(&[ack(1, 0), zero, ack(3, 0)].concat()),
+            vec![(1, Ack::Ok)]
+        );
+        let mut long = ack(1, 0);
+        long[0..4].copy_from_slice(&4096u32.to_ne_bytes());
+        assert!(acks(&long).is_empty());
+        assert!(acks(&[1, 2, 3]).is_empty());
+    }
+
+    #[test]
+    fn unknown_or_duplicate_sequence_numbers_fill_nothing() {
+        let routes = [r(1)];
+        let mut slots: Slots = vec![None];
+        assert_eq!(
+            fill(&mut slots, &routes, vec![(0, Ack::Ok), (9, Ack::Ok)]),
+            0
+        );
+        assert_eq!(
+            fill(&mut slots, &routes, vec![(1, Ack::Ok), (1, Ack::Errno(1))]),
+            1
+        );
+        assert!(slots[0].as_ref().unwrap().is_ok(), "first answer kept");
+    }
 }

@@ -97,14 +97,7 @@ impl RouteTable for NetlinkRoutes {
     }
 
     async fn replace_all(&self, routes: &[HostRoute]) -> Results {
-        let owned = routes.to_vec();
-        match tokio::task::spawn_blocking(move || super::batch::replace_all(&owned)).await {
-            Ok(results) => results,
-            Err(e) => routes
-                .iter()
-                .map(|r| (*r, Err(KernelError::Other(format!("replace {r}: {e}")))))
-                .collect(),
-        }
+        super::batch::replace_all(routes).await
     }
 
     async fn delete(&self, r: &HostRoute) -> Result<(), KernelError> {
