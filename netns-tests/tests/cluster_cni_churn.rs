@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use hostgw_netns_tests::{
+use hostgw_harness::{
     Netns, bin,
     cluster::{Pod, add_pod, del_pod, ping, ping_once, plugin, pod_conf, reservations},
     cni::{Call, command},

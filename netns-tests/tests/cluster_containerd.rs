@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hostgw_netns_tests::{
+use hostgw_harness::{
     cluster::{
         CniHost, CtrPod, add_pod, busybox_image, ping, ping_once, reservations, status_json,
     },
@@ -45,7 +45,7 @@ fn cluster_heavy_containerd_pod_gets_our_address_reaches_pods_and_leaves_nothing
     assert!(
         names
             .iter()
-            .any(|n| n == hostgw_netns_tests::cluster::BUSYBOX_IMAGE),
+            .any(|n| n == hostgw_harness::cluster::BUSYBOX_IMAGE),
         "{names:?}"
     );
 

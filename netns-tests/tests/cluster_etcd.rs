@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use hostgw_netns_tests::{
+use hostgw_harness::{
     Netns,
     cluster::{
         PingRun, RouteMonitor, add_pod, all_reach, first_times, free_subnet, has_route,

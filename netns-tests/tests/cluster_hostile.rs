@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::Result;
-use hostgw_netns_tests::{
+use hostgw_harness::{
     cluster::{
         PingRun, RouteMonitor, add_pod, all_reach, free_subnet, has_route, owned_changes,
         status_json, tcp_server,

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use hostgw_netns_tests::{
+use hostgw_harness::{
     Netns, bin,
     cni::{Call, invoke},
     containerd::{Containerd, RunOpts},

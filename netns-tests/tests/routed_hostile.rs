@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::Result;
-use hostgw_netns_tests::{
+use hostgw_harness::{
     require_root,
     routed::{Cluster, PREFIX, Spec, lease_json, metric, subnet_key},
     wait_for,

@@ -9,23 +9,38 @@
 //! Ctrl-C (every namespace, process and container is a Drop guard, and SIGINT/SIGTERM
 //! are turned into an orderly teardown).
 
+#![forbid(unsafe_code)]
+
 use std::{
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
-use hostgw_netns_tests::{
+use hostgw_harness::{
     cluster::{CniHost, CtrPod, Pod, add_pod, busybox_image, del_pod, ping},
     containerd::Containerd,
     require_root,
     routed::{CONFIG_V6, Cluster, Spec},
 };
+use nix::sys::signal::{SigSet, Signal};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: nix::libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
+/// Turns SIGINT and SIGTERM into a flag the steps check, without a signal handler: both are
+/// blocked in this thread before any other starts (threads inherit the mask), and one
+/// thread waits for them with `sigwait`.
+fn catch_signals() -> Result<()> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()?;
+    std::thread::spawn(move || {
+        while set.wait().is_ok() {
+            INTERRUPTED.store(true, Ordering::SeqCst);
+        }
+    });
+    Ok(())
 }
 
 /// One line per step; fails once the user asked to stop, so that the teardown runs.
@@ -39,15 +54,7 @@ fn step(t0: Instant, msg: &str) -> Result<()> {
 
 fn main() -> Result<()> {
     require_root();
-    for sig in [
-        nix::sys::signal::Signal::SIGINT,
-        nix::sys::signal::Signal::SIGTERM,
-    ] {
-        // SAFETY: the handler only stores into an atomic.
-        unsafe {
-            nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::Handler(on_signal))?;
-        }
-    }
+    catch_signals()?;
     let t0 = Instant::now();
     let r = run(t0);
     match &r {
