@@ -1,6 +1,6 @@
 //! Harness for the root tests, the benchmarks and the demo: throwaway network namespaces
 //! ([`netns`]), processes that are always ended and runs bounded in time ([`proc`]), a real
-//! etcd ([`etcd`]) and containerd ([`containerd`]), clusters of nodes running `hostgw-routed`
+//! etcd ([`etcd`]) and containerd ([`containerd`]), one [`node::Node`] type, clusters of nodes running `hostgw-routed`
 //! ([`routed`]), pods wired by the real plugin ([`pod`], [`cluster`], [`cni`]) and the shipped
 //! deployment files ([`manifests`]).
 //!
@@ -25,6 +25,7 @@ pub mod containerd;
 pub mod etcd;
 pub mod manifests;
 pub mod netns;
+pub mod node;
 pub mod pod;
 pub mod proc;
 pub mod routed;

@@ -767,7 +767,7 @@ fn cni_subnet_sources() -> Result<()> {
     let pod = Netns::new("pod")?;
     let conf = n.conf("ptp", "1.0.0");
     err_code(&n.add(&conf, "c1", &pod)?, 11)?;
-    std::fs::write(n.subnet_file(), "{not json")?;
+    std::fs::write(&n.subnet_file, "{not json")?;
     err_code(&n.add(&conf, "c1", &pod)?, 6)?;
     for bad in ["198.18.3.1/24", "198.18.3.0/31"] {
         err_code(&n.add(&with(&conf, "subnet", json!(bad)), "c1", &pod)?, 7)?;

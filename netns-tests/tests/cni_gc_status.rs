@@ -215,7 +215,7 @@ fn cni_status_and_exhaustion() -> Result<()> {
     let r = n.add_ok(&small, "s5", &pods[5])?;
     assert_eq!(r["ips"][0]["address"], "198.18.6.3/29");
     // STATUS reads the subnet file on every call: gone again, not ready again.
-    std::fs::remove_file(n.subnet_file())?;
+    std::fs::remove_file(&n.subnet_file)?;
     err_code(&n.status(&conf)?, 50)?;
     Ok(())
 }
