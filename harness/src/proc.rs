@@ -363,3 +363,51 @@ impl Drop for Proc {
         self.stop(Duration::from_secs(2));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_larger_than_a_pipe_is_read_while_the_child_runs() {
+        let out = run_timeout(
+            Command::new("sh").args(["-c", "head -c 300000 /dev/zero; echo err >&2"]),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout.len(), 300_000);
+        assert_eq!(out.stderr, b"err\n");
+    }
+
+    #[test]
+    fn input_reaches_stdin() {
+        let out = run_input(&mut Command::new("cat"), b"config", Duration::from_secs(10)).unwrap();
+        assert_eq!(out.stdout, b"config");
+    }
+
+    #[test]
+    fn a_run_past_its_limit_is_killed_and_fails() {
+        let t = Instant::now();
+        let err =
+            run_timeout(Command::new("sleep").arg("30"), Duration::from_millis(200)).unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert!(
+            format!("{err:#}").contains("did not finish within"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn every_run_of_a_batch_gets_its_own_exit_and_code() {
+        let mut runs = Vec::new();
+        for script in ["exit 3", "sleep 0.2; exit 0", "kill -9 $$"] {
+            runs.push(launch(Command::new("sh").args(["-c", script]), &[]).unwrap());
+        }
+        let done = finish_all(runs, Duration::from_secs(10)).unwrap();
+        let codes: Vec<i32> = done.iter().map(Finished::code).collect();
+        assert_eq!(codes, [3, 0, 128 + 9]);
+        assert!(done[1].wall() >= Duration::from_millis(200));
+        assert!(done.iter().all(|f| f.exited >= f.start));
+    }
+}
