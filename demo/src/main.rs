@@ -23,22 +23,34 @@ use hostgw_harness::{
     require_root,
     routed::{CONFIG_V6, Cluster, Spec},
 };
-use nix::sys::signal::{SigSet, Signal};
+use tokio::signal::unix::{SignalKind, signal};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// Turns SIGINT and SIGTERM into a flag the steps check, without a signal handler: both are
-/// blocked in this thread before any other starts (threads inherit the mask), and one
-/// thread waits for them with `sigwait`.
+/// Turns SIGINT and SIGTERM into a flag the steps check, through tokio's signal streams
+/// on a thread of their own (tokio installs the handler; no `unsafe` here). Not with a
+/// blocked signal mask and `sigwait`: a mask is inherited across fork and exec, and every
+/// daemon the demo starts would then ignore the SIGTERM that stops it.
 fn catch_signals() -> Result<()> {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    set.thread_block()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let (mut int, mut term) = rt.block_on(async {
+        std::io::Result::Ok((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
+    })?;
     std::thread::spawn(move || {
-        while set.wait().is_ok() {
-            INTERRUPTED.store(true, Ordering::SeqCst);
-        }
+        rt.block_on(async {
+            loop {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                INTERRUPTED.store(true, Ordering::SeqCst);
+            }
+        })
     });
     Ok(())
 }
