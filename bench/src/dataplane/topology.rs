@@ -190,68 +190,29 @@ impl Builder<'_> {
     fn vxlan_node(&self, i: usize) -> Result<()> {
         let j = 1 - i;
         let ns = &self.cluster.nodes[i].ns;
-        let local = self.node_ip(i);
-        ns.ip(&[
-            "link",
-            "add",
-            "vxlan0",
-            "type",
-            "vxlan",
-            "id",
-            "42",
-            "local",
-            &local,
-            "dev",
-            "eth0",
-            "dstport",
-            "4789",
-            "nolearning",
-        ])?;
-        ns.ip(&[
-            "link",
-            "set",
-            "vxlan0",
-            "mtu",
-            &VXLAN_MTU.to_string(),
-            "address",
-            &vtep_mac(i),
-            "up",
-        ])?;
-        ns.ip(&[
-            "addr",
-            "add",
-            &format!("198.18.21{i}.0/32"),
-            "dev",
-            "vxlan0",
-        ])?;
+        let (local, peer_ip) = (self.node_ip(i), self.node_ip(j));
+        let (mac, peer_mac) = (vtep_mac(i), vtep_mac(j));
         let peer_vtep = format!("198.18.21{j}.0");
-        let peer_net = format!("{peer_vtep}/24");
-        ns.ip(&[
-            "route", "add", &peer_net, "via", &peer_vtep, "dev", "vxlan0", "onlink",
-        ])?;
-        ns.ip(&[
-            "neigh",
-            "replace",
-            &peer_vtep,
-            "lladdr",
-            &vtep_mac(j),
-            "dev",
-            "vxlan0",
-            "nud",
-            "permanent",
-        ])?;
-        let peer_ip = self.node_ip(j);
-        must(ns.cmd("bridge").args([
-            "fdb",
-            "append",
-            &vtep_mac(j),
-            "dev",
-            "vxlan0",
-            "dst",
-            &peer_ip,
-            "self",
-            "permanent",
-        ]))?;
+        // Every word is an address, a number or a keyword: none holds a space.
+        let words = |line: String| {
+            line.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        for line in [
+            format!(
+                "link add vxlan0 type vxlan id 42 local {local} dev eth0 dstport 4789 nolearning"
+            ),
+            format!("link set vxlan0 mtu {VXLAN_MTU} address {mac} up"),
+            format!("addr add 198.18.21{i}.0/32 dev vxlan0"),
+            format!("route add {peer_vtep}/24 via {peer_vtep} dev vxlan0 onlink"),
+            format!("neigh replace {peer_vtep} lladdr {peer_mac} dev vxlan0 nud permanent"),
+        ] {
+            let args = words(line);
+            ns.ip(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        }
+        let fdb = format!("fdb append {peer_mac} dev vxlan0 dst {peer_ip} self permanent");
+        must(ns.cmd("bridge").args(words(fdb)))?;
         Ok(())
     }
 
