@@ -15,7 +15,7 @@ trap 'scripts/cleanup.sh' EXIT
 trap 'scripts/cleanup.sh; exit 130' INT TERM
 mkdir -p bench-out
 echo "bench: building (release)"
-cargo build --release --quiet -p hostgw-cni -p hostgw-routed -p hostgw-netns-tests --bins
+cargo build --release --quiet -p hostgw-cni -p hostgw-routed -p hostgw-bench --bins
 echo "bench: $(date -u +%FT%TZ), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)" \
   | tee bench-out/machine.txt
 

@@ -11,5 +11,5 @@ export HOSTGW_TEST_PREFIX="hgwt-r$$-"
 trap 'scripts/cleanup.sh' EXIT
 trap 'scripts/cleanup.sh; exit 130' INT TERM
 echo "demo: building (release)"
-cargo build --release --quiet -p hostgw-cni -p hostgw-routed -p hostgw-netns-tests --bins
+cargo build --release --quiet -p hostgw-cni -p hostgw-routed -p hostgw-demo --bins
 exec target/release/demo

@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use hostgw_netns_tests::{
+use hostgw_harness::{
     Netns, Proc,
     cluster::{Pod, ipam_dir, result_addrs, tcp, tcp_get, tcp_server},
     manifests::shipped_conflist,
@@ -88,7 +88,7 @@ impl<'c> Runtime<'c> {
     }
 
     fn call(&self, op: &str, id: &str, netns: &Path, caps: &Value) -> Result<String> {
-        let plugin_dir = hostgw_netns_tests::bin("hostgw")
+        let plugin_dir = hostgw_harness::bin("hostgw")
             .parent()
             .context("plugin directory")?
             .to_path_buf();
@@ -223,7 +223,7 @@ fn cluster_chained_bandwidth_limits_a_pods_egress_to_10_mbit() -> Result<()> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let _server = Proc::spawn(server)?;
-    hostgw_netns_tests::wait_for("iperf3 listening", Duration::from_secs(5), || {
+    hostgw_harness::wait_for("iperf3 listening", Duration::from_secs(5), || {
         let out = sink.ns.sh("ss -Hltn").ok()?;
         out.contains(":5201 ").then_some(())
     })?;

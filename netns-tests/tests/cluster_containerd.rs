@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hostgw_netns_tests::{
+use hostgw_harness::{
     cluster::{
-        CniHost, CtrPod, add_pod, busybox_image, ping, ping_once, reservations, status_json,
+        CniHost, CtrPod, Pod, add_pod, busybox_image, ping, ping_once, reservations, status_json,
     },
     containerd::Containerd,
     pod::{NETWORK, host_veth_name},
@@ -24,6 +24,40 @@ fn in_subnet(ip: &str, subnet: &str) -> bool {
     ip.rsplit_once('.').is_some_and(|(p, _)| p == net)
 }
 
+/// Our plugin gave the container an address of node 0's leased subnet, reserved under the
+/// runtime's container ID, behind a host veth of ours (`veth`) with a /32 route; it reaches
+/// its neighbour on node 0 and has its default route.
+fn assert_wired_by_us(c: &Cluster, pod: &CtrPod, veth: &str, neighbour: &Pod) -> Result<()> {
+    let sub0 = c.subnet(0).unwrap();
+    assert!(
+        in_subnet(&pod.ip, &sub0),
+        "{} not in node 0's {sub0}",
+        pod.ip
+    );
+    let res = reservations(c, 0)?;
+    assert_eq!(
+        res.get(&pod.ip).map(String::as_str),
+        Some(pod.cni_id.as_str()),
+        "{res:?}"
+    );
+    let links = c.nodes[0].ns.links()?;
+    assert!(links.iter().any(|l| l == veth), "{veth} in {links:?}");
+    let route = c.nodes[0].ns.ip(&["route", "show", &pod.ip])?;
+    assert!(route.contains(veth), "host route to the pod: {route:?}");
+    assert_ne!(
+        pod.ip, neighbour.ip,
+        "one store per node: distinct addresses"
+    );
+    pod.ping(&neighbour.ip)
+        .context("container -> its neighbour on node 0")?;
+    let default = pod.exec("route", &["ip", "route", "show", "default"])?;
+    assert!(
+        default.contains("eth0"),
+        "default route in the pod: {default:?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn cluster_heavy_containerd_pod_gets_our_address_reaches_pods_and_leaves_nothing() -> Result<()> {
     require_root();
@@ -34,7 +68,6 @@ fn cluster_heavy_containerd_pod_gets_our_address_reaches_pods_and_leaves_nothing
     // with the runtime's pod; and pods on the other nodes.
     let neighbour = add_pod(&c, 0, "pod-a")?;
     let pods = [add_pod(&c, 1, "pod-b")?, add_pod(&c, 2, "pod-c")?];
-    let sub0 = c.subnet(0).unwrap();
 
     let image_dir = tempfile::tempdir()?;
     let tar = busybox_image(image_dir.path())?;
@@ -45,7 +78,7 @@ fn cluster_heavy_containerd_pod_gets_our_address_reaches_pods_and_leaves_nothing
     assert!(
         names
             .iter()
-            .any(|n| n == hostgw_netns_tests::cluster::BUSYBOX_IMAGE),
+            .any(|n| n == hostgw_harness::cluster::BUSYBOX_IMAGE),
         "{names:?}"
     );
 
@@ -58,35 +91,7 @@ fn cluster_heavy_containerd_pod_gets_our_address_reaches_pods_and_leaves_nothing
             "containerd pod {} ({}): {} on {veth}",
             pod.id, pod.cni_id, pod.ip
         );
-        // Our plugin gave it an address of node 0's leased subnet, reserved under the
-        // runtime's container ID, behind a host veth of ours with a /32 route.
-        assert!(
-            in_subnet(&pod.ip, &sub0),
-            "{} not in node 0's {sub0}",
-            pod.ip
-        );
-        let res = reservations(&c, 0)?;
-        assert_eq!(
-            res.get(&pod.ip).map(String::as_str),
-            Some(pod.cni_id.as_str()),
-            "{res:?}"
-        );
-        let links = c.nodes[0].ns.links()?;
-        assert!(links.contains(&veth), "{veth} in {links:?}");
-        let route = c.nodes[0].ns.ip(&["route", "show", &pod.ip])?;
-        assert!(route.contains(&veth), "host route to the pod: {route:?}");
-        assert_ne!(
-            pod.ip, neighbour.ip,
-            "one store per node: distinct addresses"
-        );
-        pod.ping(&neighbour.ip)
-            .context("container -> its neighbour on node 0")?;
-        let default = pod.exec("route", &["ip", "route", "show", "default"])?;
-        assert!(
-            default.contains("eth0"),
-            "default route in the pod: {default:?}"
-        );
-
+        assert_wired_by_us(&c, &pod, &veth, &neighbour)?;
         // Across nodes, both ways, and from node 0's daemon's point of view nothing changed.
         for p in &pods {
             pod.ping(&p.ip)

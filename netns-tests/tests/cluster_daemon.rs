@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use hostgw_netns_tests::{
+use hostgw_harness::{
     cluster::{
         PingRun, RouteMonitor, add_pod, all_reach, del_pod, has_route, owned_changes, ping,
         subnet6, time_until,

@@ -7,10 +7,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use hostgw_netns_tests::{
+use hostgw_harness::{
     Netns,
     cluster::{
-        PingRun, RouteMonitor, add_pod, all_reach, first_times, free_subnet, has_route,
+        PingRun, Pod, RouteMonitor, add_pod, all_reach, first_times, free_subnet, has_route,
         owned_changes, ping, tcp_server,
     },
     etcd::EtcdCluster,
@@ -46,6 +46,64 @@ fn grant(ctl: impl FnOnce(&[&str]) -> Result<String>) -> Result<String> {
         .to_owned())
 }
 
+/// Kills etcd and, every 5 s for 60 s, checks that no route changed, no daemon died and
+/// the pods still talk. Returns when etcd went down.
+fn outage_of_60s(
+    c: &mut Cluster,
+    pods: &[Pod],
+    before: &[Vec<(String, String)>],
+) -> Result<Instant> {
+    c.etcd.kill();
+    let down = Instant::now();
+    let mut samples = 0;
+    while down.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(
+            Duration::from_secs(5).min(Duration::from_secs(60).saturating_sub(down.elapsed())),
+        );
+        for (i, b) in before.iter().enumerate() {
+            assert_eq!(
+                &c.routes(i)?,
+                b,
+                "node {i}: routes changed {:?} into the outage\n{}",
+                down.elapsed(),
+                c.logs()
+            );
+            assert!(
+                c.nodes[i].daemon.as_mut().unwrap().exited().is_none(),
+                "daemon {i} died during the outage\n{}",
+                c.logs()
+            );
+        }
+        all_reach(pods, Some(PORT))
+            .with_context(|| format!("{:?} into the outage", down.elapsed()))?;
+        samples += 1;
+    }
+    assert!(samples >= 10, "sampled {samples} times");
+    Ok(down)
+}
+
+/// etcd returns on its data; a node's lease is written just after. Returns its subnet and
+/// how long after the write each node routed it.
+fn lease_after_return(c: &mut Cluster, down: Instant) -> Result<(String, Vec<Duration>)> {
+    c.etcd.restart()?;
+    let outage = down.elapsed();
+    let lease = grant(|a| c.etcd.ctl(a))?;
+    let dst = free_subnet(c, 200);
+    let t0 = Instant::now();
+    c.etcd.ctl(&[
+        "put",
+        "--lease",
+        &lease,
+        &subnet_key(&dst),
+        &lease_json("198.19.0.70", "late-node"),
+    ])?;
+    let routed = first_times(c, &[0, 1, 2], t0, Duration::from_secs(60), |i| {
+        has_route(c, i, &dst, Some("198.19.0.70"))
+    })?;
+    eprintln!("etcd down {outage:?}; the lease written after it returned routed after {routed:?}");
+    Ok((dst, routed))
+}
+
 #[test]
 fn cluster_heavy_etcd_down_60s_keeps_routes_and_pods_talking_then_resumes() -> Result<()> {
     require_root();
@@ -76,50 +134,8 @@ fn cluster_heavy_etcd_down_60s_keeps_routes_and_pods_talking_then_resumes() -> R
         c.dir.path(),
     )?;
 
-    c.etcd.kill();
-    let down = Instant::now();
-    let mut samples = 0;
-    while down.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(
-            Duration::from_secs(5).min(Duration::from_secs(60).saturating_sub(down.elapsed())),
-        );
-        for (i, b) in before.iter().enumerate() {
-            assert_eq!(
-                &c.routes(i)?,
-                b,
-                "node {i}: routes changed {:?} into the outage\n{}",
-                down.elapsed(),
-                c.logs()
-            );
-            assert!(
-                c.nodes[i].daemon.as_mut().unwrap().exited().is_none(),
-                "daemon {i} died during the outage\n{}",
-                c.logs()
-            );
-        }
-        all_reach(&pods, Some(PORT))
-            .with_context(|| format!("{:?} into the outage", down.elapsed()))?;
-        samples += 1;
-    }
-    assert!(samples >= 10, "sampled {samples} times");
-
-    // etcd returns on its data; a node's lease written just after is routed within 1 s.
-    c.etcd.restart()?;
-    let outage = down.elapsed();
-    let lease = grant(|a| c.etcd.ctl(a))?;
-    let dst = free_subnet(&c, 200);
-    let t0 = Instant::now();
-    c.etcd.ctl(&[
-        "put",
-        "--lease",
-        &lease,
-        &subnet_key(&dst),
-        &lease_json("198.19.0.70", "late-node"),
-    ])?;
-    let routed = first_times(&c, &[0, 1, 2], t0, Duration::from_secs(60), |i| {
-        has_route(&c, i, &dst, Some("198.19.0.70"))
-    })?;
-    eprintln!("etcd down {outage:?}; the lease written after it returned routed after {routed:?}");
+    let down = outage_of_60s(&mut c, &pods, &before)?;
+    let (dst, routed) = lease_after_return(&mut c, down)?;
     // Everything else is checked before the verdict, so one run reports all that is wrong.
     let mut failures = Vec::new();
     for (i, at) in routed.iter().enumerate() {
@@ -260,10 +276,9 @@ fn cluster_compaction_past_the_watch_relists_once_without_hot_loop() -> Result<(
     Ok(())
 }
 
-#[test]
-fn cluster_three_member_etcd_leader_killed_changes_no_route() -> Result<()> {
-    require_root();
-    let mut c = Cluster::new(Spec::default())?;
+/// Three etcd members on the segment, in namespaces of their own, replace the cluster's
+/// single-member etcd: the daemons (and the harness's etcdctl) get all three endpoints.
+fn three_members(c: &mut Cluster) -> Result<(Vec<Netns>, Vec<String>, EtcdCluster)> {
     let member_ns: Vec<Netns> = (0..3).map(|_| Netns::new("em")).collect::<Result<_>>()?;
     let ips: Vec<String> = (0..3).map(|i| format!("198.19.0.{}", 3 + i)).collect();
     for (i, ns) in member_ns.iter().enumerate() {
@@ -276,27 +291,15 @@ fn cluster_three_member_etcd_leader_killed_changes_no_route() -> Result<()> {
             .map(|(n, ip)| (n, ip.as_str()))
             .collect::<Vec<_>>(),
     )?;
-    // The daemons (and the harness's etcdctl) get all three endpoints; the embedded
-    // single-member etcd goes.
     c.etcd.kill();
     c.etcd.endpoint = ec.endpoints.clone();
     ec.ctl(&["put", &format!("{PREFIX}/config"), CONFIG])?;
-    c.start_all()?;
-    c.wait_converged(Duration::from_secs(20))?;
-    let pods = [add_pod(&c, 0, "pod-a")?, add_pod(&c, 1, "pod-b")?];
-    all_reach(&pods, None)?;
-    let before: Vec<_> = (0..3).map(|i| c.routes(i)).collect::<Result<_>>()?;
-    let monitors: Vec<RouteMonitor> = (0..3)
-        .map(|i| RouteMonitor::start(&c.nodes[i].ns, c.dir.path()))
-        .collect::<Result<_>>()?;
-    let run = PingRun::start(
-        &pods[0].ns,
-        &pods[1].ip,
-        500,
-        Duration::from_millis(10),
-        c.dir.path(),
-    )?;
+    Ok((member_ns, ips, ec))
+}
 
+/// Kills the leader; once another is elected, writes a lease, which every node must route
+/// within 2 s. Returns the killed member and the lease's subnet.
+fn kill_leader_then_lease(c: &Cluster, ec: &mut EtcdCluster) -> Result<(usize, String)> {
     let leader = wait_for("a leader", Duration::from_secs(10), || ec.leader())?;
     std::thread::sleep(Duration::from_millis(300));
     ec.kill(leader);
@@ -306,7 +309,7 @@ fn cluster_three_member_etcd_leader_killed_changes_no_route() -> Result<()> {
     })?;
     let elected = killed.elapsed();
     let lease = grant(|a| ec.ctl(a))?;
-    let dst = free_subnet(&c, 200);
+    let dst = free_subnet(c, 200);
     let t0 = Instant::now();
     ec.ctl(&[
         "put",
@@ -315,8 +318,8 @@ fn cluster_three_member_etcd_leader_killed_changes_no_route() -> Result<()> {
         &subnet_key(&dst),
         &lease_json("198.19.0.71", "after-election"),
     ])?;
-    let routed = first_times(&c, &[0, 1, 2], t0, Duration::from_secs(30), |i| {
-        has_route(&c, i, &dst, Some("198.19.0.71"))
+    let routed = first_times(c, &[0, 1, 2], t0, Duration::from_secs(30), |i| {
+        has_route(c, i, &dst, Some("198.19.0.71"))
     })?;
     eprintln!(
         "leader m{leader} killed; m{new_leader} elected after {elected:?}; lease routed after {routed:?}"
@@ -328,9 +331,14 @@ fn cluster_three_member_etcd_leader_killed_changes_no_route() -> Result<()> {
             c.logs()
         );
     }
-    // With one member down, as operators live with until it is replaced: `status` answers
-    // on every node (3 times each, so a dead endpoint picked at random is not missed), and a
-    // daemon restarted now (a rolling update, say) comes back and adopts its lease.
+    Ok((leader, dst))
+}
+
+/// With one member down, as operators live with until it is replaced: `status` answers on
+/// every node (3 times each, so a dead endpoint picked at random is not missed), and a
+/// daemon restarted now (a rolling update, say) comes back and adopts its lease. Returns
+/// what failed.
+fn with_a_member_down(c: &mut Cluster) -> Result<Vec<String>> {
     let mut failures = Vec::new();
     for i in 0..3 {
         for _ in 0..3 {
@@ -359,6 +367,31 @@ fn cluster_three_member_etcd_leader_killed_changes_no_route() -> Result<()> {
         Ok(Err(st)) => failures.push(format!("daemon restarted with a member down exited: {st}")),
         Err(e) => failures.push(format!("daemon restarted with a member down: {e}")),
     }
+    Ok(failures)
+}
+
+#[test]
+fn cluster_three_member_etcd_leader_killed_changes_no_route() -> Result<()> {
+    require_root();
+    let mut c = Cluster::new(Spec::default())?;
+    let (_member_ns, ips, mut ec) = three_members(&mut c)?;
+    c.start_all()?;
+    c.wait_converged(Duration::from_secs(20))?;
+    let pods = [add_pod(&c, 0, "pod-a")?, add_pod(&c, 1, "pod-b")?];
+    all_reach(&pods, None)?;
+    let before: Vec<_> = (0..3).map(|i| c.routes(i)).collect::<Result<_>>()?;
+    let monitors: Vec<RouteMonitor> = (0..3)
+        .map(|i| RouteMonitor::start(&c.nodes[i].ns, c.dir.path()))
+        .collect::<Result<_>>()?;
+    let run = PingRun::start(
+        &pods[0].ns,
+        &pods[1].ip,
+        500,
+        Duration::from_millis(10),
+        c.dir.path(),
+    )?;
+    let (leader, dst) = kill_leader_then_lease(&c, &mut ec)?;
+    let failures = with_a_member_down(&mut c)?;
     let s = run.finish(Duration::from_secs(20))?;
     assert_eq!(s.lost(), 0, "pod packets lost:\n{}", s.text);
     for (i, m) in monitors.into_iter().enumerate() {

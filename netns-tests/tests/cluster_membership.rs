@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use hostgw_netns_tests::{
+use hostgw_harness::{
     Proc, bin,
     cluster::{add_pod, all_reach, del_pod, first_times, has_route, ping_once},
     require_root,
@@ -113,5 +113,5 @@ fn cluster_node_join_and_release_are_routed_within_a_second() -> Result<()> {
 }
 
 fn wait_for_exit(p: &mut Proc) -> Result<std::process::ExitStatus> {
-    hostgw_netns_tests::wait_for("release to finish", Duration::from_secs(20), || p.exited())
+    hostgw_harness::wait_for("release to finish", Duration::from_secs(20), || p.exited())
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hostgw_netns_tests::{
+use hostgw_harness::{
     cluster::{Pod, add_pod, all_reach, del_pod, tcp_server},
     must, require_root,
     routed::{CONFIG, CONFIG_V6, Cluster, Spec},

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use hostgw_netns_tests::{
+use hostgw_harness::{
     Netns,
     cni::Call,
     pod::{
@@ -557,20 +557,18 @@ fn cni_requested_ips() -> Result<()> {
             .collect()
     };
     let mut pods = Vec::new();
-    let mut add_with = |id: &str,
-                        conf: &Value,
-                        cni_args: Option<&str>|
-     -> Result<hostgw_netns_tests::cni::Reply> {
-        let p = Netns::new("pod")?;
-        let path = ns_path(&p);
-        let call = Call {
-            args: cni_args,
-            ..Call::attach("ADD", id, &path)
+    let mut add_with =
+        |id: &str, conf: &Value, cni_args: Option<&str>| -> Result<hostgw_harness::cni::Reply> {
+            let p = Netns::new("pod")?;
+            let path = ns_path(&p);
+            let call = Call {
+                args: cni_args,
+                ..Call::attach("ADD", id, &path)
+            };
+            let reply = n.invoke(&call, conf)?;
+            pods.push(p);
+            Ok(reply)
         };
-        let reply = n.invoke(&call, conf)?;
-        pods.push(p);
-        Ok(reply)
-    };
 
     let r = ok_json(&add_with(
         "rc",
@@ -769,7 +767,7 @@ fn cni_subnet_sources() -> Result<()> {
     let pod = Netns::new("pod")?;
     let conf = n.conf("ptp", "1.0.0");
     err_code(&n.add(&conf, "c1", &pod)?, 11)?;
-    std::fs::write(n.subnet_file(), "{not json")?;
+    std::fs::write(&n.subnet_file, "{not json")?;
     err_code(&n.add(&conf, "c1", &pod)?, 6)?;
     for bad in ["198.18.3.1/24", "198.18.3.0/31"] {
         err_code(&n.add(&with(&conf, "subnet", json!(bad)), "c1", &pod)?, 7)?;
@@ -792,7 +790,7 @@ fn cni_pod_end_is_born_in_the_pod() -> Result<()> {
         let mut cmd = std::process::Command::new("ip");
         cmd.args(["-n", n.ns.name(), "monitor", "link"])
             .stdout(std::fs::File::create(&events)?);
-        let mut monitor = hostgw_netns_tests::Proc::spawn(cmd)?;
+        let mut monitor = hostgw_harness::Proc::spawn(cmd)?;
         let seen = |what: &str| std::fs::read_to_string(&events).is_ok_and(|t| t.contains(what));
         // The monitor is listening once a change of lo shows up. Each try sets a new MTU:
         // setting the same one again is no change and emits no event.

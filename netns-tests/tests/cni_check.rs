@@ -2,7 +2,7 @@
 //! that goes missing (cni-notes §4 cases 24, 36, 48, 52).
 
 use anyhow::Result;
-use hostgw_netns_tests::{
+use hostgw_harness::{
     Netns,
     pod::{NETWORK, Node, err_code, host_veth_name, ok_empty, with},
     require_root,
@@ -186,8 +186,8 @@ fn cni_check_protocol() -> Result<()> {
     let pod = Netns::new("pod")?;
     let other = Netns::new("pod")?;
     let r = n.add_ok(&conf, "c1", &pod)?;
-    let path = hostgw_netns_tests::pod::ns_path(&pod);
-    let call = hostgw_netns_tests::cni::Call::attach("CHECK", "c1", &path);
+    let path = hostgw_harness::pod::ns_path(&pod);
+    let call = hostgw_harness::cni::Call::attach("CHECK", "c1", &path);
     err_code(&n.invoke(&call, &conf)?, 7)?;
     for v in ["0.3.0", "0.3.1"] {
         let old = with(

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use hostgw_netns_tests::{
+use hostgw_harness::{
     Netns,
     cni::Reply,
     pod::{

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use hostgw_netns_tests::{
+use hostgw_harness::{
     Netns,
     cni::{Call, command},
     pod::{NETWORK, Node, ns_path, ok_empty},

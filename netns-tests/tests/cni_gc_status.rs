@@ -2,7 +2,7 @@
 //! (cni-notes §4 cases 19, 25, 26, 39, 58).
 
 use anyhow::Result;
-use hostgw_netns_tests::{
+use hostgw_harness::{
     Netns,
     pod::{NETWORK, Node, err_code, host_veth_name, ok_empty, with},
     require_root,
@@ -42,10 +42,7 @@ fn gc_keeps_only_valid(mode: &str) -> Result<()> {
     }
     // A GC with a missing key is refused and changes nothing.
     let before = n.reservations(NETWORK)?;
-    err_code(
-        &n.invoke(&hostgw_netns_tests::pod::verb_call("GC"), &conf)?,
-        7,
-    )?;
+    err_code(&n.invoke(&hostgw_harness::pod::verb_call("GC"), &conf)?, 7)?;
     assert_eq!(n.reservations(NETWORK)?, before);
     assert_eq!(n.host_veths()?.len(), 5);
 
@@ -136,7 +133,7 @@ fn cni_gc_status_versions_and_env() -> Result<()> {
         err_code(&n.status(&conf)?, 1)?;
     }
     let conf = n.conf("ptp", "1.1.0");
-    let call = hostgw_netns_tests::cni::Call {
+    let call = hostgw_harness::cni::Call {
         command: "GC",
         ..Default::default()
     };
@@ -149,7 +146,7 @@ fn cni_gc_status_versions_and_env() -> Result<()> {
     let pod = Netns::new("pod")?;
     n.add_ok(&conf, "keep", &pod)?;
     ok_empty(&n.invoke(
-        &hostgw_netns_tests::pod::verb_call("GC"),
+        &hostgw_harness::pod::verb_call("GC"),
         &with(&conf, "cni.dev/attachments", json!([att("keep")])),
     )?)?;
     assert_eq!(n.reservations(NETWORK)?.len(), 1);
@@ -218,7 +215,7 @@ fn cni_status_and_exhaustion() -> Result<()> {
     let r = n.add_ok(&small, "s5", &pods[5])?;
     assert_eq!(r["ips"][0]["address"], "198.18.6.3/29");
     // STATUS reads the subnet file on every call: gone again, not ready again.
-    std::fs::remove_file(n.subnet_file())?;
+    std::fs::remove_file(&n.subnet_file)?;
     err_code(&n.status(&conf)?, 50)?;
     Ok(())
 }

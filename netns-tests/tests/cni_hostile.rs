@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use hostgw_netns_tests::{
+use hostgw_harness::{
     Netns,
     cni::{Call, Reply},
     pod::{NETWORK, Node, err_code, global_addrs, ns_path, ok_empty, ok_json, routes, with},
@@ -387,7 +387,7 @@ fn cni_relative_data_dir_is_code_7_and_writes_nothing() -> Result<()> {
     let cwd = tempfile::tempdir()?;
     for dir in ["", "data", "./data", "../data"] {
         let conf = with(&n.conf("ptp", "1.0.0"), "dataDir", json!(dir));
-        let mut cmd = hostgw_netns_tests::cni::command(
+        let mut cmd = hostgw_harness::cni::command(
             &n.plugin,
             &n.ns,
             &Call::attach("ADD", "c1", &ns_path(&pod)),

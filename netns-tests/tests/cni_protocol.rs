@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::Result;
-use hostgw_netns_tests::{
+use hostgw_harness::{
     Netns,
     cni::{Call, Reply, command},
     pod::{NETWORK, Node, err_code, ns_path, ok_json, verb_call, with},
@@ -62,7 +62,7 @@ fn cni_version_command() -> Result<()> {
 
     // VERSION with nothing on stdin at all (stdin is /dev/null).
     let mut c = command(&n.plugin, &n.ns, &bare);
-    let out = hostgw_netns_tests::run_timeout(&mut c, Duration::from_secs(10))?;
+    let out = hostgw_harness::run_timeout(&mut c, Duration::from_secs(10))?;
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(v["supportedVersions"], json!(SUPPORTED));
@@ -113,7 +113,7 @@ fn cni_no_or_unknown_command() -> Result<()> {
     let n = node()?;
     let mut c = command(&n.plugin, &n.ns, &Call::default());
     c.env_remove("CNI_COMMAND");
-    let out = hostgw_netns_tests::run_timeout(&mut c, Duration::from_secs(10))?;
+    let out = hostgw_harness::run_timeout(&mut c, Duration::from_secs(10))?;
     assert!(out.status.success());
     assert!(
         out.stdout.is_empty(),
@@ -202,7 +202,7 @@ fn cni_stdin_and_config_errors() -> Result<()> {
     let path = ns_path(&pod);
     let add = Call::attach("ADD", "c1", &path);
     let conf = n.conf("ptp", "1.0.0");
-    let raw = |s: &str| hostgw_netns_tests::cni::invoke(&n.plugin, &n.ns, &add, s);
+    let raw = |s: &str| hostgw_harness::cni::invoke(&n.plugin, &n.ns, &add, s);
 
     // Unreadable stdin (a directory): I/O error.
     let mut c = command(&n.plugin, &n.ns, &add);

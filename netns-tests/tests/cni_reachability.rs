@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use hostgw_netns_tests::{
+use hostgw_harness::{
     Netns,
     pod::{NETWORK, Node, ok_empty},
     require_root, wait_for,

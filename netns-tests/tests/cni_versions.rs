@@ -2,7 +2,7 @@
 //! shape of each version (cni-notes §4 cases 9, 10, 36, 52, 56).
 
 use anyhow::Result;
-use hostgw_netns_tests::{
+use hostgw_harness::{
     Netns,
     pod::{NETWORK, Node, err_code, host_veth_name, ns_path, ok_empty, ok_json, with},
     require_root,

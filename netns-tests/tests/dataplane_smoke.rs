@@ -1,7 +1,8 @@
 //! The data-plane suite's smoke run, so that it cannot rot: every mode once for one second,
 //! asserting only that every mode passes traffic and that the outputs are well-formed.
 
-use hostgw_netns_tests::{dataplane, require_root};
+use hostgw_bench::dataplane;
+use hostgw_harness::require_root;
 use serde_json::Value;
 
 #[test]
@@ -14,7 +15,7 @@ fn dataplane_heavy_smoke() {
 
     let text = std::fs::read_to_string(out.path().join("dataplane.json")).unwrap();
     let json: Value = serde_json::from_str(&text).expect("dataplane.json is JSON");
-    assert_eq!(json, report);
+    assert_eq!(json, serde_json::to_value(&report).unwrap());
     let modes = json["modes"].as_array().expect("modes");
     let ids: Vec<&str> = modes.iter().filter_map(|m| m["id"].as_str()).collect();
     let all: Vec<&str> = dataplane::MODES.iter().map(|(id, ..)| *id).collect();
@@ -50,7 +51,7 @@ fn dataplane_heavy_smoke() {
             "SVG labels mode {label}"
         );
     }
-    let table = dataplane::table(&json);
+    let table = dataplane::table(&report);
     for id in all {
         assert!(table.contains(&format!("| {id} |")), "table row for {id}");
     }

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use hostgw_netns_tests::{
+use hostgw_harness::{
     Netns, bin,
     cni::{Call, invoke},
     containerd::{Containerd, RunOpts},
@@ -97,6 +97,205 @@ fn ping(from: &Pod, to: &Pod) -> Result<()> {
     Ok(())
 }
 
+/// What the image's containers run against: containerd on node 1, the image, the
+/// ConfigMap volume (the one conflist of manifests/).
+struct Deploy<'a> {
+    cluster: &'a Cluster,
+    ctd: &'a Containerd,
+    image: &'a Image,
+    configmap: tempfile::TempDir,
+}
+
+impl Deploy<'_> {
+    fn configmap() -> Result<tempfile::TempDir> {
+        let configmap = tempfile::tempdir()?;
+        for f in ["10-hostgw.conflist", "net-conf.json"] {
+            std::fs::copy(manifests::dir().join(f), configmap.path().join(f))?;
+        }
+        Ok(configmap)
+    }
+
+    /// The directory of node 1's subnet file and the TLS certificates, as the daemon's
+    /// container mounts them.
+    fn daemon_dirs(&self) -> Result<(PathBuf, PathBuf)> {
+        let subnet_dir = self.cluster.nodes[1]
+            .subnet_file
+            .parent()
+            .context("subnet dir")?
+            .to_path_buf();
+        std::fs::create_dir_all(&subnet_dir)?;
+        let certs = self.cluster.certs.as_ref().context("TLS certs")?;
+        Ok((subnet_dir, certs.dir.path().to_path_buf()))
+    }
+
+    /// Init container 1: install-cni, against a host root of our own; returns that root
+    /// and the plugin it installed.
+    fn install_cni(&self) -> Result<(tempfile::TempDir, PathBuf)> {
+        let host = tempfile::tempdir()?;
+        let (bin_dir, conf_dir) = (
+            host.path().join("opt/cni/bin"),
+            host.path().join("etc/cni/net.d"),
+        );
+        std::fs::create_dir_all(&bin_dir)?;
+        std::fs::create_dir_all(&conf_dir)?;
+        let mut o = caps(&[]);
+        o.args = s(&["/bin/sh", "/install-cni.sh"]);
+        o.env = vec![("HOST_ROOT".into(), "/host".into())];
+        o.mounts = vec![
+            rw(&bin_dir, "/host/opt/cni/bin"),
+            rw(&conf_dir, "/host/etc/cni/net.d"),
+            ro(self.configmap.path(), "/etc/hostgw"),
+        ];
+        let (st, out) =
+            self.ctd
+                .run_once(&self.image.name, "install-cni", &o, Duration::from_secs(60))?;
+        ensure!(st.success(), "install-cni failed: {out}");
+        let plugin = bin_dir.join("hostgw");
+        ensure!(
+            std::fs::read(&plugin)? == std::fs::read(bin("hostgw"))?,
+            "installed plugin differs from the built one"
+        );
+        ensure!(std::fs::metadata(&plugin)?.permissions().mode() & 0o777 == 0o755);
+        let installed: Value = serde_json::from_str(&std::fs::read_to_string(
+            conf_dir.join("10-hostgw.conflist"),
+        )?)?;
+        ensure!(
+            installed == shipped_conflist(),
+            "installed conflist: {installed}"
+        );
+        Ok((host, plugin))
+    }
+
+    /// Init container 2: forwarding, through the host's /proc/sys/net.
+    fn forwarding(&self) -> Result<()> {
+        let node1 = &self.cluster.nodes[1].ns;
+        node1.sysctl("net.ipv4.ip_forward", "0")?;
+        let mut o = caps(&["NET_ADMIN"]);
+        o.host_net = true;
+        o.args = s(&["/bin/sh", "/enable-forwarding.sh"]);
+        o.mounts = vec![
+            rw("/proc/sys/net", "/host/proc/sys/net"),
+            ro(self.configmap.path(), "/etc/hostgw"),
+        ];
+        let (st, out) =
+            self.ctd
+                .run_once(&self.image.name, "forwarding", &o, Duration::from_secs(60))?;
+        ensure!(st.success(), "forwarding failed: {out}");
+        ensure!(sysctl(node1, "/proc/sys/net/ipv4/ip_forward")? == "1");
+        Ok(())
+    }
+
+    /// The daemon: host network, NET_ADMIN + NET_RAW, read-only /proc/sys.
+    fn start_daemon(&self) -> Result<()> {
+        let (subnet_dir, certs) = self.daemon_dirs()?;
+        let mut o = caps(&["NET_ADMIN", "NET_RAW"]);
+        o.host_net = true;
+        o.args = s(&["/usr/local/bin/hostgw-routed", "run"]);
+        o.args.extend(self.cluster.common_args(1));
+        o.args.extend(s(&["--metrics-addr", "127.0.0.1:9475"]));
+        o.env = vec![("RUST_LOG".into(), "info".into())];
+        o.mounts = vec![
+            rw(&subnet_dir, &subnet_dir),
+            ro(&certs, &certs.display().to_string()),
+        ];
+        self.ctd.run_with(&self.image.name, "hostgw-routed", &o)?;
+        Ok(())
+    }
+
+    fn diag(&self) -> String {
+        format!(
+            "--- image's hostgw-routed ---\n{}\n--- containerd ---\n{}\n{}",
+            self.ctd.container_log("hostgw-routed"),
+            self.ctd.log(),
+            self.cluster.logs()
+        )
+    }
+
+    /// Both nodes lease distinct subnets and route to each other; node 1 owns exactly its
+    /// route to node 0 and turns ready. Returns (subnet 0, subnet 1).
+    fn converged(&self) -> Result<(String, String)> {
+        let cluster = self.cluster;
+        let s0 = cluster.wait_subnet(0)?;
+        let s1 = wait_for("node 1's subnet file", Duration::from_secs(30), || {
+            cluster.subnet(1)
+        })
+        .with_context(|| self.diag())?;
+        ensure!(s0 != s1, "both nodes leased {s0}");
+        let (ip0, ip1) = (cluster.nodes[0].ip.clone(), cluster.nodes[1].ip.clone());
+        wait_for(
+            "each node's route to the other",
+            Duration::from_secs(20),
+            || {
+                let r0 = cluster.routes(0).ok()?;
+                let r1 = cluster.routes(1).ok()?;
+                (r0.contains(&(s1.clone(), ip1.clone())) && r1.contains(&(s0.clone(), ip0.clone())))
+                    .then_some(())
+            },
+        )
+        .with_context(|| self.diag())?;
+        ensure!(
+            cluster.routes(1)? == vec![(s0.clone(), ip0.clone())],
+            "node 1 owns exactly the route to node 0: {:?}",
+            cluster.routes(1)?
+        );
+        wait_for(
+            "/readyz 200 from the image",
+            Duration::from_secs(20),
+            || (cluster.readyz(1).ok()? == "200").then_some(()),
+        )
+        .with_context(|| self.diag())?;
+        Ok((s0, s1))
+    }
+
+    /// The image's nft made the table; the daemon runs with exactly NET_ADMIN (12) and
+    /// NET_RAW (13), as the DaemonSet grants.
+    fn runs_as_granted(&self) -> Result<()> {
+        let node1 = &self.cluster.nodes[1].ns;
+        let table = must(node1.cmd("nft").args(["list", "table", "inet", "hostgw"]))?;
+        ensure!(table.contains("198.18.0.0/16"), "nft table: {table}");
+        ensure!(self.ctd.task_status("hostgw-routed").as_deref() == Some("RUNNING"));
+        let pid = self.ctd.task_pid("hostgw-routed").context("daemon's pid")?;
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let cap_eff = st
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .context("CapEff")?
+            .trim()
+            .to_owned();
+        ensure!(
+            u64::from_str_radix(&cap_eff, 16)? == (1 << 12) | (1 << 13),
+            "the daemon's effective capabilities are {cap_eff}"
+        );
+        Ok(())
+    }
+
+    /// `status` from the image agrees: node 1 leased `s1`, its peer is installed via node 0.
+    fn status_agrees(&self, s1: &str) -> Result<()> {
+        let (subnet_dir, certs) = self.daemon_dirs()?;
+        let ip0 = &self.cluster.nodes[0].ip;
+        let mut o = caps(&["NET_ADMIN"]);
+        o.host_net = true;
+        o.args = s(&["/usr/local/bin/hostgw-routed", "status", "--json"]);
+        o.args.extend(self.cluster.common_args(1));
+        o.mounts = vec![
+            ro(&subnet_dir, &subnet_dir.display().to_string()),
+            ro(&certs, &certs.display().to_string()),
+        ];
+        let (st, out) =
+            self.ctd
+                .run_once(&self.image.name, "status", &o, Duration::from_secs(60))?;
+        ensure!(st.success(), "status failed: {out}");
+        let json_start = out.find('{').context("no JSON in status output")?;
+        let status: Value = serde_json::from_str(&out[json_start..])?;
+        ensure!(status["lease"]["subnet"] == json!(s1), "status: {status}");
+        ensure!(
+            status["peers"][0]["state"] == "installed" && status["peers"][0]["via"] == json!(ip0),
+            "status: {status}"
+        );
+        Ok(())
+    }
+}
+
 #[test]
 fn image_heavy_programs_routes_like_the_bare_binary() -> Result<()> {
     require_root();
@@ -115,86 +314,15 @@ fn image_heavy_programs_routes_like_the_bare_binary() -> Result<()> {
         "import named {names:?}, not {}",
         image.name
     );
-
-    // --- init container 1: install-cni, against a host root of our own ---
-    let host = tempfile::tempdir()?;
-    let (bin_dir, conf_dir) = (
-        host.path().join("opt/cni/bin"),
-        host.path().join("etc/cni/net.d"),
-    );
-    std::fs::create_dir_all(&bin_dir)?;
-    std::fs::create_dir_all(&conf_dir)?;
-    // The ConfigMap volume: the one conflist of manifests/.
-    let configmap = tempfile::tempdir()?;
-    std::fs::copy(
-        manifests::dir().join("10-hostgw.conflist"),
-        configmap.path().join("10-hostgw.conflist"),
-    )?;
-    std::fs::copy(
-        manifests::dir().join("net-conf.json"),
-        configmap.path().join("net-conf.json"),
-    )?;
-    let mut o = caps(&[]);
-    o.args = s(&["/bin/sh", "/install-cni.sh"]);
-    o.env = vec![("HOST_ROOT".into(), "/host".into())];
-    o.mounts = vec![
-        rw(&bin_dir, "/host/opt/cni/bin"),
-        rw(&conf_dir, "/host/etc/cni/net.d"),
-        ro(configmap.path(), "/etc/hostgw"),
-    ];
-    let (st, out) = ctd.run_once(&image.name, "install-cni", &o, Duration::from_secs(60))?;
-    ensure!(st.success(), "install-cni failed: {out}");
-    let plugin = bin_dir.join("hostgw");
-    ensure!(
-        std::fs::read(&plugin)? == std::fs::read(bin("hostgw"))?,
-        "installed plugin differs from the built one"
-    );
-    ensure!(std::fs::metadata(&plugin)?.permissions().mode() & 0o777 == 0o755);
-    let installed: Value = serde_json::from_str(&std::fs::read_to_string(
-        conf_dir.join("10-hostgw.conflist"),
-    )?)?;
-    ensure!(
-        installed == shipped_conflist(),
-        "installed conflist: {installed}"
-    );
-
-    // --- init container 2: forwarding, through the host's /proc/sys/net ---
-    let node1 = &cluster.nodes[1].ns;
-    node1.sysctl("net.ipv4.ip_forward", "0")?;
-    let mut o = caps(&["NET_ADMIN"]);
-    o.host_net = true;
-    o.args = s(&["/bin/sh", "/enable-forwarding.sh"]);
-    o.mounts = vec![
-        rw("/proc/sys/net", "/host/proc/sys/net"),
-        ro(configmap.path(), "/etc/hostgw"),
-    ];
-    let (st, out) = ctd.run_once(&image.name, "forwarding", &o, Duration::from_secs(60))?;
-    ensure!(st.success(), "forwarding failed: {out}");
-    ensure!(sysctl(node1, "/proc/sys/net/ipv4/ip_forward")? == "1");
-
-    // --- the daemon: host network, NET_ADMIN + NET_RAW, read-only /proc/sys ---
-    let subnet_dir = cluster.nodes[1].subnet_file.parent().unwrap().to_path_buf();
-    std::fs::create_dir_all(&subnet_dir)?;
-    let certs = cluster.certs.as_ref().unwrap().dir.path().to_path_buf();
-    let mut o = caps(&["NET_ADMIN", "NET_RAW"]);
-    o.host_net = true;
-    o.args = s(&["/usr/local/bin/hostgw-routed", "run"]);
-    o.args.extend(cluster.common_args(1));
-    o.args.extend(s(&["--metrics-addr", "127.0.0.1:9475"]));
-    o.env = vec![("RUST_LOG".into(), "info".into())];
-    o.mounts = vec![
-        rw(&subnet_dir, &subnet_dir),
-        ro(&certs, &certs.display().to_string()),
-    ];
-    ctd.run_with(&image.name, "hostgw-routed", &o)?;
-    let diag = || {
-        format!(
-            "--- image's hostgw-routed ---\n{}\n--- containerd ---\n{}\n{}",
-            ctd.container_log("hostgw-routed"),
-            ctd.log(),
-            cluster.logs()
-        )
+    let d = Deploy {
+        cluster: &cluster,
+        ctd: &ctd,
+        image: &image,
+        configmap: Deploy::configmap()?,
     };
+    let (_host, plugin) = d.install_cni()?;
+    d.forwarding()?;
+    d.start_daemon()?;
 
     // The one daemon behaviour this deployment relies on, named plainly when it is missing.
     std::thread::sleep(Duration::from_millis(500));
@@ -205,71 +333,9 @@ fn image_heavy_programs_routes_like_the_bare_binary() -> Result<()> {
          set it: /proc/sys is read-only in an unprivileged container, so the daemon must leave \
          a forwarding sysctl that is already 1 alone (routed/src/nft.rs ensure_forwarding)\n{log}"
     );
-    let s0 = cluster.wait_subnet(0)?;
-    let s1 = wait_for("node 1's subnet file", Duration::from_secs(30), || {
-        cluster.subnet(1)
-    })
-    .with_context(diag)?;
-    ensure!(s0 != s1, "both nodes leased {s0}");
-    let (ip0, ip1) = (cluster.nodes[0].ip.clone(), cluster.nodes[1].ip.clone());
-    wait_for(
-        "each node's route to the other",
-        Duration::from_secs(20),
-        || {
-            let r0 = cluster.routes(0).ok()?;
-            let r1 = cluster.routes(1).ok()?;
-            (r0.contains(&(s1.clone(), ip1.clone())) && r1.contains(&(s0.clone(), ip0.clone())))
-                .then_some(())
-        },
-    )
-    .with_context(diag)?;
-    ensure!(
-        cluster.routes(1)? == vec![(s0.clone(), ip0.clone())],
-        "node 1 owns exactly the route to node 0: {:?}",
-        cluster.routes(1)?
-    );
-    wait_for(
-        "/readyz 200 from the image",
-        Duration::from_secs(20),
-        || (cluster.readyz(1).ok()? == "200").then_some(()),
-    )
-    .with_context(diag)?;
-    // The image's nft made the table.
-    let table = must(node1.cmd("nft").args(["list", "table", "inet", "hostgw"]))?;
-    ensure!(table.contains("198.18.0.0/16"), "nft table: {table}");
-    ensure!(ctd.task_status("hostgw-routed").as_deref() == Some("RUNNING"));
-    // It ran with exactly NET_ADMIN (12) and NET_RAW (13), as the DaemonSet grants.
-    let pid = ctd.task_pid("hostgw-routed").context("daemon's pid")?;
-    let st = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let cap_eff = st
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .context("CapEff")?
-        .trim()
-        .to_owned();
-    ensure!(
-        u64::from_str_radix(&cap_eff, 16)? == (1 << 12) | (1 << 13),
-        "the daemon's effective capabilities are {cap_eff}"
-    );
-
-    // `status` from the image agrees.
-    let mut o = caps(&["NET_ADMIN"]);
-    o.host_net = true;
-    o.args = s(&["/usr/local/bin/hostgw-routed", "status", "--json"]);
-    o.args.extend(cluster.common_args(1));
-    o.mounts = vec![
-        ro(&subnet_dir, &subnet_dir.display().to_string()),
-        ro(&certs, &certs.display().to_string()),
-    ];
-    let (st, out) = ctd.run_once(&image.name, "status", &o, Duration::from_secs(60))?;
-    ensure!(st.success(), "status failed: {out}");
-    let json_start = out.find('{').context("no JSON in status output")?;
-    let status: Value = serde_json::from_str(&out[json_start..])?;
-    ensure!(status["lease"]["subnet"] == json!(s1), "status: {status}");
-    ensure!(
-        status["peers"][0]["state"] == "installed" && status["peers"][0]["via"] == json!(ip0),
-        "status: {status}"
-    );
+    let (s0, s1) = d.converged()?;
+    d.runs_as_granted()?;
+    d.status_agrees(&s1)?;
 
     // Pods wired by the shipped conflist: the image-installed plugin on node 1, the built
     // one on node 0; they reach each other across the nodes.
@@ -280,11 +346,13 @@ fn image_heavy_programs_routes_like_the_bare_binary() -> Result<()> {
 
     // SIGTERM through containerd, as kubelet stops the pod: the routes stay (no flap).
     ctd.kill("hostgw-routed")?;
+    let ip0 = cluster.nodes[0].ip.clone();
     ensure!(
-        routes_in(node1)? == vec![(s0.clone(), ip0.clone())],
+        routes_in(&cluster.nodes[1].ns)? == vec![(s0.clone(), ip0.clone())],
         "node 1 lost its route when the container stopped"
     );
     ping(&p1, &p0)?;
+    drop(d);
     drop(ctd);
     if let Some(left) = leftover_processes() {
         bail!("processes of containerd survived: {left}");

@@ -3,7 +3,7 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::Result;
-use hostgw_netns_tests::{
+use hostgw_harness::{
     require_root,
     routed::{Cluster, Spec, metric},
     wait_for,
@@ -128,12 +128,12 @@ fn routed_restart_adopts_without_flapping() -> Result<()> {
     c.wait_converged(Duration::from_secs(20))?;
     let before: Vec<_> = (0..3).map(|i| c.subnet(i).unwrap()).collect();
     let lease_before = c.etcd.get_prefix("/hostgw/network/subnets/")?;
-    let mon = |i: usize| -> Result<(hostgw_netns_tests::Proc, std::path::PathBuf)> {
+    let mon = |i: usize| -> Result<(hostgw_harness::Proc, std::path::PathBuf)> {
         let path = c.dir.path().join(format!("monitor-{i}.txt"));
         let mut cmd = std::process::Command::new("ip");
         cmd.args(["-n", c.nodes[i].ns.name(), "monitor", "route"])
             .stdout(std::fs::File::create(&path)?);
-        Ok((hostgw_netns_tests::Proc::spawn(cmd)?, path))
+        Ok((hostgw_harness::Proc::spawn(cmd)?, path))
     };
     let (mut m0, p0) = mon(0)?;
     let (mut m1, p1) = mon(1)?;
@@ -228,7 +228,7 @@ fn routed_release_removes_the_route_everywhere_within_a_second() -> Result<()> {
     );
     assert!(
         c.etcd
-            .get_prefix(&hostgw_netns_tests::routed::subnet_key(&sub2))?
+            .get_prefix(&hostgw_harness::routed::subnet_key(&sub2))?
             .is_empty()
     );
     Ok(())
@@ -265,8 +265,7 @@ fn routed_public_ip_defaults_to_the_default_route_link() -> Result<()> {
         "--subnet-file",
         &file,
     ];
-    let _daemon =
-        n.ns.spawn(hostgw_netns_tests::bin("hostgw-routed"), &args)?;
+    let _daemon = n.ns.spawn(hostgw_harness::bin("hostgw-routed"), &args)?;
     wait_for("the subnet file", Duration::from_secs(20), || c.subnet(0))?;
     let leases = c.etcd.get_prefix("/hostgw/network/subnets/")?;
     assert_eq!(leases.len(), 1, "{leases:?}");
@@ -310,7 +309,7 @@ fn routed_nft_table_removed_by_hand_is_put_back() -> Result<()> {
 /// with thousands of peers that would be a full kernel dump per pod.
 #[test]
 fn routed_pod_churn_does_not_wake_the_reconciler() -> Result<()> {
-    use hostgw_netns_tests::{Netns, bin, cni};
+    use hostgw_harness::{Netns, bin, cni};
     require_root();
     let mut c = Cluster::new(Spec {
         nodes: 2,

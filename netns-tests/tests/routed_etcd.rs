@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use hostgw_netns_tests::{
+use hostgw_harness::{
     require_root,
     routed::{CONFIG_V6, Cluster, PREFIX, Spec, lease_json, metric, subnet_key},
     wait_for,

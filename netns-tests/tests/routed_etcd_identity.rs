@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use hostgw_netns_tests::{
+use hostgw_harness::{
     etcd::Etcd,
     require_root,
     routed::{CONFIG, Cluster, ETCD_IP, PREFIX, Spec, lease_json, metric, subnet_key},

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::Result;
-use hostgw_netns_tests::{
+use hostgw_harness::{
     require_root,
     routed::{Cluster, PREFIX, Spec, lease_json, metric, subnet_key},
     wait_for,
@@ -19,13 +19,12 @@ fn free_subnets(c: &Cluster, count: usize) -> Vec<u8> {
         .collect()
 }
 
-#[test]
-fn routed_hostile_leases_are_rejected_and_reported() -> Result<()> {
-    require_root();
-    let mut c = Cluster::new(Spec::default())?;
-    c.start_all()?;
-    c.wait_converged(Duration::from_secs(20))?;
-    let f = free_subnets(&c, 5);
+/// The free subnets the leases use: (good, overlap parent, garbage, own hop, routed hop).
+type Picks = (u8, u8, u8, u8, u8);
+
+/// Writes one good lease and every kind of bad one.
+fn write_leases(c: &Cluster) -> Result<Picks> {
+    let f = free_subnets(c, 5);
     let (good, overlap_parent, garbage, own_hop, routed_hop) = (f[0], f[0], f[2], f[3], f[4]);
     // A router between node 0 and 198.19.5.0/24: a peer there is not on-link.
     c.nodes[0]
@@ -61,23 +60,12 @@ fn routed_hostile_leases_are_rejected_and_reported() -> Result<()> {
         &subnet_key("198.18.9.0/24").replace("9.0-24", "9.0-33"),
         &lease_json("198.19.0.54", "x"),
     )?;
+    Ok((good, overlap_parent, garbage, own_hop, routed_hop))
+}
 
-    let good_dst = format!("198.18.{good}.0/24");
-    wait_for("good fake peer installed", Duration::from_secs(2), || {
-        c.routes(0)
-            .ok()?
-            .iter()
-            .any(|(d, g)| *d == good_dst && g == "198.19.0.50")
-            .then_some(())
-    })?;
-    std::thread::sleep(Duration::from_millis(300));
-    let routes = c.routes(0)?;
-    assert_eq!(
-        routes.len(),
-        3,
-        "only the 2 nodes and the good fake peer: {routes:?}"
-    );
-
+/// `status --json` of node 0 names every rejected lease with its reason, and the one
+/// unreachable peer with the router in front of it.
+fn assert_status(c: &Cluster, (_, overlap_parent, garbage, own_hop, _): Picks) -> Result<()> {
     let status: Value = serde_json::from_str(&c.cli(0, "status", &["--json"])?)?;
     let rejected: BTreeMap<String, String> = status["rejected"]
         .as_array()
@@ -119,6 +107,11 @@ fn routed_hostile_leases_are_rejected_and_reported() -> Result<()> {
         "{status:#}"
     );
 
+    Ok(())
+}
+
+/// The metrics and the log of node 0 count the same.
+fn assert_metrics_and_log(c: &Cluster) -> Result<()> {
     let m = c.metrics(0)?;
     assert_eq!(
         metric(&m, "hostgw_leases_rejected", &["reason=\"malformed\""]),
@@ -150,6 +143,35 @@ fn routed_hostile_leases_are_rejected_and_reported() -> Result<()> {
     );
     assert!(log.contains("lease rejected"), "{log}");
 
+    Ok(())
+}
+
+#[test]
+fn routed_hostile_leases_are_rejected_and_reported() -> Result<()> {
+    require_root();
+    let mut c = Cluster::new(Spec::default())?;
+    c.start_all()?;
+    c.wait_converged(Duration::from_secs(20))?;
+    let picks = write_leases(&c)?;
+    let good = picks.0;
+    let good_dst = format!("198.18.{good}.0/24");
+    wait_for("good fake peer installed", Duration::from_secs(2), || {
+        c.routes(0)
+            .ok()?
+            .iter()
+            .any(|(d, g)| *d == good_dst && g == "198.19.0.50")
+            .then_some(())
+    })?;
+    std::thread::sleep(Duration::from_millis(300));
+    let routes = c.routes(0)?;
+    assert_eq!(
+        routes.len(),
+        3,
+        "only the 2 nodes and the good fake peer: {routes:?}"
+    );
+
+    assert_status(&c, picks)?;
+    assert_metrics_and_log(&c)?;
     let text = c.cli(0, "status", &[])?;
     assert!(
         text.contains("unreachable (behind router 198.19.0.2)"),

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use hostgw_netns_tests::{
+use hostgw_harness::{
     Proc, bin, require_root,
     routed::{Cluster, PREFIX, Spec},
     run_timeout, wait_for,

@@ -41,7 +41,7 @@ impl Pod {
 
 /// The IPAM store of node `node` (its `dataDir`).
 pub fn ipam_dir(c: &Cluster, node: usize) -> PathBuf {
-    c.dir.path().join(format!("{}-ipam", c.nodes[node].name))
+    c.nodes[node].data_dir()
 }
 
 /// The plugin config a runtime on node `node` hands the plugin: the shipped conflist's

@@ -1,17 +1,12 @@
 //! Running a CNI plugin exactly as a runtime does: environment variables and a config on
 //! stdin, the plugin's own namespace being the node's.
 
-use std::{
-    io::Write,
-    path::Path,
-    process::{Command, Output, Stdio},
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::Netns;
+use crate::{Netns, run_input};
 
 /// One invocation's parameters; `None` leaves a variable unset.
 #[derive(Clone, Debug, Default)]
@@ -83,42 +78,17 @@ pub fn command(plugin: &Path, node: &Netns, call: &Call) -> Command {
     cmd
 }
 
-/// Runs the plugin with `stdin` as its config, bounded in time.
+/// Runs the plugin with `stdin` as its config, bounded in time (a minute).
 pub fn invoke(plugin: &Path, node: &Netns, call: &Call, stdin: &str) -> Result<Reply> {
-    let mut child = command(plugin, node, call)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawn plugin")?;
-    // A plugin may answer (an environment error, say) and exit before reading stdin, as the
-    // Go skel does: the write then meets a closed pipe, which is not the call's failure.
-    if let Err(e) = child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(stdin.as_bytes())
-        && e.kind() != std::io::ErrorKind::BrokenPipe
-    {
-        return Err(e.into());
-    }
-    let out = wait_bounded(child, Duration::from_secs(60))?;
+    let out = run_input(
+        &mut command(plugin, node, call),
+        stdin.as_bytes(),
+        Duration::from_secs(60),
+    )
+    .context("run the plugin")?;
     Ok(Reply {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
-}
-
-fn wait_bounded(mut child: std::process::Child, limit: Duration) -> Result<Output> {
-    let deadline = std::time::Instant::now() + limit;
-    while child.try_wait()?.is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            anyhow::bail!("plugin did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    Ok(child.wait_with_output()?)
 }

@@ -1,4 +1,4 @@
-//! Benchmarks of hostgw-routed (figures printed, nothing asserted):
+//! Benchmarks of hostgw-routed (binary `bench-routed`; figures printed, nothing asserted):
 //! convergence and peak RSS at 5,000 leases, propagation latency of a new lease, drift
 //! repair latency, and etcd range requests per minute while idle.
 //!
@@ -11,9 +11,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use hostgw_netns_tests::{
+use hostgw_harness::{
     Proc, require_root,
-    routed::{Cluster, PREFIX, Spec, lease_json, subnet_key},
+    routed::{Cluster, Spec, lease_json, subnet_key},
     wait_for,
 };
 
@@ -21,11 +21,11 @@ const LEASES: usize = 5_000;
 const SAMPLES: usize = 200;
 const IDLE: Duration = Duration::from_secs(60);
 
-/// `bench-routed [convergence]`: all benchmarks, or only the first.
-fn main() -> Result<()> {
+/// Runs every benchmark, or with `only_convergence` only the first.
+pub fn run(only_convergence: bool) -> Result<()> {
     require_root();
     convergence()?;
-    if std::env::args().nth(1).as_deref() == Some("convergence") {
+    if only_convergence {
         return Ok(());
     }
     let mut c = Cluster::new(Spec::default())?;
@@ -210,7 +210,6 @@ fn propagation(c: &Cluster) -> Result<Vec<String>> {
         put,
         " (process start + gRPC; an upper bound on overhead)",
     );
-    let _ = PREFIX;
     Ok(free)
 }
 

@@ -2,53 +2,23 @@
 //! file, pods attached through the real binary, and readers of what the node holds
 //! (reservations, host veths, host routes).
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use tempfile::TempDir;
 
 use crate::{
-    Netns, bin,
+    Netns,
     cni::{Call, Reply, invoke},
 };
 
 /// The network name the fixtures use (and so the folder below `dataDir`).
 pub const NETWORK: &str = "podnet";
 
-/// A node: the namespace the plugin runs in, plus a private folder for `dataDir`
-/// (`<tmp>/data`) and `subnetFile` (`<tmp>/subnet.json`).
-pub struct Node {
-    pub ns: Netns,
-    pub tmp: TempDir,
-    pub plugin: PathBuf,
-}
+pub use crate::node::Node;
 
+/// The plugin fixtures of a [`Node`].
 impl Node {
-    pub fn new(tag: &str) -> Result<Node> {
-        Ok(Node {
-            ns: Netns::new(tag)?,
-            tmp: tempfile::tempdir()?,
-            plugin: bin("hostgw"),
-        })
-    }
-
-    pub fn data_dir(&self) -> PathBuf {
-        self.tmp.path().join("data")
-    }
-
-    /// `<dataDir>/<network>`, where the reservations live.
-    pub fn net_dir(&self, network: &str) -> PathBuf {
-        self.data_dir().join(network)
-    }
-
-    pub fn subnet_file(&self) -> PathBuf {
-        self.tmp.path().join("subnet.json")
-    }
-
     /// Writes the subnet file as the route daemon would.
     pub fn write_subnet_file(
         &self,
@@ -63,7 +33,7 @@ impl Node {
             "ipv6Subnet": ipv6_subnet,
             "mtu": mtu,
         });
-        std::fs::write(self.subnet_file(), v.to_string())?;
+        std::fs::write(&self.subnet_file, v.to_string())?;
         Ok(())
     }
 
@@ -74,7 +44,7 @@ impl Node {
             "name": NETWORK,
             "type": "hostgw",
             "mode": mode,
-            "subnetFile": self.subnet_file(),
+            "subnetFile": self.subnet_file,
             "dataDir": self.data_dir(),
             "bridge": "cni0",
         })

@@ -4,7 +4,6 @@
 
 use std::{
     fs::File,
-    path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -24,17 +23,7 @@ pub const CONFIG: &str =
     r#"{"Network":"198.18.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#;
 pub const CONFIG_V6: &str = r#"{"Network":"198.18.0.0/16","SubnetLen":24,"IPv6Network":"fd18:18::/48","IPv6SubnetLen":64,"Backend":{"Type":"host-gw"}}"#;
 
-pub struct Node {
-    /// Declared before `ns`: the daemon ends before its namespace goes.
-    pub daemon: Option<Proc>,
-    pub ns: Netns,
-    pub name: String,
-    pub ip: String,
-    pub ip6: String,
-    pub subnet_file: PathBuf,
-    pub log: PathBuf,
-    pub extra_args: Vec<String>,
-}
+pub use crate::node::Node;
 
 pub struct Cluster {
     pub nodes: Vec<Node>,
@@ -119,17 +108,12 @@ impl Cluster {
         let host = 10 + i as u32;
         let ns = Netns::new("n")?;
         attach(&self.sw, &ns, &format!("p{i}"), host)?;
-        let name = format!("node-{i}");
-        self.nodes.push(Node {
-            daemon: None,
+        self.nodes.push(Node::in_cluster(
             ns,
-            subnet_file: self.dir.path().join(format!("{name}/subnet.json")),
-            log: self.dir.path().join(format!("{name}.log")),
-            name,
-            ip: format!("198.19.0.{host}"),
-            ip6: format!("fd19:19::{host:x}"),
-            extra_args: vec![],
-        });
+            format!("node-{i}"),
+            format!("198.19.0.{host}"),
+            format!("fd19:19::{host:x}"),
+        )?);
         Ok(i)
     }
 

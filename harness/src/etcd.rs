@@ -196,7 +196,7 @@ impl Etcd {
             args.push("--client-cert-auth".into());
         }
         let mut etcd = Etcd {
-            proc: Proc { child: None },
+            proc: Proc::none(),
             ns_name: ns.name().to_owned(),
             ns_path: ns.path(),
             _data: data,
@@ -393,22 +393,8 @@ impl Etcd {
 }
 
 fn b64(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
-    for c in b.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
 }
 
 impl Etcd {
@@ -502,7 +488,7 @@ impl EtcdCluster {
                 .map(String::from),
             );
             let mut m = Etcd {
-                proc: Proc { child: None },
+                proc: Proc::none(),
                 ns_name: ns.name().to_owned(),
                 ns_path: ns.path(),
                 _data: data,

@@ -9,23 +9,50 @@
 //! Ctrl-C (every namespace, process and container is a Drop guard, and SIGINT/SIGTERM
 //! are turned into an orderly teardown).
 
+#![forbid(unsafe_code)]
+
 use std::{
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
-use hostgw_netns_tests::{
+use hostgw_harness::{
     cluster::{CniHost, CtrPod, Pod, add_pod, busybox_image, del_pod, ping},
     containerd::Containerd,
     require_root,
     routed::{CONFIG_V6, Cluster, Spec},
 };
+use tokio::signal::unix::{SignalKind, signal};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: nix::libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
+/// Turns SIGINT and SIGTERM into a flag the steps check, through tokio's signal streams
+/// on a thread of their own (tokio installs the handler; no `unsafe` here). Not with a
+/// blocked signal mask and `sigwait`: a mask is inherited across fork and exec, and every
+/// daemon the demo starts would then ignore the SIGTERM that stops it.
+fn catch_signals() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let (mut int, mut term) = rt.block_on(async {
+        std::io::Result::Ok((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
+    })?;
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            loop {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                INTERRUPTED.store(true, Ordering::SeqCst);
+            }
+        })
+    });
+    Ok(())
 }
 
 /// One line per step; fails once the user asked to stop, so that the teardown runs.
@@ -39,15 +66,7 @@ fn step(t0: Instant, msg: &str) -> Result<()> {
 
 fn main() -> Result<()> {
     require_root();
-    for sig in [
-        nix::sys::signal::Signal::SIGINT,
-        nix::sys::signal::Signal::SIGTERM,
-    ] {
-        // SAFETY: the handler only stores into an atomic.
-        unsafe {
-            nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::Handler(on_signal))?;
-        }
-    }
+    catch_signals()?;
     let t0 = Instant::now();
     let r = run(t0);
     match &r {
@@ -63,7 +82,8 @@ fn main() -> Result<()> {
     r
 }
 
-fn run(t0: Instant) -> Result<()> {
+/// etcd and three nodes running `hostgw-routed`, converged.
+fn start_cluster(t0: Instant) -> Result<Cluster> {
     step(
         t0,
         "starting etcd and 3 node namespaces on one L2 segment (198.19.0.0/24, fd19:19::/64)",
@@ -83,11 +103,12 @@ fn run(t0: Instant) -> Result<()> {
     cluster.start_all()?;
     for i in 0..3 {
         let subnet = cluster.wait_subnet(i)?;
+        let n = &cluster.nodes[i];
         step(
             t0,
             &format!(
                 "{} ({}) runs hostgw-routed and leased {subnet}",
-                cluster.nodes[i].name, cluster.nodes[i].ip
+                n.name, n.ip
             ),
         )?;
     }
@@ -98,20 +119,21 @@ fn run(t0: Instant) -> Result<()> {
             .iter()
             .map(|(d, g)| format!("{d} via {g}"))
             .collect();
+        let name = &cluster.nodes[i].name;
         step(
             t0,
-            &format!(
-                "{} routes (proto 75): {}",
-                cluster.nodes[i].name,
-                routes.join(", ")
-            ),
+            &format!("{name} routes (proto 75): {}", routes.join(", ")),
         )?;
     }
+    Ok(cluster)
+}
 
+/// Two pods per node, wired by the plugin as a runtime calls it.
+fn add_pods(t0: Instant, cluster: &Cluster) -> Result<Vec<Pod>> {
     let mut pods: Vec<Pod> = Vec::new();
     for node in 0..3 {
         for k in 0..2 {
-            let p = add_pod(&cluster, node, &format!("pod-{node}-{k}"))?;
+            let p = add_pod(cluster, node, &format!("pod-{node}-{k}"))?;
             step(
                 t0,
                 &format!(
@@ -124,26 +146,38 @@ fn run(t0: Instant) -> Result<()> {
             pods.push(p);
         }
     }
+    Ok(pods)
+}
 
-    // A pod through a real runtime on node 0. Declared before containerd: outlives it.
-    let cni = CniHost::new()?;
-    let image_dir = tempfile::tempdir()?;
-    let tar = busybox_image(image_dir.path())?;
-    step(t0, "built a busybox-static OCI image with umoci")?;
-    let ctd = Containerd::start(&cluster.nodes[0].ns)?;
-    cni.install(&ctd, &cluster, 0)?;
-    ctd.import(&tar)?;
+/// Every pod pings every other pod on every address it has.
+fn ping_all(t0: Instant, pods: &[Pod]) -> Result<()> {
+    let mut pairs = 0;
+    for a in pods {
+        for b in pods.iter().filter(|b| b.name != a.name) {
+            for ip in b.addrs() {
+                ping(&a.ns, ip).with_context(|| format!("{} -> {} ({ip})", a.name, b.name))?;
+            }
+            pairs += 1;
+        }
+    }
+    let cross = pods
+        .iter()
+        .flat_map(|a| pods.iter().map(move |b| (a, b)))
+        .filter(|(a, b)| a.node != b.node)
+        .count();
     step(
         t0,
         &format!(
-            "containerd runs inside {} (private mount namespace); install-cni.sh put hostgw \
-             in /opt/cni/bin and 10-hostgw.conflist in /etc/cni/net.d there",
-            cluster.nodes[0].name
+            "all {pairs} pod pairs reach each other over IPv4 and IPv6 ({cross} of them across nodes)"
         ),
-    )?;
+    )
+}
 
+/// A pod through the real runtime on node 0: it reaches the pods of the other nodes and
+/// they reach it; then the status of node 0, and the runtime's teardown.
+fn runtime_pod(t0: Instant, cluster: &Cluster, ctd: &Containerd, pods: &[Pod]) -> Result<()> {
     std::thread::scope(|s| -> Result<()> {
-        let web = CtrPod::start(s, &ctd, "web")?;
+        let web = CtrPod::start(s, ctd, "web")?;
         step(
             t0,
             &format!(
@@ -151,27 +185,7 @@ fn run(t0: Instant) -> Result<()> {
                 web.id, cluster.nodes[0].name, web.ip
             ),
         )?;
-
-        let mut pairs = 0;
-        for a in &pods {
-            for b in pods.iter().filter(|b| b.name != a.name) {
-                for ip in b.addrs() {
-                    ping(&a.ns, ip).with_context(|| format!("{} -> {} ({ip})", a.name, b.name))?;
-                }
-                pairs += 1;
-            }
-        }
-        let cross = pods
-            .iter()
-            .flat_map(|a| pods.iter().map(move |b| (a, b)))
-            .filter(|(a, b)| a.node != b.node)
-            .count();
-        step(
-            t0,
-            &format!(
-                "all {pairs} pod pairs reach each other over IPv4 and IPv6 ({cross} of them across nodes)"
-            ),
-        )?;
+        ping_all(t0, pods)?;
         for p in pods.iter().filter(|p| p.node != 0) {
             web.ping(&p.ip)
                 .with_context(|| format!("container -> {}", p.name))?;
@@ -191,7 +205,30 @@ fn run(t0: Instant) -> Result<()> {
             t0,
             "container stopped: ctr called the plugin's DEL and removed the container",
         )
-    })?;
+    })
+}
+
+fn run(t0: Instant) -> Result<()> {
+    let cluster = start_cluster(t0)?;
+    let pods = add_pods(t0, &cluster)?;
+
+    // A pod through a real runtime on node 0. Declared before containerd: outlives it.
+    let cni = CniHost::new()?;
+    let image_dir = tempfile::tempdir()?;
+    let tar = busybox_image(image_dir.path())?;
+    step(t0, "built a busybox-static OCI image with umoci")?;
+    let ctd = Containerd::start(&cluster.nodes[0].ns)?;
+    cni.install(&ctd, &cluster, 0)?;
+    ctd.import(&tar)?;
+    step(
+        t0,
+        &format!(
+            "containerd runs inside {} (private mount namespace); install-cni.sh put hostgw \
+             in /opt/cni/bin and 10-hostgw.conflist in /etc/cni/net.d there",
+            cluster.nodes[0].name
+        ),
+    )?;
+    runtime_pod(t0, &cluster, &ctd, &pods)?;
     for p in &pods {
         del_pod(&cluster, p)?;
     }
