@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rand::Rng;
+use rand::RngExt;
 
 /// The longest wait before retrying an etcd that could not be reached (see
 /// [`Backoff::next_delay_for`]). With 5,000 nodes the reconnects after an outage spread

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use ipnetwork::IpNetwork;
-use rand::Rng;
+use rand::{Rng, RngExt};
 
 use crate::{config::Pool, net};
 
