@@ -433,113 +433,127 @@ mod tests {
     }
 
     /// Issue 12 item 11: every nonsense value is a code-7 error naming the key and value.
-    #[test]
-    fn nonsense_values_are_refused_naming_key_and_value() {
-        for (bad, key, value) in [
-            (json!({"subnet":"0.0.0.0/0"}), "subnet", "0.0.0.0/0"),
-            (json!({"subnet":"198.0.0.0/7"}), "subnet", "198.0.0.0/7"),
-            (json!({"subnet":"198.18.3.0/31"}), "subnet", "198.18.3.0/31"),
-            (json!({"subnet":"198.18.3.1/32"}), "subnet", "198.18.3.1/32"),
-            (json!({"subnet":"198.18.3.7/24"}), "subnet", "198.18.3.7/24"),
-            (json!({"subnet":"127.0.0.0/24"}), "subnet", "127.0.0.0/24"),
-            (json!({"subnet":"224.1.0.0/16"}), "subnet", "224.1.0.0/16"),
-            (
-                json!({"subnet":"169.254.3.0/24"}),
-                "subnet",
-                "169.254.3.0/24",
-            ),
-            (json!({"subnet":"0.1.2.0/24"}), "subnet", "0.1.2.0/24"),
-            (
-                json!({"subnet":"255.255.255.0/24"}),
-                "subnet",
-                "255.255.255.0/24",
-            ),
-            (json!({"subnet":7}), "subnet", "7"),
-            (json!({"ipv6Subnet":"::/0"}), "ipv6Subnet", "::/0"),
-            (
-                json!({"ipv6Subnet":"fd18::/127"}),
-                "ipv6Subnet",
-                "fd18::/127",
-            ),
-            (
-                json!({"ipv6Subnet":"fd18::/128"}),
-                "ipv6Subnet",
-                "fd18::/128",
-            ),
-            (json!({"ipv6Subnet":"fe80::/64"}), "ipv6Subnet", "fe80::/64"),
-            (json!({"ipv6Subnet":"ff02::/64"}), "ipv6Subnet", "ff02::/64"),
-            (
-                json!({"ipv6Subnet":"::ffff:198.18.0.0/112"}),
-                "ipv6Subnet",
-                "::ffff:198.18.0.0/112",
-            ),
-            (
-                json!({"runtimeConfig":{"ips":["198.18.3.7/33"]}}),
-                "runtimeConfig.ips",
-                "198.18.3.7/33",
-            ),
-            (
-                json!({"runtimeConfig":{"ips":["198.18.3.7/"]}}),
-                "runtimeConfig.ips",
-                "198.18.3.7/",
-            ),
-            (
-                json!({"runtimeConfig":{"ips":["fd18::7/129"]}}),
-                "runtimeConfig.ips",
-                "fd18::7/129",
-            ),
-            (json!({"args":{"cni":{"ips":["x"]}}}), "args.cni.ips", "x"),
-            (
-                json!({"runtimeConfig":{"ips":"198.18.3.7"}}),
-                "runtimeConfig.ips",
-                "198.18.3.7",
-            ),
-            (json!({"runtimeConfig":[1]}), "runtimeConfig", "[1]"),
-            (json!({"runtimeConfig":{"mac":7}}), "runtimeConfig.mac", "7"),
-            (
-                json!({"runtimeConfig":{"mac":"02:00:00:00:00"}}),
-                "runtimeConfig.mac",
-                "02:00:00:00:00",
-            ),
-            (json!({"dns":"198.18.0.10"}), "dns", "198.18.0.10"),
-            (
-                json!({"dns":{"nameservers":"198.18.0.10"}}),
-                "dns",
-                "198.18.0.10",
-            ),
-            (
-                json!({"dns":{"nameservers":["not-an-ip"]}}),
-                "dns",
-                "not-an-ip",
-            ),
-            (json!({"dns":{"domain":["a"]}}), "dns", "a"),
-            (json!({"dns":{"search":"a"}}), "dns", "search"),
-            (json!({"dns":{"options":[1]}}), "dns", "options"),
-            (json!({"mtu":"1500"}), "mtu", "1500"),
-            (json!({"mtu":-1}), "mtu", "-1"),
-            (json!({"mtu":1500.5}), "mtu", "1500.5"),
-            (json!({"mtu":67}), "mtu", "67"),
-            (json!({"mtu":65536}), "mtu", "65536"),
-            (json!({"ipMasq":{"on":true}}), "ipMasq", "on"),
-            (json!({"ipMasq":"true"}), "ipMasq", "true"),
-            (json!({"mode":["ptp"]}), "mode", "ptp"),
-            (json!({"mode":"bridge","bridge":5}), "bridge", "5"),
-            (json!({"dataDir":""}), "dataDir", "\"\""),
-            (json!({"dataDir":"var/lib/cni"}), "dataDir", "var/lib/cni"),
-            (json!({"dataDir":"./x"}), "dataDir", "./x"),
-            (json!({"dataDir":5}), "dataDir", "5"),
-            (
-                json!({"subnetFile":"subnet.json"}),
-                "subnetFile",
-                "subnet.json",
-            ),
-            (json!({"logFile":"hostgw.log"}), "logFile", "hostgw.log"),
-        ] {
-            let e = parse(bad.clone()).unwrap_err();
+    fn assert_refused(cases: &[(&str, &str, &str)]) {
+        for (bad, key, value) in cases {
+            let e = parse(serde_json::from_str(bad).unwrap()).unwrap_err();
             let msg = e.to_string();
             assert_eq!(e.code(), 7, "{bad}: {msg}");
             assert!(msg.contains(key) && msg.contains(value), "{bad}: {msg}");
         }
+    }
+
+    #[test]
+    fn nonsense_ipv4_subnets_are_refused_naming_key_and_value() {
+        assert_refused(&[
+            (r#"{"subnet":"0.0.0.0/0"}"#, "subnet", "0.0.0.0/0"),
+            (r#"{"subnet":"198.0.0.0/7"}"#, "subnet", "198.0.0.0/7"),
+            (r#"{"subnet":"198.18.3.0/31"}"#, "subnet", "198.18.3.0/31"),
+            (r#"{"subnet":"198.18.3.1/32"}"#, "subnet", "198.18.3.1/32"),
+            (r#"{"subnet":"198.18.3.7/24"}"#, "subnet", "198.18.3.7/24"),
+            (r#"{"subnet":"127.0.0.0/24"}"#, "subnet", "127.0.0.0/24"),
+            (r#"{"subnet":"224.1.0.0/16"}"#, "subnet", "224.1.0.0/16"),
+            (r#"{"subnet":"169.254.3.0/24"}"#, "subnet", "169.254.3.0/24"),
+            (r#"{"subnet":"0.1.2.0/24"}"#, "subnet", "0.1.2.0/24"),
+            (
+                r#"{"subnet":"255.255.255.0/24"}"#,
+                "subnet",
+                "255.255.255.0/24",
+            ),
+            (r#"{"subnet":7}"#, "subnet", "7"),
+        ]);
+    }
+
+    #[test]
+    fn nonsense_ipv6_subnets_are_refused_naming_key_and_value() {
+        assert_refused(&[
+            (r#"{"ipv6Subnet":"::/0"}"#, "ipv6Subnet", "::/0"),
+            (r#"{"ipv6Subnet":"fd18::/127"}"#, "ipv6Subnet", "fd18::/127"),
+            (r#"{"ipv6Subnet":"fd18::/128"}"#, "ipv6Subnet", "fd18::/128"),
+            (r#"{"ipv6Subnet":"fe80::/64"}"#, "ipv6Subnet", "fe80::/64"),
+            (r#"{"ipv6Subnet":"ff02::/64"}"#, "ipv6Subnet", "ff02::/64"),
+            (
+                r#"{"ipv6Subnet":"::ffff:198.18.0.0/112"}"#,
+                "ipv6Subnet",
+                "::ffff:198.18.0.0/112",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn nonsense_requested_addresses_are_refused_naming_key_and_value() {
+        assert_refused(&[
+            (
+                r#"{"runtimeConfig":{"ips":["198.18.3.7/33"]}}"#,
+                "runtimeConfig.ips",
+                "198.18.3.7/33",
+            ),
+            (
+                r#"{"runtimeConfig":{"ips":["198.18.3.7/"]}}"#,
+                "runtimeConfig.ips",
+                "198.18.3.7/",
+            ),
+            (
+                r#"{"runtimeConfig":{"ips":["fd18::7/129"]}}"#,
+                "runtimeConfig.ips",
+                "fd18::7/129",
+            ),
+            (r#"{"args":{"cni":{"ips":["x"]}}}"#, "args.cni.ips", "x"),
+            (
+                r#"{"runtimeConfig":{"ips":"198.18.3.7"}}"#,
+                "runtimeConfig.ips",
+                "198.18.3.7",
+            ),
+            (r#"{"runtimeConfig":[1]}"#, "runtimeConfig", "[1]"),
+            (r#"{"runtimeConfig":{"mac":7}}"#, "runtimeConfig.mac", "7"),
+            (
+                r#"{"runtimeConfig":{"mac":"02:00:00:00:00"}}"#,
+                "runtimeConfig.mac",
+                "02:00:00:00:00",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn nonsense_values_of_other_keys_are_refused_naming_key_and_value() {
+        assert_refused(&[
+            (r#"{"dns":"198.18.0.10"}"#, "dns", "198.18.0.10"),
+            (
+                r#"{"dns":{"nameservers":"198.18.0.10"}}"#,
+                "dns",
+                "198.18.0.10",
+            ),
+            (
+                r#"{"dns":{"nameservers":["not-an-ip"]}}"#,
+                "dns",
+                "not-an-ip",
+            ),
+            (r#"{"dns":{"domain":["a"]}}"#, "dns", "a"),
+            (r#"{"dns":{"search":"a"}}"#, "dns", "search"),
+            (r#"{"dns":{"options":[1]}}"#, "dns", "options"),
+            (r#"{"mtu":"1500"}"#, "mtu", "1500"),
+            (r#"{"mtu":-1}"#, "mtu", "-1"),
+            (r#"{"mtu":1500.5}"#, "mtu", "1500.5"),
+            (r#"{"mtu":67}"#, "mtu", "67"),
+            (r#"{"mtu":65536}"#, "mtu", "65536"),
+            (r#"{"ipMasq":{"on":true}}"#, "ipMasq", "on"),
+            (r#"{"ipMasq":"true"}"#, "ipMasq", "true"),
+            (r#"{"mode":["ptp"]}"#, "mode", "ptp"),
+            (r#"{"mode":"bridge","bridge":5}"#, "bridge", "5"),
+            (r#"{"dataDir":""}"#, "dataDir", "\"\""),
+            (r#"{"dataDir":"var/lib/cni"}"#, "dataDir", "var/lib/cni"),
+            (r#"{"dataDir":"./x"}"#, "dataDir", "./x"),
+            (r#"{"dataDir":5}"#, "dataDir", "5"),
+            (
+                r#"{"subnetFile":"subnet.json"}"#,
+                "subnetFile",
+                "subnet.json",
+            ),
+            (r#"{"logFile":"hostgw.log"}"#, "logFile", "hostgw.log"),
+        ]);
+    }
+
+    #[test]
+    fn sensible_edges_are_accepted() {
         assert!(parse(json!({"subnet":"198.18.3.0/30","ipv6Subnet":"fd18:18:0:3::/126"})).is_ok());
         assert!(parse(json!({"subnet":"10.0.0.0/8","mtu":null,"dns":null})).is_ok());
     }

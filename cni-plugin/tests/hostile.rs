@@ -163,7 +163,12 @@ fn nonsense_config_is_code_7_and_touches_nothing() {
             "{c}: the store was touched"
         );
     }
-    // The MTU of the subnet file, and the host's when nothing sets it, are checked too.
+}
+
+/// The MTU of the subnet file, and the host's when nothing sets it, are checked too.
+#[test]
+fn nonsense_mtu_of_the_subnet_file_or_the_host_is_refused_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("subnet.json");
     std::fs::write(
         &file,
