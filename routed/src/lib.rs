@@ -21,6 +21,7 @@ pub(crate) mod metrics;
 pub(crate) mod net;
 pub(crate) mod reconcile;
 pub mod subnet_file;
+pub mod text;
 
 pub use error::Error;
 pub use tokio_util::sync::CancellationToken;

@@ -13,6 +13,7 @@ use crate::{
     etcd::{self, Entry, Keys, claim},
     kernel::{RouteTable, routes::NetlinkRoutes},
     me::{Me, OwnLease},
+    text,
     reconcile::{
         compute,
         plan::{self, HostRoute},
@@ -117,18 +118,21 @@ pub async fn status(args: &StatusArgs) -> Result<String, Error> {
         lease: own,
         peers,
         drift: Drift {
-            missing: p.add,
+            missing: p.writes().copied().collect(),
             extra: p.remove,
         },
         rejected: computed.rejected,
     };
     Ok(if args.json {
-        serde_json::to_string_pretty(&status).unwrap_or_default() + "\n"
+        text::escape_json(&serde_json::to_string_pretty(&status).unwrap_or_default()) + "\n"
     } else {
         render(&status)
     })
 }
 
+/// Text for a terminal: every string that came from etcd (node names, keys, details that
+/// quote keys) goes through [`text::escape`], so no record can forge a line or send an
+/// escape sequence. Addresses and prefixes are parsed values and print as themselves.
 pub fn render(s: &Status) -> String {
     let mut o = String::new();
     match &s.lease {
@@ -137,11 +141,12 @@ pub fn render(s: &Status) -> String {
             let _ = writeln!(
                 o,
                 "node {}: subnet {}{v6} via {} (etcd lease {:x})",
-                s.node, l.subnet, l.public_ip, l.lease_id
+                text::escape(&s.node),
+                l.subnet, l.public_ip, l.lease_id
             );
         }
         None => {
-            let _ = writeln!(o, "node {}: NO LEASE in etcd", s.node);
+            let _ = writeln!(o, "node {}: NO LEASE in etcd", text::escape(&s.node));
         }
     }
     // One row per route: a dual-stack peer has two.
@@ -155,7 +160,7 @@ pub fn render(s: &Status) -> String {
         let _ = writeln!(
             o,
             "  {:<16} {:<22} via {:<16} {}{gw}",
-            p.node,
+            text::escape(&p.node),
             p.dst.to_string(),
             p.via.to_string(),
             p.state
@@ -180,7 +185,13 @@ pub fn render(s: &Status) -> String {
     }
     let _ = writeln!(o, "\nrejected leases ({}):", s.rejected.len());
     for r in &s.rejected {
-        let _ = writeln!(o, "  {:<22} {:<16} {}", r.key, r.reason.as_str(), r.detail);
+        let _ = writeln!(
+            o,
+            "  {:<22} {:<16} {}",
+            text::escape(&r.key),
+            r.reason.as_str(),
+            text::escape(&r.detail)
+        );
     }
     o
 }

@@ -1,10 +1,15 @@
-//! Many route replaces with few syscalls: up to 256 requests per `send`, acks read back in
+//! Many route writes with few syscalls: up to 256 requests per `send`, acks read back in
 //! bulk. rtnetlink's one-request-one-future path costs ~100 µs per route on a busy host;
-//! convergence at 5,000 peers needs less. Runs on a blocking thread with its own socket.
+//! convergence at 5,000 peers needs less. Runs on a blocking thread with its own socket,
+//! opened once at start: a pass never needs a new file descriptor (a flood of HTTP
+//! connections that used every fd once stopped routing for that reason).
+
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use rtnetlink::{
     packet_core::{
-        NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+        NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+        NetlinkPayload,
     },
     packet_route::RouteNetlinkMessage,
     sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE},
@@ -14,20 +19,40 @@ use super::{HostRoute, KernelError, Results, message::message};
 
 const PER_SEND: usize = 256;
 
-pub fn replace_all(routes: &[HostRoute]) -> Results {
-    match open() {
-        Ok(sock) => routes
-            .chunks(PER_SEND)
-            .flat_map(|c| chunk(&sock, c))
-            .collect(),
-        Err(e) => routes
-            .iter()
-            .map(|r| (*r, Err(KernelError::Other(format!("netlink socket: {e}")))))
-            .collect(),
+/// How a batch writes: over our own route, or only where no route exists at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// `NLM_F_REPLACE`: swaps the next hop of a route we hold.
+    Replace,
+    /// `NLM_F_EXCL`: `EEXIST` if any route, of any protocol, holds the destination.
+    Create,
+}
+
+impl Write {
+    fn flags(self) -> u16 {
+        let how = match self {
+            Write::Replace => NLM_F_REPLACE,
+            Write::Create => NLM_F_EXCL,
+        };
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | how
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Write::Replace => "replace",
+            Write::Create => "create",
+        }
     }
 }
 
-fn open() -> std::io::Result<Socket> {
+pub fn write_all(sock: &Socket, routes: &[HostRoute], how: Write) -> Results {
+    routes
+        .chunks(PER_SEND)
+        .flat_map(|c| chunk(sock, c, how))
+        .collect()
+}
+
+pub fn open() -> std::io::Result<Socket> {
     let mut sock = Socket::new(NETLINK_ROUTE)?;
     sock.bind_auto()?;
     sock.connect(&SocketAddr::new(0, 0))?;
@@ -36,7 +61,12 @@ fn open() -> std::io::Result<Socket> {
     Ok(sock)
 }
 
-fn chunk(sock: &Socket, routes: &[HostRoute]) -> Results {
+/// Sequence numbers go on across chunks and passes: the socket lives as long as the
+/// daemon, so a late ack of an earlier chunk must not be taken for one of this chunk.
+static SEQ: AtomicU32 = AtomicU32::new(1);
+
+fn chunk(sock: &Socket, routes: &[HostRoute], how: Write) -> Results {
+    let base = SEQ.fetch_add(PER_SEND as u32, Ordering::Relaxed);
     let mut results: Vec<Option<Result<(), KernelError>>> =
         (0..routes.len()).map(|_| None).collect();
     let mut buf = Vec::new();
@@ -44,8 +74,8 @@ fn chunk(sock: &Socket, routes: &[HostRoute]) -> Results {
         match message(r) {
             Ok(m) => {
                 let mut nl = NetlinkMessage::from(RouteNetlinkMessage::NewRoute(m));
-                nl.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE | NLM_F_CREATE;
-                nl.header.sequence_number = i as u32 + 1;
+                nl.header.flags = how.flags();
+                nl.header.sequence_number = base.wrapping_add(i as u32);
                 nl.finalize();
                 let start = buf.len();
                 buf.resize(start + nl.buffer_len(), 0);
@@ -70,7 +100,7 @@ fn chunk(sock: &Socket, routes: &[HostRoute]) -> Results {
                 break;
             };
             let len = (msg.header.length as usize).max(16);
-            let idx = (msg.header.sequence_number as usize).wrapping_sub(1);
+            let idx = msg.header.sequence_number.wrapping_sub(base) as usize;
             if let (NetlinkPayload::Error(e), Some(slot)) = (msg.payload, results.get_mut(idx))
                 && slot.is_none()
             {
@@ -78,7 +108,7 @@ fn chunk(sock: &Socket, routes: &[HostRoute]) -> Results {
                 *slot = Some(match e.code {
                     None => Ok(()),
                     Some(c) => Err(KernelError::Errno {
-                        op: format!("replace {}", routes[idx]),
+                        op: format!("{} {}", how.verb(), routes[idx]),
                         errno: -c.get(),
                     }),
                 });

@@ -23,12 +23,22 @@ pub async fn routes(
     family: AddressFamily,
     proto: RouteProtocol,
 ) -> Result<Vec<RouteMessage>, KernelError> {
+    routes_in(h, family, proto, RouteHeader::RT_TABLE_MAIN).await
+}
+
+/// As [`routes`], for another table (the local table, to see what is not ours there).
+pub async fn routes_in(
+    h: &Handle,
+    family: AddressFamily,
+    proto: RouteProtocol,
+    table: u8,
+) -> Result<Vec<RouteMessage>, KernelError> {
     let mut msg = RouteMessageBuilder::<IpAddr>::new().build();
     msg.header.address_family = family;
     msg.header.protocol = proto;
     msg.header.scope = RouteScope::Universe;
     msg.header.kind = RouteType::Unspec;
-    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.table = table;
     h.route()
         .get(msg)
         .execute()

@@ -1,7 +1,11 @@
 //! The real `RouteTable` over rtnetlink, on a socket with strict checking so the kernel
 //! filters dumps by protocol and table for us.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+};
 
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
@@ -11,19 +15,25 @@ use rtnetlink::{
         AddressFamily,
         route::{RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType},
     },
+    sys::Socket,
 };
 
 use super::{
     HostRoute, KernelError, LocalView, NextHop, PROTO, Results, RouteTable,
+    batch::Write,
     message::{message, parse},
 };
 
 const ENOENT: i32 = 2;
+/// `RT_TABLE_LOCAL` (rtnetlink.h): local, broadcast and anycast entries.
+const RT_TABLE_LOCAL: u8 = 255;
 const ESRCH: i32 = 3;
 
 #[derive(Clone)]
 pub struct NetlinkRoutes {
     handle: Handle,
+    /// The batch socket, opened once (see `batch`).
+    batch: Arc<Mutex<Socket>>,
 }
 
 const _: fn() = || {
@@ -35,8 +45,25 @@ impl NetlinkRoutes {
     /// Opens the socket and spawns its connection task on the current runtime.
     pub fn connect() -> Result<NetlinkRoutes, KernelError> {
         let (conn, handle, _) = rtnetlink::new_connection_with_strict_check()?;
+        let batch = Arc::new(Mutex::new(super::batch::open()?));
         tokio::spawn(conn);
-        Ok(NetlinkRoutes { handle })
+        Ok(NetlinkRoutes { handle, batch })
+    }
+
+    async fn write_all(&self, routes: &[HostRoute], how: Write) -> Results {
+        let (owned, sock) = (routes.to_vec(), self.batch.clone());
+        let job = move || match sock.lock() {
+            Ok(s) => super::batch::write_all(&s, &owned, how),
+            // Only a panic in another batch poisons the lock; the socket itself is fine.
+            Err(p) => super::batch::write_all(&p.into_inner(), &owned, how),
+        };
+        match tokio::task::spawn_blocking(job).await {
+            Ok(results) => results,
+            Err(e) => routes
+                .iter()
+                .map(|r| (*r, Err(KernelError::Other(format!("write {r}: {e}")))))
+                .collect(),
+        }
     }
 
     async fn dump(
@@ -49,6 +76,25 @@ impl NetlinkRoutes {
 
     pub fn handle(&self) -> &Handle {
         &self.handle
+    }
+}
+
+/// One main-table route into the view: every destination not ours is foreign; a
+/// gateway-less unicast one (not ours, not multipath, not default) is a connected prefix.
+fn add_main(view: &mut LocalView, m: &RouteMessage) {
+    let (dst, gw) = parse(m);
+    let Some(dst) = dst else { return };
+    if m.header.protocol == RouteProtocol::Other(PROTO) || m.header.table != RouteHeader::RT_TABLE_MAIN
+    {
+        return;
+    }
+    view.foreign.insert(dst);
+    let has_nexthops = m
+        .attributes
+        .iter()
+        .any(|a| matches!(a, RouteAttribute::MultiPath(_)));
+    if gw.is_none() && !has_nexthops && m.header.kind == RouteType::Unicast && dst.prefix() > 0 {
+        view.connected.push(dst);
     }
 }
 
@@ -96,15 +142,25 @@ impl RouteTable for NetlinkRoutes {
             })
     }
 
+    async fn create(&self, r: &HostRoute) -> Result<(), KernelError> {
+        // rtnetlink's add without `.replace()` sends NLM_F_CREATE | NLM_F_EXCL.
+        self.handle
+            .route()
+            .add(message(r)?)
+            .execute()
+            .await
+            .map_err(|source| KernelError::Netlink {
+                op: format!("create {r}"),
+                source,
+            })
+    }
+
     async fn replace_all(&self, routes: &[HostRoute]) -> Results {
-        let owned = routes.to_vec();
-        match tokio::task::spawn_blocking(move || super::batch::replace_all(&owned)).await {
-            Ok(results) => results,
-            Err(e) => routes
-                .iter()
-                .map(|r| (*r, Err(KernelError::Other(format!("replace {r}: {e}")))))
-                .collect(),
-        }
+        self.write_all(routes, Write::Replace).await
+    }
+
+    async fn create_all(&self, routes: &[HostRoute]) -> Results {
+        self.write_all(routes, Write::Create).await
     }
 
     async fn delete(&self, r: &HostRoute) -> Result<(), KernelError> {
@@ -134,17 +190,17 @@ impl RouteTable for NetlinkRoutes {
         }
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             for m in self.dump(family, RouteProtocol::Unspec).await? {
-                let (dst, gw) = parse(&m);
-                let ours = m.header.protocol == RouteProtocol::Other(PROTO);
-                let has_nexthops = m
-                    .attributes
-                    .iter()
-                    .any(|a| matches!(a, RouteAttribute::MultiPath(_)));
-                if let (Some(dst), None, false, false) = (dst, gw, ours, has_nexthops)
-                    && m.header.kind == RouteType::Unicast
-                    && dst.prefix() > 0
+                add_main(&mut view, &m);
+            }
+            let local = RT_TABLE_LOCAL;
+            for m in super::dump::routes_in(&self.handle, family, RouteProtocol::Unspec, local)
+                .await?
+            {
+                if let (Some(dst), _) = parse(&m)
+                    && m.header.table == local
                 {
-                    view.connected.push(dst);
+                    view.foreign.insert(dst);
+                    view.local.push(dst);
                 }
             }
         }

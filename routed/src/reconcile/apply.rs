@@ -25,8 +25,10 @@ pub async fn apply<R: RouteTable>(table: &R, plan: &Plan) -> Applied {
         .collect::<Vec<_>>()
         .await;
     sort(&mut out, removed, true);
-    let added = table.replace_all(&plan.add).await;
-    sort(&mut out, added, false);
+    let replaced = table.replace_all(&plan.replace).await;
+    sort(&mut out, replaced, false);
+    let created = table.create_all(&plan.add).await;
+    sort(&mut out, created, false);
     out
 }
 
