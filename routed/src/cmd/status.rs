@@ -195,3 +195,38 @@ pub fn render(s: &Status) -> String {
     }
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::validate::Reason;
+
+    #[test]
+    fn text_from_etcd_cannot_forge_lines_or_drive_the_terminal() {
+        let evil = "n\n  node-9           198.18.9.0/24          via 198.19.0.9       installed\x1b[2J\u{9b}31m";
+        let s = Status {
+            node: "node-0".into(),
+            lease: None,
+            peers: vec![PeerStatus {
+                key: evil.into(),
+                node: evil.into(),
+                dst: "198.18.5.0/24".parse().unwrap(),
+                via: "198.19.0.5".parse().unwrap(),
+                state: "installed",
+                gateway: None,
+            }],
+            drift: Drift::default(),
+            rejected: vec![Rejected {
+                key: evil.into(),
+                reason: Reason::Overlap,
+                detail: format!("overlaps the older lease {evil}"),
+            }],
+        };
+        let out = render(&s);
+        assert_eq!(out.lines().count(), 9, "{out}");
+        assert!(!out.contains("\n  node-9"), "{out}");
+        assert!(out.chars().all(|c| c == '\n' || !c.is_control()), "{out:?}");
+        let json = text::escape_json(&serde_json::to_string_pretty(&s).unwrap());
+        assert!(json.chars().all(|c| c == '\n' || !c.is_control()), "{json}");
+    }
+}

@@ -230,8 +230,8 @@ fn route(
             format!("{dst} overlaps this node's subnet {mine}"),
         ));
     }
-    next_hop(dst, via, own)?;
     not_taken(dst, own.view)?;
+    next_hop(dst, via, own)?;
     Ok(HostRoute { dst, via })
 }
 
