@@ -20,10 +20,12 @@ pub mod me;
 pub(crate) mod metrics;
 pub(crate) mod net;
 pub(crate) mod reconcile;
+pub mod signals;
 pub mod subnet_file;
 pub mod text;
 
 pub use error::Error;
+pub use signals::Signals;
 pub use tokio_util::sync::CancellationToken;
 
 /// Runs one subcommand to completion; `shutdown` ends `run`.
@@ -41,22 +43,5 @@ pub async fn main(
             print!("{}", cmd::release::release(&c).await?);
             Ok(())
         }
-    }
-}
-
-/// SIGTERM or SIGINT.
-pub async fn signals() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => {}
-                _ = i.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
     }
 }
