@@ -7,6 +7,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use etcd_client::{Client, EventType, WatchOptions};
+use futures::FutureExt;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -119,38 +120,78 @@ impl Watcher {
                     return End::Broken(e.to_string(), e.is_unreachable());
                 }
             };
-            if resp.compact_revision() != 0 {
-                return End::Compacted(resp.compact_revision());
+            if let Some(end) = self.apply(&resp, rev, current, backoff) {
+                return end;
             }
-            if resp.canceled() {
-                return End::Broken(format!("watch canceled: {}", resp.cancel_reason()), false);
-            }
-            if resp.events().is_empty() {
-                continue;
-            }
-            backoff.reset();
-            let map = Arc::make_mut(current);
-            for ev in resp.events() {
-                let Some(kv) = ev.kv() else { continue };
-                *rev = (*rev).max(kv.mod_revision());
-                let Some(name) = self.keys.name(kv.key()) else {
-                    continue;
+            // Coalesce: fold in every response already received, then publish once. One
+            // publish per response cost a copy of the whole map each (the channel holds a
+            // reference), and under churn the watch fell behind by tens of seconds.
+            let mut end = None;
+            while end.is_none()
+                && let Some(next) = stream.message().now_or_never()
+            {
+                end = match next {
+                    Ok(Some(r)) => self.apply(&r, rev, current, backoff),
+                    Ok(None) => Some(End::Broken("stream ended".into(), true)),
+                    Err(e) => {
+                        let e = EtcdError::Client(e);
+                        Some(End::Broken(e.to_string(), e.is_unreachable()))
+                    }
                 };
-                match ev.event_type() {
-                    EventType::Put => {
-                        debug!(key = name, "lease put");
-                        map.insert(
-                            name.to_owned(),
-                            lease::decode(name, kv.value(), kv.create_revision()),
-                        );
-                    }
-                    EventType::Delete => {
-                        info!(key = name, "lease gone");
-                        map.remove(name);
-                    }
+            }
+            self.tx.send_if_modified(|old| {
+                let same = old.as_ref().is_some_and(|o| Arc::ptr_eq(o, current));
+                *old = Some(current.clone());
+                !same
+            });
+            if let Some(end) = end {
+                return end;
+            }
+        }
+    }
+
+    /// One watch response into the map; `Some` when the watch must end.
+    fn apply(
+        &self,
+        resp: &etcd_client::WatchResponse,
+        rev: &mut i64,
+        current: &mut Arc<Leases>,
+        backoff: &mut Backoff,
+    ) -> Option<End> {
+        if resp.compact_revision() != 0 {
+            return Some(End::Compacted(resp.compact_revision()));
+        }
+        if resp.canceled() {
+            return Some(End::Broken(
+                format!("watch canceled: {}", resp.cancel_reason()),
+                false,
+            ));
+        }
+        if resp.events().is_empty() {
+            return None;
+        }
+        backoff.reset();
+        let map = Arc::make_mut(current);
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            *rev = (*rev).max(kv.mod_revision());
+            let Some(name) = self.keys.name(kv.key()) else {
+                continue;
+            };
+            match ev.event_type() {
+                EventType::Put => {
+                    debug!(key = name, "lease put");
+                    map.insert(
+                        name.to_owned(),
+                        lease::decode(name, kv.value(), kv.create_revision()),
+                    );
+                }
+                EventType::Delete => {
+                    info!(key = name, "lease gone");
+                    map.remove(name);
                 }
             }
-            self.tx.send_replace(Some(current.clone()));
         }
+        None
     }
 }
