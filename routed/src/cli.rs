@@ -123,9 +123,9 @@ pub fn parse_endpoint(s: &str) -> Result<String, String> {
             host.parse::<std::net::Ipv4Addr>().is_ok()
                 || (!host.is_empty()
                     && host.len() <= 253
-                    && host
-                        .split('.')
-                        .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')))
+                    && host.split('.').all(|l| {
+                        !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    }))
         }
     };
     if !host_ok {
@@ -182,7 +182,11 @@ mod tests {
         assert!(parse("node-0", "http://127.0.0.1:2379").is_ok());
         for name in ["", "a\nb", "\x1b[31mred", "x-", "UPPER"] {
             let e = parse(name, "http://127.0.0.1:2379").unwrap_err();
-            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{name:?}");
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{name:?}"
+            );
             assert!(!e.to_string().contains('\x1b'), "{e}");
         }
         let e = parse("node-0", "http://127.0.0.1:2379,http//oops").unwrap_err();

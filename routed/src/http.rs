@@ -9,11 +9,11 @@
 
 use std::{
     net::SocketAddr,
-    time::Duration,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
@@ -136,7 +136,9 @@ mod tests {
     use super::*;
 
     fn open_fds() -> usize {
-        std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     async fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
@@ -180,7 +182,11 @@ mod tests {
             .unwrap();
         assert!(answer.contains("hostgw_peers"), "{answer}");
         let rounds = 200 / MAX_CONNECTIONS as u32 + 1;
-        assert!(t.elapsed() < HEADER_TIMEOUT * (rounds + 2), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < HEADER_TIMEOUT * (rounds + 2),
+            "{:?}",
+            t.elapsed()
+        );
         sd.cancel();
         server.await.unwrap();
     }

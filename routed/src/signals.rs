@@ -13,7 +13,10 @@ use tracing::{info, warn};
 /// (name, whether it stops the process, its stream).
 pub struct Signals(Vec<(&'static str, bool, Signal)>);
 
-const HANDLED: [(&str, bool, fn() -> SignalKind); 6] = [
+/// (name, whether it stops the process, which signal).
+type Handled = (&'static str, bool, fn() -> SignalKind);
+
+const HANDLED: [Handled; 6] = [
     ("SIGTERM", true, SignalKind::terminate),
     ("SIGINT", true, SignalKind::interrupt),
     ("SIGQUIT", true, SignalKind::quit),

@@ -86,7 +86,10 @@ pub fn escape_json(json: &str) -> String {
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || c == '\\'
-        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+        )
         || ('\u{202a}'..='\u{202e}').contains(&c)
         || ('\u{2066}'..='\u{2069}').contains(&c)
 }
@@ -97,7 +100,13 @@ mod tests {
 
     #[test]
     fn node_names() {
-        for good in ["node-0", "a", "ip-10-0-0-1.ec2.internal", "0", &"a".repeat(253)] {
+        for good in [
+            "node-0",
+            "a",
+            "ip-10-0-0-1.ec2.internal",
+            "0",
+            &"a".repeat(253),
+        ] {
             assert!(check_node_name(good).is_ok(), "{good}");
         }
         for bad in [
@@ -127,11 +136,18 @@ mod tests {
         assert_eq!(escape("\x1b[2J"), "\\u{1b}[2J");
         assert_eq!(escape("\u{9b}31m"), "\\u{9b}31m");
         assert_eq!(escape("\u{7f}"), "\\u{7f}");
-        assert_eq!(escape("a\\nb"), "a\\\\nb", "a literal backslash can't fake an escape");
+        assert_eq!(
+            escape("a\\nb"),
+            "a\\\\nb",
+            "a literal backslash can't fake an escape"
+        );
         assert_eq!(escape("\u{202e}abc"), "\\u{202e}abc");
         let json = serde_json::to_string(&"a\u{9b}b\u{7f}\u{202e}\n\\").unwrap();
         let safe = escape_json(&json);
-        assert!(safe.chars().all(|c| !needs_escape(c) || c == '\\'), "{safe}");
+        assert!(
+            safe.chars().all(|c| !needs_escape(c) || c == '\\'),
+            "{safe}"
+        );
         assert_eq!(
             serde_json::from_str::<String>(&safe).unwrap(),
             "a\u{9b}b\u{7f}\u{202e}\n\\"

@@ -76,7 +76,8 @@ fn churn() -> Result<()> {
             let mut cycles = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 c.etcd.put_many(&kvs)?;
-                c.etcd.ctl(&["del", "--prefix", &format!("{PREFIX}/subnets/198.18.2")])?;
+                c.etcd
+                    .ctl(&["del", "--prefix", &format!("{PREFIX}/subnets/198.18.2")])?;
                 cycles += 1;
             }
             Ok(cycles)
@@ -84,7 +85,9 @@ fn churn() -> Result<()> {
         std::thread::sleep(Duration::from_secs(3));
         let lat = probe_under_churn(&c);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let cycles = writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        let cycles = writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))??;
         Ok((lat?, cycles))
     })?;
     percentiles(

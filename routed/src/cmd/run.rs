@@ -24,9 +24,9 @@ use crate::{
     },
     http::{self, Ready},
     kernel::{LocalView, RouteTable, events, nft, routes::NetlinkRoutes},
-    net,
     me::{Me, OwnLease},
     metrics::Metrics,
+    net,
     reconcile::{Reconciler, ReconcilerConfig},
     subnet_file::{self, SubnetFile},
 };
@@ -181,7 +181,11 @@ async fn connect_and_read_config(
 /// The pod networks must not overlap this node's own links: a lease inside them would
 /// replace the node's LAN route and cut it off. Addresses and connected prefixes inside the
 /// subnet this node held before (its pods' gateways, a `cni0` bridge) are its pods' own.
-pub(crate) fn check_network_vs_links(cfg: &NetConfig, me: &Me, view: &LocalView) -> Result<(), Error> {
+pub(crate) fn check_network_vs_links(
+    cfg: &NetConfig,
+    me: &Me,
+    view: &LocalView,
+) -> Result<(), Error> {
     let pods: Vec<IpNetwork> = me
         .last
         .map(|(v4, v6)| std::iter::once(v4).chain(v6).collect())
@@ -331,5 +335,51 @@ async fn follow_own(
         if let Err(e) = write_subnet_file(&c, &cfg, mtu, &own) {
             warn!(error = %e, "rewriting the subnet file failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me(last: Option<&str>) -> Me {
+        Me {
+            node: "node-0".into(),
+            public_ip: "198.19.0.10".parse().unwrap(),
+            public_ipv6: None,
+            last: last.map(|s| (s.parse().unwrap(), None)),
+        }
+    }
+
+    #[test]
+    fn a_pod_network_over_the_node_link_is_refused() {
+        let view = LocalView {
+            addrs: [
+                "198.19.0.10".parse().unwrap(),
+                "198.18.7.1".parse().unwrap(),
+            ]
+            .into(),
+            connected: vec![
+                "198.19.0.0/24".parse().unwrap(),
+                "198.18.7.0/24".parse().unwrap(),
+            ],
+            ..LocalView::default()
+        };
+        let cfg = |n: &str| NetConfig::parse(format!(r#"{{"Network":"{n}"}}"#).as_bytes()).unwrap();
+        // The node LAN inside the pod network: refused, with both named.
+        let e = check_network_vs_links(&cfg("198.16.0.0/12"), &me(Some("198.18.7.0/24")), &view)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("198.16.0.0/12") && e.contains("198.19.0.0/24"),
+            "{e}"
+        );
+        // The node's own pod bridge from its previous subnet is not a node link.
+        assert!(
+            check_network_vs_links(&cfg("198.18.0.0/16"), &me(Some("198.18.7.0/24")), &view)
+                .is_ok()
+        );
+        // Without that subnet, the bridge is just another link inside the pod network.
+        assert!(check_network_vs_links(&cfg("198.18.0.0/16"), &me(None), &view).is_err());
     }
 }

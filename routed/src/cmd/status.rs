@@ -13,12 +13,12 @@ use crate::{
     etcd::{self, Entry, Keys, claim},
     kernel::{RouteTable, routes::NetlinkRoutes},
     me::{Me, OwnLease},
-    text,
     reconcile::{
         compute,
         plan::{self, HostRoute},
         validate::Rejected,
     },
+    text,
 };
 
 #[derive(Debug, Serialize)]
@@ -142,7 +142,9 @@ pub fn render(s: &Status) -> String {
                 o,
                 "node {}: subnet {}{v6} via {} (etcd lease {:x})",
                 text::escape(&s.node),
-                l.subnet, l.public_ip, l.lease_id
+                l.subnet,
+                l.public_ip,
+                l.lease_id
             );
         }
         None => {

@@ -84,7 +84,8 @@ impl NetlinkRoutes {
 fn add_main(view: &mut LocalView, m: &RouteMessage) {
     let (dst, gw) = parse(m);
     let Some(dst) = dst else { return };
-    if m.header.protocol == RouteProtocol::Other(PROTO) || m.header.table != RouteHeader::RT_TABLE_MAIN
+    if m.header.protocol == RouteProtocol::Other(PROTO)
+        || m.header.table != RouteHeader::RT_TABLE_MAIN
     {
         return;
     }
@@ -193,8 +194,8 @@ impl RouteTable for NetlinkRoutes {
                 add_main(&mut view, &m);
             }
             let local = RT_TABLE_LOCAL;
-            for m in super::dump::routes_in(&self.handle, family, RouteProtocol::Unspec, local)
-                .await?
+            for m in
+                super::dump::routes_in(&self.handle, family, RouteProtocol::Unspec, local).await?
             {
                 if let (Some(dst), _) = parse(&m)
                     && m.header.table == local

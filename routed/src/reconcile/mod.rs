@@ -142,7 +142,12 @@ impl<R: RouteTable> Reconciler<R> {
     /// Applies the plan; returns the failures of this node (not those of one route the
     /// kernel refused for what a lease says: those become `kernel-refused` rejections,
     /// retried on the next pass but never a retry loop, and never a readiness change).
-    async fn apply(&mut self, mut c: Computed, actual: BTreeSet<HostRoute>, read: Duration) -> usize {
+    async fn apply(
+        &mut self,
+        mut c: Computed,
+        actual: BTreeSet<HostRoute>,
+        read: Duration,
+    ) -> usize {
         let plan = plan::plan(&c.desired, &actual);
         let t = Instant::now();
         let applied = apply::apply(&self.table, &plan).await;

@@ -162,7 +162,10 @@ mod tests {
                     after.remove(&x.dst);
                 }
                 for x in &p.add {
-                    assert!(!after.contains_key(&x.dst), "create only where we hold nothing");
+                    assert!(
+                        !after.contains_key(&x.dst),
+                        "create only where we hold nothing"
+                    );
                     after.insert(x.dst, [x.via].into());
                 }
                 for x in &p.replace {

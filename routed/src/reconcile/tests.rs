@@ -252,7 +252,13 @@ async fn a_foreign_route_is_never_taken_over_nor_deleted() {
     l.remove("198.18.2.0-24");
     g.leases.send_replace(Some(Arc::new(l)));
     g.rec.pass().await;
-    assert!(!g.rec.table.calls().iter().any(|c| c.contains("198.18.2.0/24")));
+    assert!(
+        !g.rec
+            .table
+            .calls()
+            .iter()
+            .any(|c| c.contains("198.18.2.0/24"))
+    );
     assert_eq!(rejected(&g, "foreign-route"), 0);
 }
 
@@ -301,8 +307,14 @@ async fn rejected_leases_never_change_readiness() {
     bad.value.ipv6_subnet = Some("fd18:18:0:7::/64".parse().unwrap());
     bad.value.public_ipv6 = Some("fe80::1".parse().unwrap());
     l.insert("198.18.7.0-24".into(), Ok(bad));
-    l.insert("198.18.8.0-24".into(), lease("198.18.8.0/24", "198.18.2.9", 8));
-    l.insert("198.18.9.0-024".into(), lease("198.18.9.0/24", "198.19.0.9", 9));
+    l.insert(
+        "198.18.8.0-24".into(),
+        lease("198.18.8.0/24", "198.18.2.9", 8),
+    );
+    l.insert(
+        "198.18.9.0-024".into(),
+        lease("198.18.9.0/24", "198.19.0.9", 9),
+    );
     g.leases.send_replace(Some(Arc::new(l)));
     assert_eq!(g.rec.pass().await, 0);
     assert!(g.rec.ready.routes_in_sync.load(Ordering::Relaxed));

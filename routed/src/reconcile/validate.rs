@@ -165,7 +165,10 @@ fn check(key: &str, l: &Lease, own: &Scope) -> Check {
     if let Some(v6) = l.value.ipv6_subnet
         && !net::is_canonical(&v6)
     {
-        return Err((Reason::Malformed, format!("IPv6Subnet {v6} has host bits set")));
+        return Err((
+            Reason::Malformed,
+            format!("IPv6Subnet {v6} has host bits set"),
+        ));
     }
     if let (Some(pool), Some(v6)) = (&own.cfg.v6, l.value.ipv6_subnet) {
         let via = l

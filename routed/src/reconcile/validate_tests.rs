@@ -231,11 +231,26 @@ fn next_hops_must_be_node_addresses_outside_every_pod_network() {
         ("198.18.14.0-24", lease("198.18.14.0/24", "198.19.0.0", 1)),
         ("198.18.15.0-24", lease("198.18.15.0/24", "240.0.0.1", 1)),
         ("198.18.16.0-24", lease("198.18.16.0/24", "169.254.0.1", 1)),
-        ("198.18.57.0-24", v6("198.18.57.0/24", "fd18:18:0:9::/64", "fe80::1")),
-        ("198.18.58.0-24", v6("198.18.58.0/24", "fd18:18:0:10::/64", "::ffff:198.19.0.9")),
-        ("198.18.59.0-24", v6("198.18.59.0/24", "fd18:18:0:11::/64", "fd18:18:0:3::7")),
-        ("198.18.60.0-24", v6("198.18.60.0/24", "fd18:18:0:12::/64", "ff02::2")),
-        ("198.18.61.0-24", v6("198.18.61.0/24", "fd18:18:0:13::/64", "198.19.0.9")),
+        (
+            "198.18.57.0-24",
+            v6("198.18.57.0/24", "fd18:18:0:9::/64", "fe80::1"),
+        ),
+        (
+            "198.18.58.0-24",
+            v6("198.18.58.0/24", "fd18:18:0:10::/64", "::ffff:198.19.0.9"),
+        ),
+        (
+            "198.18.59.0-24",
+            v6("198.18.59.0/24", "fd18:18:0:11::/64", "fd18:18:0:3::7"),
+        ),
+        (
+            "198.18.60.0-24",
+            v6("198.18.60.0/24", "fd18:18:0:12::/64", "ff02::2"),
+        ),
+        (
+            "198.18.61.0-24",
+            v6("198.18.61.0/24", "fd18:18:0:13::/64", "198.19.0.9"),
+        ),
     ]);
     let all: Vec<(String, Reason)> = reasons(&v);
     assert_eq!(all.len(), 11, "{:#?}", v.rejected);
@@ -260,10 +275,24 @@ fn other_backends_non_canonical_keys_and_bad_node_names_are_refused() {
         ("198.18.20.0-024", rec("198.18.20.0/24", &|_| {})),
         ("198.18.21.0-+24", rec("198.18.21.0/24", &|_| {})),
         ("fd18:18:0:0022::-64", rec("198.18.22.0/24", &|_| {})),
-        ("198.18.23.0-24", rec("198.18.23.0/24", &|l| l.value.backend_type = "vxlan".into())),
-        ("198.18.24.0-24", rec("198.18.24.0/24", &|l| l.value.backend_type = String::new())),
-        ("198.18.25.0-24", rec("198.18.25.0/24", &|l| l.value.node_name = "evil\n  node-0".into())),
-        ("198.18.26.0-24", rec("198.18.26.0/24", &|l| l.value.node_name = "\x1b[2J".into())),
+        (
+            "198.18.23.0-24",
+            rec("198.18.23.0/24", &|l| l.value.backend_type = "vxlan".into()),
+        ),
+        (
+            "198.18.24.0-24",
+            rec("198.18.24.0/24", &|l| l.value.backend_type = String::new()),
+        ),
+        (
+            "198.18.25.0-24",
+            rec("198.18.25.0/24", &|l| {
+                l.value.node_name = "evil\n  node-0".into()
+            }),
+        ),
+        (
+            "198.18.26.0-24",
+            rec("198.18.26.0/24", &|l| l.value.node_name = "\x1b[2J".into()),
+        ),
         (
             "198.18.27.0-24",
             rec("198.18.27.0/24", &|l| {
@@ -271,7 +300,10 @@ fn other_backends_non_canonical_keys_and_bad_node_names_are_refused() {
             }),
         ),
         // Flannel's own leases carry no NodeName: still a peer.
-        ("198.18.28.0-24", rec("198.18.28.0/24", &|l| l.value.node_name = String::new())),
+        (
+            "198.18.28.0-24",
+            rec("198.18.28.0/24", &|l| l.value.node_name = String::new()),
+        ),
     ]);
     let want = [
         ("198.18.20.0-024", Reason::Malformed),
@@ -286,5 +318,9 @@ fn other_backends_non_canonical_keys_and_bad_node_names_are_refused() {
     let want: Vec<_> = want.iter().map(|(k, r)| (k.to_string(), *r)).collect();
     assert_eq!(reasons(&v), want, "{:#?}", v.rejected);
     assert_eq!(v.peers.len(), 1);
-    assert!(v.rejected.iter().all(|r| !r.detail.contains('\x1b') && !r.detail.contains('\n')));
+    assert!(
+        v.rejected
+            .iter()
+            .all(|r| !r.detail.contains('\x1b') && !r.detail.contains('\n'))
+    );
 }
