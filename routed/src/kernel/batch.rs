@@ -26,21 +26,26 @@ pub enum Write {
     Replace,
     /// `NLM_F_EXCL`: `EEXIST` if any route, of any protocol, holds the destination.
     Create,
+    /// `RTM_DELROUTE` of our route (the message carries protocol 75, which the kernel
+    /// matches); one already gone is success.
+    Delete,
 }
 
 impl Write {
     fn flags(self) -> u16 {
         let how = match self {
-            Write::Replace => NLM_F_REPLACE,
-            Write::Create => NLM_F_EXCL,
+            Write::Replace => NLM_F_REPLACE | NLM_F_CREATE,
+            Write::Create => NLM_F_EXCL | NLM_F_CREATE,
+            Write::Delete => 0,
         };
-        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | how
+        NLM_F_REQUEST | NLM_F_ACK | how
     }
 
     fn verb(self) -> &'static str {
         match self {
             Write::Replace => "replace",
             Write::Create => "create",
+            Write::Delete => "delete",
         }
     }
 }
@@ -73,7 +78,11 @@ fn chunk(sock: &Socket, routes: &[HostRoute], how: Write) -> Results {
     for (i, r) in routes.iter().enumerate() {
         match message(r) {
             Ok(m) => {
-                let mut nl = NetlinkMessage::from(RouteNetlinkMessage::NewRoute(m));
+                let m = match how {
+                    Write::Delete => RouteNetlinkMessage::DelRoute(super::routes::deletion(r, m)),
+                    _ => RouteNetlinkMessage::NewRoute(m),
+                };
+                let mut nl = NetlinkMessage::from(m);
                 nl.header.flags = how.flags();
                 nl.header.sequence_number = base.wrapping_add(i as u32);
                 nl.finalize();
@@ -107,6 +116,8 @@ fn chunk(sock: &Socket, routes: &[HostRoute], how: Write) -> Results {
                 pending -= 1;
                 *slot = Some(match e.code {
                     None => Ok(()),
+                    // ENOENT / ESRCH: the route to delete is gone already.
+                    Some(c) if how == Write::Delete && [2, 3].contains(&-c.get()) => Ok(()),
                     Some(c) => Err(KernelError::Errno {
                         op: format!("{} {}", how.verb(), routes[idx]),
                         errno: -c.get(),

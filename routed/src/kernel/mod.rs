@@ -125,6 +125,15 @@ pub trait RouteTable {
             .collect::<Vec<_>>()
             .await
     }
+    /// Deletes many of our routes; implementations may batch.
+    async fn delete_all(&self, routes: &[HostRoute]) -> Results {
+        use futures::{StreamExt, stream};
+        stream::iter(routes)
+            .map(move |r| async move { (*r, self.delete(r).await) })
+            .buffer_unordered(128)
+            .collect::<Vec<_>>()
+            .await
+    }
     /// Creates many routes (see [`RouteTable::create`]); implementations may batch.
     async fn create_all(&self, routes: &[HostRoute]) -> Results {
         use futures::{StreamExt, stream};

@@ -99,6 +99,16 @@ fn add_main(view: &mut LocalView, m: &RouteMessage) {
     }
 }
 
+/// The delete message for our route `r`: an owned route without a gateway is listed with an
+/// unspecified next hop, and deleted without one.
+pub(super) fn deletion(r: &HostRoute, mut m: RouteMessage) -> RouteMessage {
+    if r.via.is_unspecified() {
+        m.attributes
+            .retain(|a| !matches!(a, RouteAttribute::Gateway(_)));
+    }
+    m
+}
+
 fn unspecified(dst: &IpNetwork) -> IpAddr {
     if dst.is_ipv4() {
         IpAddr::V4(0.into())
@@ -164,12 +174,12 @@ impl RouteTable for NetlinkRoutes {
         self.write_all(routes, Write::Create).await
     }
 
+    async fn delete_all(&self, routes: &[HostRoute]) -> Results {
+        self.write_all(routes, Write::Delete).await
+    }
+
     async fn delete(&self, r: &HostRoute) -> Result<(), KernelError> {
-        let mut m = message(r)?;
-        if r.via.is_unspecified() {
-            m.attributes
-                .retain(|a| !matches!(a, RouteAttribute::Gateway(_)));
-        }
+        let m = deletion(r, message(r)?);
         match self.handle.route().del(m).execute().await {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(e))
