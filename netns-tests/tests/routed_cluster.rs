@@ -76,7 +76,9 @@ fn routed_deleted_route_is_back_within_a_second() -> Result<()> {
         theirs.contains("proto static") && theirs.contains(&c.nodes[2].ip),
         "{theirs}"
     );
-    c.nodes[0].ns.ip(&["route", "del", &sub1, "proto", "static"])?;
+    c.nodes[0]
+        .ns
+        .ip(&["route", "del", &sub1, "proto", "static"])?;
     wait_for("route re-owned", Duration::from_secs(1), || {
         c.routes(0)
             .ok()?

@@ -45,3 +45,10 @@ pub async fn main(
         }
     }
 }
+
+/// [`main`] with the process's signals as shutdown: the handlers are installed before any
+/// other work, so that no signal ends the process unlogged (see `signals`).
+pub async fn main_with_signals(cli: cli::Cli) -> Result<(), Error> {
+    let signals = Signals::install().map_err(|e| Error::Io("install signal handlers".into(), e))?;
+    main(cli, signals.wait()).await
+}

@@ -22,14 +22,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    // Signal handlers first (inside block_on, before any other work), so that no signal
-    // ends the process unlogged.
-    let r = rt.block_on(async {
-        let signals = hostgw_routed::Signals::install()
-            .map_err(|e| hostgw_routed::Error::Io("install signal handlers".into(), e))?;
-        hostgw_routed::main(cli, signals.wait()).await
-    });
-    match r {
+    match rt.block_on(hostgw_routed::main_with_signals(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "exiting");
