@@ -1,8 +1,10 @@
 //! Benchmarks of hostgw-routed (binary `bench-routed`; figures printed, nothing asserted):
 //! convergence and peak RSS at 5,000 leases, propagation latency of a new lease, drift
-//! repair latency, and etcd range requests per minute while idle.
+//! repair latency, etcd range requests per minute while idle, and lease-to-route latency
+//! while 10,000 other leases are put and deleted in a loop.
 //!
-//! `cargo build --release --workspace --bins && target/release/bench-routed` (as root).
+//! `cargo build --release --workspace --bins && target/release/bench-routed [convergence|churn]`
+//! (as root).
 //! Everything runs in throwaway namespaces; run time is bounded (about two minutes).
 
 use std::{
@@ -13,7 +15,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use hostgw_harness::{
     Proc, require_root,
-    routed::{Cluster, Spec, lease_json, subnet_key},
+    routed::{Cluster, PREFIX, Spec, lease_json, subnet_key},
     wait_for,
 };
 
@@ -34,7 +36,94 @@ pub fn run(only_convergence: bool) -> Result<()> {
     let installed = propagation(&c)?;
     drift_repair(&c, &installed)?;
     idle(&c)?;
+    churn()?;
     Ok(())
+}
+
+const CHURN_LEASES: usize = 10_000;
+const CHURN_FOR: Duration = Duration::from_secs(40);
+const CHURN_PROBES: usize = 100;
+
+/// Lease-to-route latency under churn: a writer puts 10,000 leases (/32s in
+/// 198.18.200-239.x, 100 per transaction) and deletes them all (one range delete), over
+/// and over; meanwhile probe leases in 198.18.10.x are put one at a time and the time
+/// until each one's route is in the kernel is measured (polled every ~5 ms).
+pub fn churn() -> Result<()> {
+    let cfg = r#"{"Network":"198.18.0.0/16","SubnetLen":32,"SubnetMin":"198.18.0.1","SubnetMax":"198.18.0.250","Backend":{"Type":"host-gw"}}"#;
+    let mut c = Cluster::new(Spec {
+        nodes: 1,
+        tls: false,
+        config: cfg,
+    })?;
+    c.nodes[0]
+        .ns
+        .ip(&["addr", "add", "198.19.255.10/16", "dev", "eth0"])?;
+    c.start(0)?;
+    c.wait_subnet(0)?;
+    let kvs: Vec<(String, String)> = (0..CHURN_LEASES)
+        .map(|i| {
+            let subnet = format!("198.18.{}.{}/32", 200 + i / 250, i % 250);
+            let ip = format!("198.19.{}.{}", 1 + i / 250, 1 + i % 250);
+            (subnet_key(&subnet), lease_json(&ip, &format!("churn-{i}")))
+        })
+        .collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (lat, cycles) = std::thread::scope(|s| -> Result<(Vec<f64>, usize)> {
+        let writer = s.spawn(|| -> Result<usize> {
+            let mut cycles = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                c.etcd.put_many(&kvs)?;
+                c.etcd
+                    .ctl(&["del", "--prefix", &format!("{PREFIX}/subnets/198.18.2")])?;
+                cycles += 1;
+            }
+            Ok(cycles)
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        let lat = probe_under_churn(&c);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let cycles = writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        Ok((lat?, cycles))
+    })?;
+    percentiles(
+        &format!(
+            "churn (lease put to route in the kernel while {CHURN_LEASES} other leases are put and deleted in a loop, {cycles} cycles = {} events)",
+            cycles * CHURN_LEASES * 2
+        ),
+        lat,
+        "",
+    );
+    Ok(())
+}
+
+fn probe_under_churn(c: &Cluster) -> Result<Vec<f64>> {
+    let ns = c.nodes[0].ns.name().to_owned();
+    let started = Instant::now();
+    let mut lat = vec![];
+    for k in 0..CHURN_PROBES {
+        if started.elapsed() > CHURN_FOR {
+            break;
+        }
+        let dst = format!("198.18.10.{}/32", k + 1);
+        let t0 = Instant::now();
+        c.etcd.put(
+            &subnet_key(&dst),
+            &lease_json(&format!("198.19.100.{}", k + 1), &format!("probe-{k}")),
+        )?;
+        wait_for(&format!("route {dst}"), Duration::from_secs(60), || {
+            let out = Command::new("ip")
+                .args(["-n", &ns, "route", "show", "exact", &dst, "proto", "75"])
+                .output()
+                .ok()?;
+            (!out.stdout.is_empty()).then_some(())
+        })
+        .with_context(|| c.log(0))?;
+        lat.push(t0.elapsed().as_secs_f64());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(lat)
 }
 
 fn owned_count(ns: &str) -> Result<usize> {

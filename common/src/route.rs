@@ -55,24 +55,33 @@ pub fn oif(m: &RouteMessage) -> Option<u32> {
 }
 
 /// The main table's routes of one family, of protocol `proto` (`Unspec`: every protocol).
-/// On a socket with strict checking the kernel filters; on one without, it returns every
-/// table and protocol, so the same filter is applied here too. The type is left
-/// unspecified so that the dump is not narrowed by the builder's defaults.
 pub async fn dump_main(
     h: &Handle,
     family: AddressFamily,
     proto: RouteProtocol,
+) -> Result<Vec<RouteMessage>, rtnetlink::Error> {
+    dump_table(h, family, proto, RouteHeader::RT_TABLE_MAIN).await
+}
+
+/// The routes of one family in `table`, of protocol `proto` (`Unspec`: every protocol).
+/// On a socket with strict checking the kernel filters; on one without, it returns every
+/// table and protocol, so the same filter is applied here too. The type is left
+/// unspecified so that the dump is not narrowed by the builder's defaults.
+pub async fn dump_table(
+    h: &Handle,
+    family: AddressFamily,
+    proto: RouteProtocol,
+    table: u8,
 ) -> Result<Vec<RouteMessage>, rtnetlink::Error> {
     let mut msg = RouteMessageBuilder::<IpAddr>::new().build();
     msg.header.address_family = family;
     msg.header.protocol = proto;
     msg.header.scope = RouteScope::Universe;
     msg.header.kind = RouteType::Unspec;
-    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.table = table;
     let mut routes: Vec<RouteMessage> = h.route().get(msg).execute().try_collect().await?;
     routes.retain(|r| {
-        r.header.table == RouteHeader::RT_TABLE_MAIN
-            && (proto == RouteProtocol::Unspec || r.header.protocol == proto)
+        r.header.table == table && (proto == RouteProtocol::Unspec || r.header.protocol == proto)
     });
     Ok(routes)
 }

@@ -59,7 +59,8 @@ fn routed_deleted_route_is_back_within_a_second() -> Result<()> {
             .any(|(d, g)| *d == sub1 && *g == c.nodes[1].ip)
             .then_some(())
     })?;
-    // Replaced by someone else's route (another protocol): ours comes back too.
+    // Replaced by someone else's route (another protocol): that route is not ours, so it
+    // is never replaced back (issue 12, item 1); once it is gone, ours comes back.
     c.nodes[0].ns.ip(&[
         "route",
         "replace",
@@ -69,6 +70,15 @@ fn routed_deleted_route_is_back_within_a_second() -> Result<()> {
         "proto",
         "static",
     ])?;
+    std::thread::sleep(Duration::from_millis(500));
+    let theirs = c.nodes[0].ns.ip(&["route", "show", "exact", &sub1])?;
+    assert!(
+        theirs.contains("proto static") && theirs.contains(&c.nodes[2].ip),
+        "{theirs}"
+    );
+    c.nodes[0]
+        .ns
+        .ip(&["route", "del", &sub1, "proto", "static"])?;
     wait_for("route re-owned", Duration::from_secs(1), || {
         c.routes(0)
             .ok()?

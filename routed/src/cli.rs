@@ -28,15 +28,17 @@ pub enum Cmd {
 
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// etcd client URLs, comma-separated.
+    /// etcd client URLs, comma-separated: `http://HOST:PORT` or `https://HOST:PORT`.
     #[arg(
         long,
         env = "HOSTGW_ETCD_ENDPOINTS",
         value_delimiter = ',',
-        required = true
+        required = true,
+        value_parser = parse_endpoint
     )]
     pub etcd_endpoints: Vec<String>,
-    #[arg(long, env = "HOSTGW_NODE_NAME")]
+    /// This node's name (a DNS-1123 subdomain, as Kubernetes node names are).
+    #[arg(long, env = "HOSTGW_NODE_NAME", value_parser = crate::text::parse_node_name)]
     pub node_name: String,
     /// This node's address on the node network (the next hop peers use); with an interface
     /// flag, it must be an address of that interface.
@@ -97,4 +99,106 @@ pub struct StatusArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+/// An etcd endpoint as a URL the client can dial: `http://` or `https://`, a host (IPv4,
+/// `[IPv6]` or a DNS name) and an optional port, nothing else. Checked when the command
+/// line is read, so a typo fails at once instead of being retried as "etcd unreachable".
+pub fn parse_endpoint(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let bad = |why: &str| Err(format!("etcd endpoint {}: {why}", crate::text::escape(s)));
+    let Some(rest) = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+    else {
+        return bad("must start with http:// or https://");
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#', '@']) {
+        return bad("must be scheme://host[:port] with no path, query or user");
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.starts_with('[') || h.ends_with(']') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    if let Some(p) = port
+        && !matches!(p.parse::<u16>(), Ok(1..))
+    {
+        return bad("port must be a number from 1 to 65535");
+    }
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            host.parse::<std::net::Ipv4Addr>().is_ok()
+                || (!host.is_empty()
+                    && host.len() <= 253
+                    && host.split('.').all(|l| {
+                        !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    }))
+        }
+    };
+    if !host_ok {
+        return bad("host must be an IPv4 address, [IPv6 address] or DNS name");
+    }
+    Ok(s.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_checked_when_read() {
+        for good in [
+            "http://198.19.0.2:2379",
+            "https://etcd-0.etcd.kube-system.svc:2379",
+            "http://[fd19:19::2]:2379/",
+            " http://localhost ",
+        ] {
+            assert!(parse_endpoint(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "198.19.0.2:2379",
+            "http://",
+            "http://198.19.0.2:99999",
+            "http://198.19.0.2:0",
+            "http://198.19.0.2:x",
+            "http://etcd:2379/v3",
+            "http://user@etcd:2379",
+            "http://et cd:2379",
+            "http://[fd19::2:2379",
+            "http://fd19::2:2379",
+            "ftp://etcd:2379",
+            "http://etcd\x1b[2J:2379",
+        ] {
+            assert!(parse_endpoint(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bad_node_names_and_endpoints_stop_at_the_command_line() {
+        let parse = |name: &str, ep: &str| {
+            Cli::try_parse_from([
+                "hostgw-routed",
+                "run",
+                "--etcd-endpoints",
+                ep,
+                "--node-name",
+                name,
+            ])
+        };
+        assert!(parse("node-0", "http://127.0.0.1:2379").is_ok());
+        for name in ["", "a\nb", "\x1b[31mred", "x-", "UPPER"] {
+            let e = parse(name, "http://127.0.0.1:2379").unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{name:?}"
+            );
+            assert!(!e.to_string().contains('\x1b'), "{e}");
+        }
+        let e = parse("node-0", "http://127.0.0.1:2379,http//oops").unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+    }
 }

@@ -20,8 +20,12 @@ pub mod me;
 pub(crate) mod metrics;
 pub(crate) mod net;
 pub(crate) mod reconcile;
+pub mod signals;
+pub mod text;
 
 pub use error::Error;
+pub use signals::Signals;
+pub use tokio_util::sync::CancellationToken;
 
 /// Runs one subcommand to completion; `shutdown` ends `run`.
 pub async fn main(
@@ -41,19 +45,9 @@ pub async fn main(
     }
 }
 
-/// SIGTERM or SIGINT.
-pub async fn signals() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => {}
-                _ = i.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
-    }
+/// [`main`] with the process's signals as shutdown: the handlers are installed before any
+/// other work, so that no signal ends the process unlogged (see `signals`).
+pub async fn main_with_signals(cli: cli::Cli) -> Result<(), Error> {
+    let signals = Signals::install().map_err(|e| Error::Io("install signal handlers".into(), e))?;
+    main(cli, signals.wait()).await
 }

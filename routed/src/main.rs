@@ -22,7 +22,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(hostgw_routed::main(cli, hostgw_routed::signals())) {
+    match rt.block_on(hostgw_routed::main_with_signals(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "exiting");

@@ -2,7 +2,7 @@
 //! latency of a new lease, drift repair latency, etcd range requests while idle (method:
 //! `hostgw_bench::routed`).
 //!
-//! `cargo build --release --workspace --bins && target/release/bench-routed [convergence]`
+//! `cargo build --release --workspace --bins && target/release/bench-routed [convergence|churn]`
 //! (as root).
 #![forbid(unsafe_code)]
 
@@ -13,6 +13,8 @@ use clap::{Parser, ValueEnum};
 enum Part {
     /// Only the convergence benchmark.
     Convergence,
+    /// Only the lease-to-route latency under churn (10,000 leases put and deleted in a loop).
+    Churn,
 }
 
 #[derive(Parser)]
@@ -27,5 +29,8 @@ struct Args {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    hostgw_bench::routed::run(matches!(a.part, Some(Part::Convergence)))
+    match a.part {
+        Some(Part::Churn) => hostgw_bench::routed::churn(),
+        part => hostgw_bench::routed::run(matches!(part, Some(Part::Convergence))),
+    }
 }

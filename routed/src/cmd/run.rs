@@ -24,9 +24,10 @@ use crate::{
         watch::Watcher,
     },
     http::{self, Ready},
-    kernel::{events, nft, routes::NetlinkRoutes},
+    kernel::{LocalView, RouteTable, events, nft, routes::NetlinkRoutes},
     me::{Me, OwnLease},
     metrics::Metrics,
+    net,
     reconcile::{Reconciler, ReconcilerConfig},
 };
 
@@ -41,6 +42,7 @@ struct Started {
 
 pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     tokio::pin!(shutdown);
+    raise_fd_limit();
     let metrics = Metrics::new();
     let ready = Arc::new(Ready::default());
     let listener = match args.metrics_addr {
@@ -89,12 +91,28 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     r
 }
 
+/// Soft `RLIMIT_NOFILE` up to the hard limit: the daemon's fds are few and bounded (the
+/// HTTP server takes at most `http::MAX_CONNECTIONS`), but a soft limit of 1024 left too
+/// little room once. Where the hard limit is the soft one, nothing changes.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => warn!(error = %e, soft, hard, "could not raise the open-file limit"),
+        },
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "could not read the open-file limit"),
+    }
+}
+
 async fn start(args: &RunArgs, ready: &Ready) -> Result<Started, Error> {
     let c = &args.common;
     let table = NetlinkRoutes::connect()?;
     let (me, mtu) = super::me(&table, c).await?;
     let keys = Keys::new(&c.etcd_prefix);
     let (store, cfg) = connect_and_read_config(c, &keys).await?;
+    check_network_vs_links(&cfg, &me, &table.local_view().await?)?;
     let claim = Claim {
         keys: &keys,
         cfg: &cfg,
@@ -143,6 +161,14 @@ async fn connect_and_read_config(
             Err(e @ (EtcdError::NoConfig(_) | EtcdError::Config(_) | EtcdError::Tls { .. })) => {
                 return Err(e.into());
             }
+            // A URI or argument the client refuses will be refused forever: not a retry.
+            Err(
+                e @ EtcdError::Client(
+                    etcd_client::Error::InvalidUri(_)
+                    | etcd_client::Error::InvalidArgs(_)
+                    | etcd_client::Error::EndpointError(_),
+                ),
+            ) => return Err(e.into()),
             Err(e) => {
                 let d = backoff.next_delay();
                 warn!(error = %e, retry_in = ?d, "etcd not reachable yet");
@@ -150,6 +176,39 @@ async fn connect_and_read_config(
             }
         }
     }
+}
+
+/// The pod networks must not overlap this node's own links: a lease inside them would
+/// replace the node's LAN route and cut it off. Addresses and connected prefixes inside the
+/// subnet this node held before (its pods' gateways, a `cni0` bridge) are its pods' own.
+pub(crate) fn check_network_vs_links(
+    cfg: &NetConfig,
+    me: &Me,
+    view: &LocalView,
+) -> Result<(), Error> {
+    let pods: Vec<IpNetwork> = me
+        .last
+        .map(|(v4, v6)| std::iter::once(v4).chain(v6).collect())
+        .unwrap_or_default();
+    let mine = |n: &IpNetwork| pods.iter().any(|p| net::within(n, p));
+    let links = view.connected.iter().copied().chain(
+        view.addrs
+            .iter()
+            .filter_map(|a| IpNetwork::new(*a, if a.is_ipv4() { 32 } else { 128 }).ok()),
+    );
+    let networks: Vec<IpNetwork> = std::iter::once(cfg.v4.network)
+        .chain(cfg.v6.as_ref().map(|p| p.network))
+        .collect();
+    for link in links.filter(|l| !mine(l)) {
+        if let Some(n) = networks.iter().find(|n| net::overlaps(n, &link)) {
+            return Err(Error::Other(format!(
+                "network config: {n} overlaps {link}, which is on this node's own links; \
+                 a lease there would replace the node's LAN route. Use a pod network apart \
+                 from every node network"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn write_subnet_file(
@@ -293,5 +352,51 @@ async fn follow_own(
         if let Err(e) = write_subnet_file(&c, &cfg, mtu, &own) {
             warn!(error = %e, "rewriting the subnet file failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me(last: Option<&str>) -> Me {
+        Me {
+            node: "node-0".into(),
+            public_ip: "198.19.0.10".parse().unwrap(),
+            public_ipv6: None,
+            last: last.map(|s| (s.parse().unwrap(), None)),
+        }
+    }
+
+    #[test]
+    fn a_pod_network_over_the_node_link_is_refused() {
+        let view = LocalView {
+            addrs: [
+                "198.19.0.10".parse().unwrap(),
+                "198.18.7.1".parse().unwrap(),
+            ]
+            .into(),
+            connected: vec![
+                "198.19.0.0/24".parse().unwrap(),
+                "198.18.7.0/24".parse().unwrap(),
+            ],
+            ..LocalView::default()
+        };
+        let cfg = |n: &str| NetConfig::parse(format!(r#"{{"Network":"{n}"}}"#).as_bytes()).unwrap();
+        // The node LAN inside the pod network: refused, with both named.
+        let e = check_network_vs_links(&cfg("198.16.0.0/12"), &me(Some("198.18.7.0/24")), &view)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("198.16.0.0/12") && e.contains("198.19.0.0/24"),
+            "{e}"
+        );
+        // The node's own pod bridge from its previous subnet is not a node link.
+        assert!(
+            check_network_vs_links(&cfg("198.18.0.0/16"), &me(Some("198.18.7.0/24")), &view)
+                .is_ok()
+        );
+        // Without that subnet, the bridge is just another link inside the pod network.
+        assert!(check_network_vs_links(&cfg("198.18.0.0/16"), &me(None), &view).is_err());
     }
 }

@@ -19,6 +19,7 @@ use crate::{
         plan::{self, HostRoute},
         validate::Rejected,
     },
+    text,
 };
 
 #[derive(Debug, Serialize)]
@@ -188,33 +189,40 @@ pub async fn status(args: &StatusArgs) -> Result<String, Error> {
         lease: own,
         peers,
         drift: Drift {
-            missing: p.add,
+            missing: p.writes().copied().collect(),
             extra: p.remove,
         },
         rejected: computed.rejected,
     };
     Ok(if args.json {
-        serde_json::to_string_pretty(&status).unwrap_or_default() + "\n"
+        text::escape_json(&serde_json::to_string_pretty(&status).unwrap_or_default()) + "\n"
     } else {
         render(&status)
     })
 }
 
+/// Text for a terminal: every string that came from etcd (node names, keys, details that
+/// quote keys) goes through [`text::escape`], so no record can forge a line or send an
+/// escape sequence. Addresses and prefixes are parsed values and print as themselves.
 pub fn render(s: &Status) -> String {
     let mut o = String::new();
     let loud = if s.config.state == "same" { "" } else { " (!)" };
-    let _ = writeln!(o, "config: {}{loud}: {}", s.config.state, s.config.detail);
+    let detail = text::escape(&s.config.detail);
+    let _ = writeln!(o, "config: {}{loud}: {detail}", s.config.state);
     match &s.lease {
         Some(l) => {
             let v6 = l.ipv6_subnet.map(|n| format!(" + {n}")).unwrap_or_default();
             let _ = writeln!(
                 o,
                 "node {}: subnet {}{v6} via {} (etcd lease {:x})",
-                s.node, l.subnet, l.public_ip, l.lease_id
+                text::escape(&s.node),
+                l.subnet,
+                l.public_ip,
+                l.lease_id
             );
         }
         None => {
-            let _ = writeln!(o, "node {}: NO LEASE in etcd", s.node);
+            let _ = writeln!(o, "node {}: NO LEASE in etcd", text::escape(&s.node));
         }
     }
     // One row per route: a dual-stack peer has two.
@@ -228,7 +236,7 @@ pub fn render(s: &Status) -> String {
         let _ = writeln!(
             o,
             "  {:<16} {:<22} via {:<16} {}{gw}",
-            p.node,
+            text::escape(&p.node),
             p.dst.to_string(),
             p.via.to_string(),
             p.state
@@ -253,7 +261,52 @@ pub fn render(s: &Status) -> String {
     }
     let _ = writeln!(o, "\nrejected leases ({}):", s.rejected.len());
     for r in &s.rejected {
-        let _ = writeln!(o, "  {:<22} {:<16} {}", r.key, r.reason.as_str(), r.detail);
+        let _ = writeln!(
+            o,
+            "  {:<22} {:<16} {}",
+            text::escape(&r.key),
+            r.reason.as_str(),
+            text::escape(&r.detail)
+        );
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::validate::Reason;
+
+    #[test]
+    fn text_from_etcd_cannot_forge_lines_or_drive_the_terminal() {
+        let evil = "n\n  node-9           198.18.9.0/24          via 198.19.0.9       installed\x1b[2J\u{9b}31m";
+        let s = Status {
+            node: "node-0".into(),
+            config: ConfigView {
+                state: "invalid",
+                detail: evil.into(),
+            },
+            lease: None,
+            peers: vec![PeerStatus {
+                key: evil.into(),
+                node: evil.into(),
+                dst: "198.18.5.0/24".parse().unwrap(),
+                via: "198.19.0.5".parse().unwrap(),
+                state: "installed",
+                gateway: None,
+            }],
+            drift: Drift::default(),
+            rejected: vec![Rejected {
+                key: evil.into(),
+                reason: Reason::Overlap,
+                detail: format!("overlaps the older lease {evil}"),
+            }],
+        };
+        let out = render(&s);
+        assert_eq!(out.lines().count(), 10, "{out}");
+        assert!(!out.contains("\n  node-9"), "{out}");
+        assert!(out.chars().all(|c| c == '\n' || !c.is_control()), "{out:?}");
+        let json = text::escape_json(&serde_json::to_string_pretty(&s).unwrap());
+        assert!(json.chars().all(|c| c == '\n' || !c.is_control()), "{json}");
+    }
 }

@@ -9,7 +9,7 @@ use rtnetlink::{
     packet_route::{
         AddressFamily,
         address::{AddressAttribute, AddressScope},
-        route::{RouteMessage, RouteProtocol},
+        route::{RouteHeader, RouteMessage, RouteProtocol},
     },
 };
 
@@ -22,7 +22,17 @@ pub async fn routes(
     family: AddressFamily,
     proto: RouteProtocol,
 ) -> Result<Vec<RouteMessage>, KernelError> {
-    hostgw_common::route::dump_main(h, family, proto)
+    routes_in(h, family, proto, RouteHeader::RT_TABLE_MAIN).await
+}
+
+/// As [`routes`], for another table (the local table, to see what is not ours there).
+pub async fn routes_in(
+    h: &Handle,
+    family: AddressFamily,
+    proto: RouteProtocol,
+    table: u8,
+) -> Result<Vec<RouteMessage>, KernelError> {
+    hostgw_common::route::dump_table(h, family, proto, table)
         .await
         .map_err(|source| KernelError::Netlink {
             op: "dump routes".into(),

@@ -14,8 +14,10 @@ pub struct FakeRoutes {
     pub view: RefCell<LocalView>,
     /// Lookup answers; an address not listed is on-link.
     pub hops: RefCell<HashMap<IpAddr, NextHop>>,
-    /// Destinations whose replace fails.
+    /// Destinations whose replace or create fails, with `failing_errno` (default ENOBUFS,
+    /// a failure of this node; EINVAL would be the kernel refusing the route itself).
     pub failing: RefCell<BTreeSet<ipnetwork::IpNetwork>>,
+    pub failing_errno: std::cell::Cell<Option<i32>>,
     pub calls: RefCell<Vec<String>>,
 }
 
@@ -32,6 +34,19 @@ impl FakeRoutes {
     fn log(&self, s: String) {
         self.calls.borrow_mut().push(s);
     }
+
+    fn replace_inner(&self, r: &HostRoute) -> Result<(), KernelError> {
+        if self.failing.borrow().contains(&r.dst) {
+            return Err(KernelError::Errno {
+                op: format!("write {r}"),
+                errno: self.failing_errno.get().unwrap_or(105),
+            });
+        }
+        let mut routes = self.routes.borrow_mut();
+        routes.retain(|x| x.dst != r.dst);
+        routes.insert(*r);
+        Ok(())
+    }
 }
 
 impl RouteTable for FakeRoutes {
@@ -42,16 +57,21 @@ impl RouteTable for FakeRoutes {
 
     async fn replace(&self, r: &HostRoute) -> Result<(), KernelError> {
         self.log(format!("replace {r}"));
-        if self.failing.borrow().contains(&r.dst) {
+        self.replace_inner(r)
+    }
+
+    async fn create(&self, r: &HostRoute) -> Result<(), KernelError> {
+        self.log(format!("create {r}"));
+        // As the kernel with NLM_F_EXCL: any route at the destination, ours or foreign.
+        let taken = self.routes.borrow().iter().any(|x| x.dst == r.dst)
+            || self.view.borrow().foreign.contains(&r.dst);
+        if taken {
             return Err(KernelError::Errno {
-                op: format!("replace {r}"),
-                errno: 101,
+                op: format!("create {r}"),
+                errno: 17,
             });
         }
-        let mut routes = self.routes.borrow_mut();
-        routes.retain(|x| x.dst != r.dst);
-        routes.insert(*r);
-        Ok(())
+        self.replace_inner(r)
     }
 
     async fn delete(&self, r: &HostRoute) -> Result<(), KernelError> {

@@ -13,7 +13,7 @@ use rtnetlink::{
 use super::{HostRoute, KernelError, PROTO};
 
 fn bad(r: &HostRoute, e: impl std::fmt::Display) -> KernelError {
-    KernelError::Other(format!("route {r}: {e}"))
+    KernelError::Route(format!("route {r}: {e}"))
 }
 
 /// `<dst> via <via>`, main table, our protocol.

@@ -55,6 +55,28 @@ pub enum KernelError {
     Socket(#[from] std::io::Error),
     #[error("{0}")]
     Other(String),
+    /// A route that cannot even be put into a message (bad prefix or next hop).
+    #[error("{0}")]
+    Route(String),
+}
+
+impl KernelError {
+    /// The kernel refused this one route for what it says (a next hop it won't use, a
+    /// destination another route holds), as opposed to a failure of this node (socket,
+    /// memory, permission). Only the latter is about this node's readiness.
+    pub fn is_route_specific(&self) -> bool {
+        // EEXIST, EINVAL, ENETUNREACH, EHOSTUNREACH, ERANGE, ENODEV, EAFNOSUPPORT, EADDRNOTAVAIL.
+        const ROUTE: [i32; 8] = [17, 22, 101, 113, 34, 19, 97, 99];
+        match self {
+            KernelError::Netlink {
+                source: rtnetlink::Error::NetlinkError(e),
+                ..
+            } => ROUTE.contains(&e.raw_code().abs()),
+            KernelError::Errno { errno, .. } => ROUTE.contains(&errno.abs()),
+            KernelError::Route(_) => true,
+            _ => false,
+        }
+    }
 }
 
 /// What reachability needs to know about this node, from one address and route dump.
@@ -63,6 +85,13 @@ pub struct LocalView {
     pub addrs: HashSet<IpAddr>,
     /// Prefixes of routes without a gateway in the main table (connected subnets), not ours.
     pub connected: Vec<IpNetwork>,
+    /// Destinations held by routes that are not ours: main-table routes of any other
+    /// protocol and type (kernel, boot, static, dhcp, ra; unicast, blackhole, ...), and
+    /// every entry of the local table (local, broadcast, anycast). Never replaced or deleted.
+    pub foreign: BTreeSet<IpNetwork>,
+    /// Local-table destinations (this node's addresses, broadcast addresses, `local` routes):
+    /// a lease overlapping one would steer traffic meant for this node.
+    pub local: Vec<IpNetwork>,
 }
 
 /// How a next hop is reached, from a route lookup.
@@ -78,8 +107,12 @@ pub enum NextHop {
 pub trait RouteTable {
     /// Our routes (protocol [`PROTO`], main table).
     fn list_owned(&self) -> impl Future<Output = Result<BTreeSet<HostRoute>, KernelError>>;
-    /// Installs or overwrites the route for `r.dst`.
+    /// Overwrites our route for `r.dst` (a changed next hop, swapped in one step).
     fn replace(&self, r: &HostRoute) -> impl Future<Output = Result<(), KernelError>>;
+    /// Installs a route for a destination we hold no route for, with `NLM_F_EXCL`: if any
+    /// route (of any protocol) appeared there meanwhile, the kernel answers `EEXIST` and
+    /// that route stays as it is. Never takes a route over.
+    fn create(&self, r: &HostRoute) -> impl Future<Output = Result<(), KernelError>>;
     /// Deletes our route; a route already gone is success.
     fn delete(&self, r: &HostRoute) -> impl Future<Output = Result<(), KernelError>>;
     /// Replaces many routes; implementations may batch. Default: one `replace` each,
@@ -88,6 +121,24 @@ pub trait RouteTable {
         use futures::{StreamExt, stream};
         stream::iter(routes)
             .map(move |r| async move { (*r, self.replace(r).await) })
+            .buffer_unordered(128)
+            .collect::<Vec<_>>()
+            .await
+    }
+    /// Deletes many of our routes; implementations may batch.
+    async fn delete_all(&self, routes: &[HostRoute]) -> Results {
+        use futures::{StreamExt, stream};
+        stream::iter(routes)
+            .map(move |r| async move { (*r, self.delete(r).await) })
+            .buffer_unordered(128)
+            .collect::<Vec<_>>()
+            .await
+    }
+    /// Creates many routes (see [`RouteTable::create`]); implementations may batch.
+    async fn create_all(&self, routes: &[HostRoute]) -> Results {
+        use futures::{StreamExt, stream};
+        stream::iter(routes)
+            .map(move |r| async move { (*r, self.create(r).await) })
             .buffer_unordered(128)
             .collect::<Vec<_>>()
             .await
@@ -101,6 +152,17 @@ impl LocalView {
     /// A peer inside a directly connected prefix needs no lookup.
     pub fn is_connected(&self, ip: &IpAddr) -> bool {
         self.connected.iter().any(|n| n.contains(*ip))
+    }
+
+    /// `ip` is the network or broadcast address of a connected IPv4 prefix: the kernel
+    /// refuses it as a gateway, and it is no node.
+    pub fn is_subnet_broadcast(&self, ip: &IpAddr) -> bool {
+        self.connected.iter().any(|n| match (n, ip) {
+            (IpNetwork::V4(n), IpAddr::V4(a)) => {
+                n.prefix() < 31 && n.contains(*a) && (*a == n.network() || *a == n.broadcast())
+            }
+            _ => false,
+        })
     }
 }
 
@@ -126,11 +188,11 @@ mod tests {
     #[test]
     fn connected_peers_skip_the_lookup() {
         let view = LocalView {
-            addrs: HashSet::new(),
             connected: vec![
                 "198.19.0.0/24".parse().unwrap(),
                 "fd19:19::/64".parse().unwrap(),
             ],
+            ..LocalView::default()
         };
         let hops: Vec<IpAddr> = ["198.19.0.2", "198.19.1.2", "fd19:19::2", "198.19.1.2"]
             .iter()

@@ -1,7 +1,7 @@
 //! The real `RouteTable` over rtnetlink, on a socket with strict checking so the kernel
 //! filters dumps by protocol and table for us.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{collections::BTreeSet, net::IpAddr, sync::Arc};
 
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
@@ -11,19 +11,26 @@ use rtnetlink::{
         AddressFamily,
         route::{RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType},
     },
+    sys::TokioSocket,
 };
 
 use super::{
     HostRoute, KernelError, LocalView, NextHop, PROTO, Results, RouteTable,
+    batch::Write,
     message::{message, parse},
 };
 
 const ENOENT: i32 = 2;
+/// `RT_TABLE_LOCAL` (rtnetlink.h): local, broadcast and anycast entries.
+const RT_TABLE_LOCAL: u8 = 255;
 const ESRCH: i32 = 3;
 
 #[derive(Clone)]
 pub struct NetlinkRoutes {
     handle: Handle,
+    /// The batch socket, opened once (see `batch`); one batch at a time uses it, so
+    /// acks are never read by the wrong writer.
+    batch: Arc<tokio::sync::Mutex<TokioSocket>>,
 }
 
 const _: fn() = || {
@@ -35,8 +42,14 @@ impl NetlinkRoutes {
     /// Opens the socket and spawns its connection task on the current runtime.
     pub fn connect() -> Result<NetlinkRoutes, KernelError> {
         let (conn, handle, _) = rtnetlink::new_connection_with_strict_check()?;
+        let batch = Arc::new(tokio::sync::Mutex::new(super::batch::open()?));
         tokio::spawn(conn);
-        Ok(NetlinkRoutes { handle })
+        Ok(NetlinkRoutes { handle, batch })
+    }
+
+    async fn write_all(&self, routes: &[HostRoute], how: Write) -> Results {
+        let sock = self.batch.lock().await;
+        super::batch::write_all(&sock, routes, how).await
     }
 
     async fn dump(
@@ -50,6 +63,36 @@ impl NetlinkRoutes {
     pub fn handle(&self) -> &Handle {
         &self.handle
     }
+}
+
+/// One main-table route into the view: every destination not ours is foreign; a
+/// gateway-less unicast one (not ours, not multipath, not default) is a connected prefix.
+fn add_main(view: &mut LocalView, m: &RouteMessage) {
+    let (dst, gw) = parse(m);
+    let Some(dst) = dst else { return };
+    if m.header.protocol == RouteProtocol::Other(PROTO)
+        || m.header.table != RouteHeader::RT_TABLE_MAIN
+    {
+        return;
+    }
+    view.foreign.insert(dst);
+    let has_nexthops = m
+        .attributes
+        .iter()
+        .any(|a| matches!(a, RouteAttribute::MultiPath(_)));
+    if gw.is_none() && !has_nexthops && m.header.kind == RouteType::Unicast && dst.prefix() > 0 {
+        view.connected.push(dst);
+    }
+}
+
+/// The delete message for our route `r`: an owned route without a gateway is listed with an
+/// unspecified next hop, and deleted without one.
+pub(super) fn deletion(r: &HostRoute, mut m: RouteMessage) -> RouteMessage {
+    if r.via.is_unspecified() {
+        m.attributes
+            .retain(|a| !matches!(a, RouteAttribute::Gateway(_)));
+    }
+    m
 }
 
 fn unspecified(dst: &IpNetwork) -> IpAddr {
@@ -96,16 +139,33 @@ impl RouteTable for NetlinkRoutes {
             })
     }
 
+    async fn create(&self, r: &HostRoute) -> Result<(), KernelError> {
+        // rtnetlink's add without `.replace()` sends NLM_F_CREATE | NLM_F_EXCL.
+        self.handle
+            .route()
+            .add(message(r)?)
+            .execute()
+            .await
+            .map_err(|source| KernelError::Netlink {
+                op: format!("create {r}"),
+                source,
+            })
+    }
+
     async fn replace_all(&self, routes: &[HostRoute]) -> Results {
-        super::batch::replace_all(routes).await
+        self.write_all(routes, Write::Replace).await
+    }
+
+    async fn create_all(&self, routes: &[HostRoute]) -> Results {
+        self.write_all(routes, Write::Create).await
+    }
+
+    async fn delete_all(&self, routes: &[HostRoute]) -> Results {
+        self.write_all(routes, Write::Delete).await
     }
 
     async fn delete(&self, r: &HostRoute) -> Result<(), KernelError> {
-        let mut m = message(r)?;
-        if r.via.is_unspecified() {
-            m.attributes
-                .retain(|a| !matches!(a, RouteAttribute::Gateway(_)));
-        }
+        let m = deletion(r, message(r)?);
         match self.handle.route().del(m).execute().await {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(e))
@@ -127,17 +187,17 @@ impl RouteTable for NetlinkRoutes {
         }
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             for m in self.dump(family, RouteProtocol::Unspec).await? {
-                let (dst, gw) = parse(&m);
-                let ours = m.header.protocol == RouteProtocol::Other(PROTO);
-                let has_nexthops = m
-                    .attributes
-                    .iter()
-                    .any(|a| matches!(a, RouteAttribute::MultiPath(_)));
-                if let (Some(dst), None, false, false) = (dst, gw, ours, has_nexthops)
-                    && m.header.kind == RouteType::Unicast
-                    && dst.prefix() > 0
+                add_main(&mut view, &m);
+            }
+            let local = RT_TABLE_LOCAL;
+            for m in
+                super::dump::routes_in(&self.handle, family, RouteProtocol::Unspec, local).await?
+            {
+                if let (Some(dst), _) = parse(&m)
+                    && m.header.table == local
                 {
-                    view.connected.push(dst);
+                    view.foreign.insert(dst);
+                    view.local.push(dst);
                 }
             }
         }

@@ -1,14 +1,8 @@
-//! The dumb half of reconcile: apply a plan, removals first, many requests in flight,
-//! and collect per-route errors instead of stopping at the first.
-
-use futures::{StreamExt, stream};
+//! The dumb half of reconcile: apply a plan, removals first, in batches (see
+//! `kernel::batch`), and collect per-route errors instead of stopping at the first.
 
 use super::plan::{HostRoute, Plan};
 use crate::kernel::{KernelError, RouteTable};
-
-/// Netlink requests in flight at once: 5,000 replaces in a few dozen milliseconds instead
-/// of 5,000 sequential round trips.
-const IN_FLIGHT: usize = 128;
 
 #[derive(Debug, Default)]
 pub struct Applied {
@@ -19,14 +13,12 @@ pub struct Applied {
 
 pub async fn apply<R: RouteTable>(table: &R, plan: &Plan) -> Applied {
     let mut out = Applied::default();
-    let removed = stream::iter(&plan.remove)
-        .map(|r| async move { (*r, table.delete(r).await) })
-        .buffer_unordered(IN_FLIGHT)
-        .collect::<Vec<_>>()
-        .await;
+    let removed = table.delete_all(&plan.remove).await;
     sort(&mut out, removed, true);
-    let added = table.replace_all(&plan.add).await;
-    sort(&mut out, added, false);
+    let replaced = table.replace_all(&plan.replace).await;
+    sort(&mut out, replaced, false);
+    let created = table.create_all(&plan.add).await;
+    sort(&mut out, created, false);
     out
 }
 

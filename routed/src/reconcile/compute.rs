@@ -49,7 +49,7 @@ pub async fn compute<R: RouteTable>(
     leases: &Leases,
 ) -> Result<Computed, KernelError> {
     let view = table.local_view().await?;
-    let v = validate::validate(leases, cfg, own, &view.addrs);
+    let v = validate::validate(leases, cfg, own, &view);
     // Only peers outside every connected prefix cost a lookup (none on a flat segment).
     let hops = kernel::needs_lookup(
         &view,
@@ -57,8 +57,17 @@ pub async fn compute<R: RouteTable>(
     );
     let mut behind_router: HashMap<IpAddr, Option<IpAddr>> = HashMap::new();
     for ip in hops {
-        if let NextHop::ViaGateway(gw) = table.lookup(ip).await? {
-            behind_router.insert(ip, gw);
+        // One failed lookup makes one peer unreachable, never the whole pass a failure:
+        // what a lease names must not decide this node's readiness.
+        match table.lookup(ip).await {
+            Ok(NextHop::ViaGateway(gw)) => {
+                behind_router.insert(ip, gw);
+            }
+            Ok(NextHop::OnLink) => {}
+            Err(e) => {
+                tracing::debug!(%ip, error = %e, "next-hop lookup failed");
+                behind_router.insert(ip, None);
+            }
         }
     }
     let mut out = Computed {

@@ -13,7 +13,12 @@ use tracing::{Instrument, info, info_span, warn};
 
 use tokio_util::sync::CancellationToken;
 
-use self::{apply::Applied, compute::Computed, plan::HostRoute, validate::Reason};
+use self::{
+    apply::Applied,
+    compute::Computed,
+    plan::HostRoute,
+    validate::{Reason, Rejected},
+};
 use crate::{
     backoff::Backoff,
     config::NetConfig,
@@ -134,23 +139,43 @@ impl<R: RouteTable> Reconciler<R> {
         failed
     }
 
-    async fn apply(&mut self, c: Computed, actual: BTreeSet<HostRoute>, read: Duration) -> usize {
+    /// Applies the plan; returns the failures of this node (not those of one route the
+    /// kernel refused for what a lease says: those become `kernel-refused` rejections,
+    /// retried on the next pass but never a retry loop, and never a readiness change).
+    async fn apply(
+        &mut self,
+        mut c: Computed,
+        actual: BTreeSet<HostRoute>,
+        read: Duration,
+    ) -> usize {
         let plan = plan::plan(&c.desired, &actual);
         let t = Instant::now();
         let applied = apply::apply(&self.table, &plan).await;
         self.log_applied(&applied, &actual, (read, t.elapsed()));
+        let (refused, failed): (Vec<_>, Vec<_>) = applied
+            .errors
+            .iter()
+            .partition(|(_, e)| e.is_route_specific());
+        c.rejected.extend(refused.iter().filter_map(|(r, e)| {
+            let p = c.peers.iter().find(|p| p.routes.contains(r))?;
+            Some(Rejected {
+                key: p.key.clone(),
+                reason: Reason::KernelRefused,
+                detail: e.to_string(),
+            })
+        }));
         self.report(&c);
-        let failed: BTreeSet<_> = applied.errors.iter().map(|(r, _)| r.dst).collect();
+        let failed_dst: BTreeSet<_> = applied.errors.iter().map(|(r, _)| r.dst).collect();
         self.installed = c
             .desired
             .iter()
-            .filter(|r| !failed.contains(&r.dst))
+            .filter(|r| !failed_dst.contains(&r.dst))
             .copied()
             .collect();
         self.metrics
             .routes_installed
             .set(self.installed.len() as i64);
-        applied.errors.len()
+        failed.len()
     }
 
     fn log_applied(
@@ -187,7 +212,8 @@ impl<R: RouteTable> Reconciler<R> {
                 info!(dst = %r.dst, gw = %r.via, "{what}");
             }
         }
-        for (r, e) in &a.errors {
+        // A route the kernel refused is reported once, as a rejected lease.
+        for (r, e) in a.errors.iter().filter(|(_, e)| !e.is_route_specific()) {
             warn!(dst = %r.dst, gw = %r.via, error = %e, "route failed");
         }
     }
@@ -215,14 +241,14 @@ impl<R: RouteTable> Reconciler<R> {
                 .unwrap_or_else(|| "none".into());
             let k = (p.key.clone(), "unreachable".to_owned());
             if !self.reported.contains(&k) {
-                warn!(key = %p.key, node = %p.node, gateway = %gw, "peer not on-link (reached through a router); route not installed");
+                warn!(key = ?p.key, node = ?p.node, gateway = %gw, "peer not on-link (reached through a router); route not installed");
             }
             now.insert(k);
         }
         for r in &c.rejected {
             let k = (r.key.clone(), r.reason.as_str().to_owned());
             if !self.reported.contains(&k) {
-                warn!(key = %r.key, reason = r.reason.as_str(), detail = %r.detail, "lease rejected");
+                warn!(key = ?r.key, reason = r.reason.as_str(), detail = ?r.detail, "lease rejected");
             }
             now.insert(k);
         }

@@ -1,5 +1,10 @@
 //! The pure half of reconcile: the difference between the routes we want and the routes
 //! the kernel holds with our protocol.
+//!
+//! Only our own routes are ever named in a plan: `remove` and `replace` come from the
+//! kernel's protocol-75 routes, and `add` is created with `NLM_F_EXCL`, so the kernel
+//! refuses it if any other route holds the destination. Desired routes never name a
+//! destination a foreign route holds (validation rejects such leases as `foreign-route`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -14,27 +19,42 @@ pub use crate::kernel::HostRoute;
 pub struct Plan {
     /// Owned routes whose destination nobody wants any more: deleted first.
     pub remove: Vec<HostRoute>,
-    /// Routes missing or with another next hop: applied with replace, so a changed next
-    /// hop is swapped in one step without a window with no route.
+    /// Wanted routes for destinations where we hold no route: created exclusively.
     pub add: Vec<HostRoute>,
+    /// Wanted routes for destinations where we hold a route with another next hop:
+    /// replaced, so the next hop is swapped in one step without a window with no route.
+    pub replace: Vec<HostRoute>,
 }
 
 impl Plan {
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.add.is_empty()
+        self.remove.is_empty() && self.add.is_empty() && self.replace.is_empty()
+    }
+
+    /// Every route the plan writes (status shows these as missing).
+    pub fn writes(&self) -> impl Iterator<Item = &HostRoute> {
+        self.add.iter().chain(&self.replace)
     }
 }
 
 pub fn plan(desired: &BTreeSet<HostRoute>, actual: &BTreeSet<HostRoute>) -> Plan {
     let wanted: BTreeMap<IpNetwork, IpAddr> = desired.iter().map(|r| (r.dst, r.via)).collect();
+    let held: BTreeSet<IpNetwork> = actual.iter().map(|r| r.dst).collect();
     let remove = actual
         .iter()
         .filter(|r| !wanted.contains_key(&r.dst))
         .copied()
         .collect();
-    let add = desired.difference(actual).copied().collect();
-    Plan { remove, add }
+    let (replace, add) = desired
+        .difference(actual)
+        .copied()
+        .partition(|r| held.contains(&r.dst));
+    Plan {
+        remove,
+        add,
+        replace,
+    }
 }
 
 #[cfg(test)]
@@ -68,7 +88,8 @@ mod tests {
             p,
             Plan {
                 remove: vec![b],
-                add: vec![a]
+                add: vec![a],
+                replace: vec![],
             }
         );
     }
@@ -82,7 +103,8 @@ mod tests {
             p,
             Plan {
                 remove: vec![],
-                add: vec![new]
+                add: vec![],
+                replace: vec![new],
             }
         );
     }
@@ -140,6 +162,14 @@ mod tests {
                     after.remove(&x.dst);
                 }
                 for x in &p.add {
+                    assert!(
+                        !after.contains_key(&x.dst),
+                        "create only where we hold nothing"
+                    );
+                    after.insert(x.dst, [x.via].into());
+                }
+                for x in &p.replace {
+                    assert!(after.contains_key(&x.dst), "replace only our own route");
                     after.insert(x.dst, [x.via].into());
                 }
                 for d in &desired {
@@ -147,7 +177,7 @@ mod tests {
                 }
                 assert!(after.keys().all(|k| desired.iter().any(|d| d.dst == *k)));
                 assert!(
-                    p.add.iter().all(|a| !actual.contains(a)),
+                    p.writes().all(|a| !actual.contains(a)),
                     "no churn for present routes"
                 );
                 assert!(

@@ -64,6 +64,7 @@ fn rig(initial: Option<Leases>) -> Rig {
     *table.view.borrow_mut() = LocalView {
         addrs: ["198.19.0.1".parse().unwrap()].into(),
         connected: vec!["198.19.0.0/24".parse().unwrap()],
+        ..LocalView::default()
     };
     table.hops.borrow_mut().insert(
         "198.19.9.4".parse().unwrap(),
@@ -131,8 +132,8 @@ async fn installs_peers_prunes_stale_and_skips_routed_peers() {
         [
             "lookup 198.19.9.4",
             "delete 198.18.9.0/24 via 198.19.0.9",
-            "replace 198.18.2.0/24 via 198.19.0.2",
-            "replace 198.18.3.0/24 via 198.19.0.3",
+            "create 198.18.2.0/24 via 198.19.0.2",
+            "create 198.18.3.0/24 via 198.19.0.3",
         ]
     );
     assert_eq!(g.rec.metrics.routes_installed.get(), 2);
@@ -213,4 +214,110 @@ async fn a_deleted_lease_removes_its_route() {
         .map(|r| r.to_string())
         .collect();
     assert_eq!(routes, ["198.18.2.0/24 via 198.19.0.2"]);
+}
+
+fn rejected(g: &Rig, reason: &str) -> i64 {
+    g.rec
+        .metrics
+        .leases_rejected
+        .get_or_create(&ReasonLabel {
+            reason: reason.into(),
+        })
+        .get()
+}
+
+#[tokio::test]
+async fn a_foreign_route_is_never_taken_over_nor_deleted() {
+    let mut g = rig(Some(leases()));
+    // Someone else's route (proto static, say) for the subnet a peer leases.
+    g.rec
+        .table
+        .view
+        .borrow_mut()
+        .foreign
+        .insert("198.18.2.0/24".parse().unwrap());
+    assert_eq!(g.rec.pass().await, 0);
+    let writes: Vec<_> = g
+        .rec
+        .table
+        .calls()
+        .into_iter()
+        .filter(|c| c.contains("198.18.2.0/24"))
+        .collect();
+    assert!(writes.is_empty(), "{writes:?}");
+    assert_eq!(rejected(&g, "foreign-route"), 1);
+    assert!(g.rec.ready.routes_in_sync.load(Ordering::Relaxed));
+    // The lease goes away: still nothing is done to that destination.
+    let mut l = leases();
+    l.remove("198.18.2.0-24");
+    g.leases.send_replace(Some(Arc::new(l)));
+    g.rec.pass().await;
+    assert!(
+        !g.rec
+            .table
+            .calls()
+            .iter()
+            .any(|c| c.contains("198.18.2.0/24"))
+    );
+    assert_eq!(rejected(&g, "foreign-route"), 0);
+}
+
+#[tokio::test]
+async fn a_foreign_route_appearing_before_the_write_is_left_alone() {
+    // The race the validation cannot see: the route appears after the kernel was read.
+    // The create is exclusive, so the kernel refuses it and the foreign route stays.
+    let g = rig(Some(leases()));
+    g.rec
+        .table
+        .view
+        .borrow_mut()
+        .foreign
+        .insert("198.18.3.0/24".parse().unwrap());
+    let plan = plan::Plan {
+        add: vec![r("198.18.3.0/24", "198.19.0.3")],
+        ..plan::Plan::default()
+    };
+    let applied = apply::apply(&g.rec.table, &plan).await;
+    assert_eq!(applied.errors.len(), 1);
+    assert!(applied.errors[0].1.is_route_specific());
+    assert!(g.rec.table.routes.borrow().is_empty());
+}
+
+#[tokio::test]
+async fn a_route_the_kernel_refuses_is_a_rejected_lease_not_unreadiness() {
+    let mut g = rig(Some(leases()));
+    g.rec.table.failing_errno.set(Some(22)); // EINVAL: the kernel won't take this route
+    g.rec
+        .table
+        .failing
+        .borrow_mut()
+        .insert("198.18.2.0/24".parse().unwrap());
+    assert_eq!(g.rec.pass().await, 0, "no retry loop for a lease's fault");
+    assert!(g.rec.ready.routes_in_sync.load(Ordering::Relaxed));
+    assert_eq!(rejected(&g, "kernel-refused"), 1);
+    assert_eq!(g.rec.metrics.routes_installed.get(), 1);
+}
+
+#[tokio::test]
+async fn rejected_leases_never_change_readiness() {
+    let mut g = rig(Some(leases()));
+    assert_eq!(g.rec.pass().await, 0);
+    let mut l = leases();
+    let mut bad = lease("198.18.7.0/24", "198.19.0.7", 7).unwrap();
+    bad.value.ipv6_subnet = Some("fd18:18:0:7::/64".parse().unwrap());
+    bad.value.public_ipv6 = Some("fe80::1".parse().unwrap());
+    l.insert("198.18.7.0-24".into(), Ok(bad));
+    l.insert(
+        "198.18.8.0-24".into(),
+        lease("198.18.8.0/24", "198.18.2.9", 8),
+    );
+    l.insert(
+        "198.18.9.0-024".into(),
+        lease("198.18.9.0/24", "198.19.0.9", 9),
+    );
+    g.leases.send_replace(Some(Arc::new(l)));
+    assert_eq!(g.rec.pass().await, 0);
+    assert!(g.rec.ready.routes_in_sync.load(Ordering::Relaxed));
+    assert_eq!(rejected(&g, "bad-next-hop"), 1);
+    assert_eq!(rejected(&g, "malformed"), 1);
 }

@@ -1,10 +1,7 @@
 //! Don't trust the datastore: turn the leases seen in etcd into peers whose routes are safe
 //! to install, and a list of rejected leases with the reason. Pure; O(n log n).
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    net::IpAddr,
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnetwork::IpNetwork;
 use serde::Serialize;
@@ -12,28 +9,46 @@ use serde::Serialize;
 use super::plan::HostRoute;
 use crate::{
     config::NetConfig,
-    etcd::codec::{Decoded, Lease},
+    etcd::codec::{Decoded, Lease, key_name},
+    kernel::LocalView,
     me::OwnLease,
-    net,
+    net, text,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reason {
+    /// Bad key (also a non-canonical one such as `198.18.3.0-024`), bad JSON, bad IPv6Subnet.
     Malformed,
     OutsideNetwork,
     Overlap,
     OwnSubnet,
+    /// Not a unicast node address outside every pod network.
     BadNextHop,
+    /// A `BackendType` other than `host-gw`.
+    Backend,
+    /// A `NodeName` that is not a DNS-1123 subdomain (control characters, say).
+    BadNodeName,
+    /// Overlaps a connected prefix or a local-table entry of this node (its own LAN).
+    Connected,
+    /// A route of another protocol (kernel, boot, static, dhcp, ra, ...) holds the subnet.
+    ForeignRoute,
+    /// The kernel refused the route itself (found when applying, not here).
+    KernelRefused,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 5] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Malformed,
         Reason::OutsideNetwork,
         Reason::Overlap,
         Reason::OwnSubnet,
         Reason::BadNextHop,
+        Reason::Backend,
+        Reason::BadNodeName,
+        Reason::Connected,
+        Reason::ForeignRoute,
+        Reason::KernelRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +58,11 @@ impl Reason {
             Reason::Overlap => "overlap",
             Reason::OwnSubnet => "own-subnet",
             Reason::BadNextHop => "bad-next-hop",
+            Reason::Backend => "backend",
+            Reason::BadNodeName => "bad-node-name",
+            Reason::Connected => "connected",
+            Reason::ForeignRoute => "foreign-route",
+            Reason::KernelRefused => "kernel-refused",
         }
     }
 }
@@ -62,11 +82,11 @@ pub struct Peer {
     pub routes: Vec<HostRoute>,
 }
 
-/// What a lease is checked against: the config, this node's subnets and addresses.
+/// What a lease is checked against: the config, this node's subnets, addresses and routes.
 struct Scope<'a> {
     cfg: &'a NetConfig,
     subnets: Vec<IpNetwork>,
-    addrs: &'a HashSet<IpAddr>,
+    view: &'a LocalView,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -76,17 +96,17 @@ pub struct Validated {
 }
 
 /// `own` is the lease this node holds (`None` when it holds none, e.g. in `status`);
-/// `addrs` are this node's addresses (never a peer's next hop).
+/// `view` is this node's addresses (never a peer's next hop) and routes (never taken over).
 pub fn validate(
     leases: &BTreeMap<String, Decoded>,
     cfg: &NetConfig,
     own: Option<&OwnLease>,
-    addrs: &HashSet<IpAddr>,
+    view: &LocalView,
 ) -> Validated {
     let scope = Scope {
         cfg,
         subnets: own.map(OwnLease::subnets).unwrap_or_default(),
-        addrs,
+        view,
     };
     let own_key = own.map(|o| &o.name);
     let own = &scope;
@@ -135,12 +155,21 @@ pub fn validate(
 type Check = Result<(i64, Peer), (Reason, String)>;
 
 fn check(key: &str, l: &Lease, own: &Scope) -> Check {
+    check_record(key, l)?;
     let mut routes = vec![route(
         l.subnet,
         l.value.public_ip,
         Some(&own.cfg.v4.network),
         own,
     )?];
+    if let Some(v6) = l.value.ipv6_subnet
+        && !net::is_canonical(&v6)
+    {
+        return Err((
+            Reason::Malformed,
+            format!("IPv6Subnet {v6} has host bits set"),
+        ));
+    }
     if let (Some(pool), Some(v6)) = (&own.cfg.v6, l.value.ipv6_subnet) {
         let via = l
             .value
@@ -154,6 +183,33 @@ fn check(key: &str, l: &Lease, own: &Scope) -> Check {
         routes,
     };
     Ok((l.created, peer))
+}
+
+/// What the record says beyond its addresses: the key in its one canonical spelling, the
+/// backend, the node name (empty is allowed: flannel's own leases carry none).
+fn check_record(key: &str, l: &Lease) -> Result<(), (Reason, String)> {
+    let canonical = key_name(&l.subnet);
+    if key != canonical {
+        return Err((
+            Reason::Malformed,
+            format!("key is not canonical (the subnet's key is {canonical})"),
+        ));
+    }
+    if l.value.backend_type != "host-gw" {
+        return Err((
+            Reason::Backend,
+            format!(
+                "BackendType \"{}\" is not host-gw",
+                text::escape(&l.value.backend_type)
+            ),
+        ));
+    }
+    if !l.value.node_name.is_empty()
+        && let Err(e) = text::check_node_name(&l.value.node_name)
+    {
+        return Err((Reason::BadNodeName, e.to_string()));
+    }
+    Ok(())
 }
 
 fn route(
@@ -177,19 +233,77 @@ fn route(
             format!("{dst} overlaps this node's subnet {mine}"),
         ));
     }
-    if net::is_unusable_next_hop(&via) || via.is_ipv4() != dst.is_ipv4() {
-        return Err((
-            Reason::BadNextHop,
-            format!("next hop {via} is not a usable unicast address for {dst}"),
-        ));
-    }
-    if own.addrs.contains(&via) {
-        return Err((
-            Reason::BadNextHop,
-            format!("next hop {via} is an address of this node"),
-        ));
-    }
+    not_taken(dst, own.view)?;
+    next_hop(dst, via, own)?;
     Ok(HostRoute { dst, via })
+}
+
+/// A next hop must be a unicast node address of the right family, outside every pod
+/// network (a pod, even one on this node, must never receive a whole subnet's traffic),
+/// not this node and not a connected subnet's network or broadcast address. Whether it
+/// is on our L2 segment is decided later, from the kernel (`unreachable`).
+fn next_hop(dst: IpNetwork, via: IpAddr, own: &Scope) -> Result<(), (Reason, String)> {
+    let bad = |why: String| Err((Reason::BadNextHop, format!("next hop {via} {why}")));
+    if net::is_unusable_next_hop(&via) || reserved(&via) || via.is_ipv4() != dst.is_ipv4() {
+        return bad(format!("is not a usable unicast address for {dst}"));
+    }
+    let pools = std::iter::once(&own.cfg.v4).chain(own.cfg.v6.as_ref());
+    if let Some(p) = pools.map(|p| p.network).find(|n| n.contains(via)) {
+        return bad(format!("is a pod address (inside the cluster network {p})"));
+    }
+    if own.view.addrs.contains(&via) {
+        return bad("is an address of this node".into());
+    }
+    if own.view.is_subnet_broadcast(&via) {
+        return bad("is the network or broadcast address of a connected subnet".into());
+    }
+    Ok(())
+}
+
+/// Addresses no node on a LAN has, beyond [`net::is_unusable_next_hop`]: IPv4 "this
+/// network" (0/8), reserved (240/4) and link-local (169.254/16); IPv6 link-local (fe80::/10,
+/// meaningless without an interface: the kernel refuses it), site-local (fec0::/10),
+/// IPv4-mapped (::ffff:0:0/96) and -compatible (::/96), and the discard prefix (100::/64).
+fn reserved(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            o[0] == 0 || o[0] >= 240 || (o[0] == 169 && o[1] == 254)
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                || a.to_ipv4_mapped().is_some()
+                || s[..6].iter().all(|x| *x == 0)
+                || s[..4] == [0x100, 0, 0, 0]
+        }
+    }
+}
+
+/// Routes that are not ours are never replaced: a subnet overlapping this node's own
+/// links or local addresses, or held exactly by a route of another protocol, is refused.
+fn not_taken(dst: IpNetwork, view: &LocalView) -> Result<(), (Reason, String)> {
+    let on_link = view.connected.iter().chain(&view.local);
+    if let Some(c) = on_link.into_iter().find(|c| net::overlaps(c, &dst)) {
+        return Err((
+            Reason::Connected,
+            format!("{dst} overlaps {c}, connected or local on this node"),
+        ));
+    }
+    if let Some(a) = view.addrs.iter().find(|a| dst.contains(**a)) {
+        return Err((
+            Reason::Connected,
+            format!("{dst} contains {a}, an address of this node"),
+        ));
+    }
+    if view.foreign.contains(&dst) {
+        return Err((
+            Reason::ForeignRoute,
+            format!("a route of another protocol holds {dst} on this node"),
+        ));
+    }
+    Ok(())
 }
 
 /// Disjoint intervals keyed by (family, start) → (end, owner).

@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use super::*;
 use crate::etcd::codec::LeaseValue;
@@ -14,16 +14,26 @@ fn lease(subnet: &str, ip: &str, created: i64) -> Decoded {
             public_ip: ip.parse().unwrap(),
             public_ipv6: None,
             backend_type: "host-gw".into(),
-            node_name: format!("n-{ip}"),
+            node_name: format!("n-{}", ip.replace([':', '.'], "-")),
             ipv6_subnet: None,
         },
         created,
     })
 }
 
+fn view() -> LocalView {
+    LocalView {
+        addrs: ["198.19.0.1".parse().unwrap()].into(),
+        connected: vec!["198.19.0.0/24".parse().unwrap()],
+        ..LocalView::default()
+    }
+}
+
 fn run(leases: Vec<(&str, Decoded)>) -> Validated {
-    let cfg = cfg();
-    let addrs: HashSet<IpAddr> = ["198.19.0.1".parse().unwrap()].into();
+    run_with(&cfg(), &view(), leases)
+}
+
+fn run_with(cfg: &NetConfig, view: &LocalView, leases: Vec<(&str, Decoded)>) -> Validated {
     let own = OwnLease {
         name: "198.18.1.0-24".into(),
         subnet: "198.18.1.0/24".parse().unwrap(),
@@ -32,7 +42,7 @@ fn run(leases: Vec<(&str, Decoded)>) -> Validated {
     };
     let map: BTreeMap<String, Decoded> =
         leases.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    validate(&map, &cfg, Some(&own), &addrs)
+    validate(&map, cfg, Some(&own), view)
 }
 
 fn reasons(v: &Validated) -> Vec<(String, Reason)> {
@@ -143,10 +153,174 @@ fn five_thousand_leases_validate_quickly() {
         })
         .collect();
     let cfg = NetConfig::parse(br#"{"Network":"198.18.0.0/16","SubnetLen":29}"#).unwrap();
-    let addrs = HashSet::new();
     let map: BTreeMap<String, Decoded> = leases.into_iter().collect();
     let start = std::time::Instant::now();
-    let v = validate(&map, &cfg, None, &addrs);
+    let v = validate(&map, &cfg, None, &LocalView::default());
     assert_eq!(v.peers.len(), 5000);
     assert!(start.elapsed() < std::time::Duration::from_secs(1));
+}
+
+fn expect(v: &Validated, want: &[(&str, Reason)]) {
+    assert!(v.peers.is_empty(), "{:?}", v.peers);
+    let want: Vec<_> = want.iter().map(|(k, r)| (k.to_string(), *r)).collect();
+    assert_eq!(reasons(v), want, "{:#?}", v.rejected);
+}
+
+#[test]
+fn leases_over_the_node_link_local_entries_or_foreign_routes_are_refused() {
+    // A network config that covers the node LAN (198.19.0.0/24) as well as the pods.
+    let cfg = NetConfig::parse(br#"{"Network":"198.16.0.0/12"}"#).unwrap();
+    let mut view = view();
+    view.connected.push("198.20.0.0/16".parse().unwrap());
+    view.local.push("198.21.7.7/32".parse().unwrap());
+    view.addrs.insert("198.22.0.9".parse().unwrap());
+    for foreign in ["198.18.30.0/24", "198.19.0.0/24", "198.21.7.7/32"] {
+        view.foreign.insert(foreign.parse().unwrap());
+    }
+    let v = run_with(
+        &cfg,
+        &view,
+        vec![
+            ("198.19.0.0-24", lease("198.19.0.0/24", "198.19.0.7", 1)),
+            ("198.19.0.0-16", lease("198.19.0.0/16", "198.19.0.7", 2)),
+            ("198.19.0.128-25", lease("198.19.0.128/25", "198.19.0.7", 3)),
+            ("198.20.0.0-24", lease("198.20.0.0/24", "198.19.0.7", 4)),
+            ("198.21.7.0-24", lease("198.21.7.0/24", "198.19.0.7", 5)),
+            ("198.22.0.0-24", lease("198.22.0.0/24", "198.19.0.7", 6)),
+            ("198.18.30.0-24", lease("198.18.30.0/24", "198.19.0.7", 7)),
+        ],
+    );
+    expect(
+        &v,
+        &[
+            ("198.18.30.0-24", Reason::ForeignRoute),
+            ("198.19.0.0-16", Reason::Connected),
+            ("198.19.0.0-24", Reason::Connected),
+            ("198.19.0.128-25", Reason::Connected),
+            ("198.20.0.0-24", Reason::Connected),
+            ("198.21.7.0-24", Reason::Connected),
+            ("198.22.0.0-24", Reason::Connected),
+        ],
+    );
+    // A wider foreign route (a blackhole for the whole pod network, say) or a narrower one
+    // inside a lease is no collision: the lease's route replaces neither.
+    let mut view = self::view();
+    view.foreign.insert("198.18.0.0/16".parse().unwrap());
+    view.foreign.insert("198.18.31.128/25".parse().unwrap());
+    let v = run_with(
+        &self::cfg(),
+        &view,
+        vec![("198.18.31.0-24", lease("198.18.31.0/24", "198.19.0.7", 1))],
+    );
+    assert_eq!(v.peers.len(), 1, "{:?}", v.rejected);
+}
+
+#[test]
+fn next_hops_must_be_node_addresses_outside_every_pod_network() {
+    let v6 = |v4: &str, subnet: &str, hop: &str| {
+        let mut l = lease(v4, "198.19.0.40", 1).unwrap();
+        l.value.ipv6_subnet = Some(subnet.parse().unwrap());
+        l.value.public_ipv6 = Some(hop.parse().unwrap());
+        Ok(l)
+    };
+    let v = run(vec![
+        // A pod on this very node, and pods elsewhere in both pod networks.
+        ("198.18.11.0-24", lease("198.18.11.0/24", "198.18.1.5", 1)),
+        ("198.18.12.0-24", lease("198.18.12.0/24", "198.18.200.9", 1)),
+        ("198.18.13.0-24", lease("198.18.13.0/24", "198.19.0.255", 1)),
+        ("198.18.14.0-24", lease("198.18.14.0/24", "198.19.0.0", 1)),
+        ("198.18.15.0-24", lease("198.18.15.0/24", "240.0.0.1", 1)),
+        ("198.18.16.0-24", lease("198.18.16.0/24", "169.254.0.1", 1)),
+        (
+            "198.18.57.0-24",
+            v6("198.18.57.0/24", "fd18:18:0:9::/64", "fe80::1"),
+        ),
+        (
+            "198.18.58.0-24",
+            v6("198.18.58.0/24", "fd18:18:0:10::/64", "::ffff:198.19.0.9"),
+        ),
+        (
+            "198.18.59.0-24",
+            v6("198.18.59.0/24", "fd18:18:0:11::/64", "fd18:18:0:3::7"),
+        ),
+        (
+            "198.18.60.0-24",
+            v6("198.18.60.0/24", "fd18:18:0:12::/64", "ff02::2"),
+        ),
+        (
+            "198.18.61.0-24",
+            v6("198.18.61.0/24", "fd18:18:0:13::/64", "198.19.0.9"),
+        ),
+    ]);
+    let all: Vec<(String, Reason)> = reasons(&v);
+    assert_eq!(all.len(), 11, "{:#?}", v.rejected);
+    assert!(
+        all.iter().all(|(_, r)| *r == Reason::BadNextHop),
+        "{:#?}",
+        v.rejected
+    );
+    let pod = &v.rejected[0].detail;
+    assert!(pod.contains("pod address"), "{pod}");
+}
+
+#[test]
+fn other_backends_non_canonical_keys_and_bad_node_names_are_refused() {
+    // `subnet` is what the key parses to; only its spelling is off in the first three.
+    let rec = |subnet: &str, f: &dyn Fn(&mut Lease)| {
+        let mut l = lease(subnet, "198.19.0.20", 1).unwrap();
+        f(&mut l);
+        Ok(l)
+    };
+    let v = run(vec![
+        ("198.18.20.0-024", rec("198.18.20.0/24", &|_| {})),
+        ("198.18.21.0-+24", rec("198.18.21.0/24", &|_| {})),
+        ("fd18:18:0:0022::-64", rec("198.18.22.0/24", &|_| {})),
+        (
+            "198.18.23.0-24",
+            rec("198.18.23.0/24", &|l| l.value.backend_type = "vxlan".into()),
+        ),
+        (
+            "198.18.24.0-24",
+            rec("198.18.24.0/24", &|l| l.value.backend_type = String::new()),
+        ),
+        (
+            "198.18.25.0-24",
+            rec("198.18.25.0/24", &|l| {
+                l.value.node_name = "evil\n  node-0".into()
+            }),
+        ),
+        (
+            "198.18.26.0-24",
+            rec("198.18.26.0/24", &|l| l.value.node_name = "\x1b[2J".into()),
+        ),
+        (
+            "198.18.27.0-24",
+            rec("198.18.27.0/24", &|l| {
+                l.value.ipv6_subnet = Some("fd18:18:0:3::1/64".parse().unwrap())
+            }),
+        ),
+        // Flannel's own leases carry no NodeName: still a peer.
+        (
+            "198.18.28.0-24",
+            rec("198.18.28.0/24", &|l| l.value.node_name = String::new()),
+        ),
+    ]);
+    let want = [
+        ("198.18.20.0-024", Reason::Malformed),
+        ("198.18.21.0-+24", Reason::Malformed),
+        ("198.18.23.0-24", Reason::Backend),
+        ("198.18.24.0-24", Reason::Backend),
+        ("198.18.25.0-24", Reason::BadNodeName),
+        ("198.18.26.0-24", Reason::BadNodeName),
+        ("198.18.27.0-24", Reason::Malformed),
+        ("fd18:18:0:0022::-64", Reason::Malformed),
+    ];
+    let want: Vec<_> = want.iter().map(|(k, r)| (k.to_string(), *r)).collect();
+    assert_eq!(reasons(&v), want, "{:#?}", v.rejected);
+    assert_eq!(v.peers.len(), 1);
+    assert!(
+        v.rejected
+            .iter()
+            .all(|r| !r.detail.contains('\x1b') && !r.detail.contains('\n'))
+    );
 }
