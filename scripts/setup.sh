@@ -10,6 +10,8 @@ PACKAGES=(
   containernetworking-plugins  # the reference bridge/host-local, benchmarked against
   iperf3 sockperf            # data-plane comparison
   containerd runc busybox-static umoci  # a real container runtime for cluster tests
+  clang libbpf-dev           # ebpf/: the BPF C programs (clang -target bpf, libbpf's headers)
+  libelf-dev zlib1g-dev pkg-config make  # ebpf/: libbpf-sys builds its vendored libbpf
 )
 
 missing=()
