@@ -92,7 +92,6 @@ struct flow {
 	__u8 family;
 	__u8 l4proto;
 	__u8 tos;
-	__u16 tot_len;
 	__u32 flowinfo;
 };
 
@@ -173,7 +172,6 @@ static __always_inline int parse_v4(struct __sk_buff *skb, struct hgw_config *cf
 	f->family = AF_INET;
 	f->l4proto = ip->protocol;
 	f->tos = ip->tos;
-	f->tot_len = bpf_ntohs(ip->tot_len);
 	f->tuple.ipv4.saddr = ip->saddr;
 	f->tuple.ipv4.daddr = ip->daddr;
 	return parse_l4(skb, ETH_HLEN + sizeof(struct iphdr), f);
@@ -221,7 +219,6 @@ static __always_inline int parse_v6(struct __sk_buff *skb, struct hgw_config *cf
 	f->family = AF_INET6;
 	f->l4proto = ip6->nexthdr;
 	f->flowinfo = *(__be32 *)ip6 & bpf_htonl(0x0FFFFFFF);
-	f->tot_len = bpf_ntohs(ip6->payload_len) + sizeof(struct ipv6hdr);
 	__builtin_memcpy(f->tuple.ipv6.saddr, &ip6->saddr, 16);
 	__builtin_memcpy(f->tuple.ipv6.daddr, &ip6->daddr, 16);
 	return parse_l4(skb, ETH_HLEN + sizeof(struct ipv6hdr), f);
@@ -272,7 +269,9 @@ static __always_inline int fib(struct __sk_buff *skb, struct flow *f, struct bpf
 {
 	p->family = f->family;
 	p->l4_protocol = f->l4proto;
-	p->tot_len = f->tot_len;
+	/* tot_len stays 0: with it set, the FIB compares the IP length of a GSO skb (up to 64 KB,
+	 * or more with BIG TCP) with the MTU and answers FRAG_NEEDED; with 0 the helper checks
+	 * is_skb_forwardable() instead, which knows GSO. */
 	p->ifindex = skb->ingress_ifindex;
 	if (f->family == AF_INET) {
 		p->tos = f->tos;
