@@ -24,8 +24,8 @@ fn pod_to_pod_across_nodes_is_fast_pathed_ipv4_and_ipv6() -> Result<()> {
     with_bpffs(|bpffs| -> Result<()> {
         let (fa, fb) = (c.a.fast_path(bpffs)?, c.b.fast_path(bpffs)?);
         // The first packets resolve the neighbours through the stack.
-        ping(&c.a.pod, &c.b.pod_ip4(), 3)?;
-        ping(&c.a.pod, &c.b.pod_ip6(), 3)?;
+        reach(&c.a.pod, &c.b.pod_ip4())?;
+        reach(&c.a.pod, &c.b.pod_ip6())?;
         let (a0, b0) = (fa.counters()?, fb.counters()?);
         ping(&c.a.pod, &c.b.pod_ip4(), 20)?;
         ping(&c.a.pod, &c.b.pod_ip6(), 20)?;
@@ -67,13 +67,40 @@ fn pod_to_pod_across_nodes_is_fast_pathed_ipv4_and_ipv6() -> Result<()> {
 }
 
 #[test]
+fn pod_to_pod_on_one_node_goes_peer_to_peer() -> Result<()> {
+    require_root();
+    let c = cluster()?;
+    let second = c.a.extra_pod("hv1", 3)?;
+    with_bpffs(|bpffs| -> Result<()> {
+        let fa = c.a.fast_path(bpffs)?;
+        let hv1 = c.a.ifindex("hv1");
+        in_netns(&c.a.ns, || fa.attach_pod(hv1))?;
+        // The first packets resolve the neighbours through the stack.
+        reach(&c.a.pod, "198.18.1.3")?;
+        reach(&second, &c.a.pod_ip6())?;
+        let (peer0, redirect0) = (count(&fa, Reason::FwdPeer), count(&fa, Reason::FwdRedirect));
+        ping(&c.a.pod, "198.18.1.3", 10)?;
+        ping(&second, &c.a.pod_ip6(), 10)?;
+        // Both directions, both families: from one pod's veth straight into the other pod.
+        let peer = count(&fa, Reason::FwdPeer) - peer0;
+        assert!(peer >= 40, "peer redirects grew by {peer}, want >= 40");
+        assert_eq!(
+            count(&fa, Reason::FwdRedirect),
+            redirect0,
+            "same-node traffic left by the uplink"
+        );
+        Ok(())
+    })
+}
+
+#[test]
 fn withdrawn_route_stops_the_fast_path_at_once_and_a_repair_restores_it() -> Result<()> {
     require_root();
     let c = cluster()?;
     with_bpffs(|bpffs| -> Result<()> {
         let fa = c.a.fast_path(bpffs)?;
         let _fb = c.b.fast_path(bpffs)?;
-        ping(&c.a.pod, &c.b.pod_ip4(), 3)?;
+        reach(&c.a.pod, &c.b.pod_ip4())?;
         let (redirect0, nofwd0) = (
             count(&fa, Reason::FwdRedirect),
             count(&fa, Reason::NotForwarded),
@@ -123,6 +150,7 @@ fn destination_outside_the_cluster_network_goes_to_the_stack() -> Result<()> {
         let _fb = c.b.fast_path(bpffs)?;
         let (outside0, redirect0) = (count(&fa, Reason::Outside), count(&fa, Reason::FwdRedirect));
         // Node b's uplink address is outside 198.18.0.0/17: the stack forwards it.
+        reach(&c.a.pod, &c.b.node_ip6())?;
         ping(&c.a.pod, &c.b.node_ip4(), 5)?;
         ping(&c.a.pod, &c.b.node_ip6(), 5)?;
         let outside = count(&fa, Reason::Outside) - outside0;
@@ -159,7 +187,7 @@ fn clusterip_dnat_on_the_node_keeps_working_tcp_and_udp() -> Result<()> {
     with_bpffs(|bpffs| -> Result<()> {
         let fa = c.a.fast_path(bpffs)?;
         let fb = c.b.fast_path(bpffs)?;
-        ping(&c.a.pod, &c.b.pod_ip4(), 2)?;
+        reach(&c.a.pod, &c.b.pod_ip4())?;
         let (nat0, fastb0) = (count(&fa, Reason::CtNat), fast(&fb));
         let _tcp = c.b.pod.spawn(&["python3", "-c", TCP_ECHO])?;
         let _udp = c.b.pod.spawn(&["python3", "-c", UDP_ECHO])?;
@@ -189,7 +217,7 @@ fn restart_keeps_the_links_and_a_new_load_replaces_the_programs_atomically() -> 
         let _fb = c.b.fast_path(bpffs)?;
         let first = c.a.fast_path(bpffs)?;
         let old: Vec<u32> = first.status()?.iter().map(|s| s.prog_id).collect();
-        ping(&c.a.pod, &c.b.pod_ip4(), 3)?;
+        reach(&c.a.pod, &c.b.pod_ip4())?;
         let before = fast(&first);
         drop(first); // the daemon exits; the pinned links stay
         ping(&c.a.pod, &c.b.pod_ip4(), 10)?;

@@ -304,41 +304,52 @@ pub fn cluster() -> Result<Cluster> {
     Ok(Cluster { a, b })
 }
 
-/// A node namespace with forwarding on and one pod: the gateway as /32 on the host veth, a
-/// /32 (/128) host route per pod, the pod's default route via the gateway.
+/// A node namespace with forwarding on and one pod.
 fn node(n: u8) -> Result<Node> {
     let ns = Netns::new(&format!("n{n}"))?;
     let pod = Netns::new(&format!("p{n}"))?;
     ns.sysctl("net.ipv4.ip_forward=1")?;
     ns.sysctl("net.ipv6.conf.all.forwarding=1")?;
-    ns.ip(&[
-        "link", "add", POD_VETH, "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
-    ])?;
     let node = Node { n, pod, ns };
-    let (gw4, gw6) = (format!("198.18.{n}.1"), format!("fd18:18:0:{n}::1"));
-    let (ip4, ip6) = (node.pod_ip4(), node.pod_ip6());
-    let host = &node.ns;
-    host.ip(&["addr", "add", &format!("{gw4}/32"), "dev", POD_VETH])?;
-    host.ip(&[
-        "addr",
-        "add",
-        &format!("{gw6}/128"),
-        "dev",
-        POD_VETH,
-        "nodad",
+    wire_pod(&node, &node.pod, POD_VETH, 2)?;
+    Ok(node)
+}
+
+impl Node {
+    /// Another pod on this node, `198.18.<n>.<host>` behind the host veth `veth`.
+    pub fn extra_pod(&self, veth: &str, host: u8) -> Result<Netns> {
+        let pod = Netns::new(&format!("p{}h{host}", self.n))?;
+        wire_pod(self, &pod, veth, host)?;
+        Ok(pod)
+    }
+}
+
+/// hostgw's ptp wiring: the gateway as /32 on the host veth, a /32 (/128) host route per
+/// pod, the pod's default route via the gateway.
+fn wire_pod(node: &Node, pod: &Netns, veth: &str, host: u8) -> Result<()> {
+    let n = node.n;
+    node.ns.ip(&[
+        "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
     ])?;
-    host.ip(&["link", "set", POD_VETH, "up"])?;
-    host.ip(&[
+    let (gw4, gw6) = (format!("198.18.{n}.1"), format!("fd18:18:0:{n}::1"));
+    let (ip4, ip6) = (
+        format!("198.18.{n}.{host}"),
+        format!("fd18:18:0:{n}::{host:x}"),
+    );
+    let h = &node.ns;
+    h.ip(&["addr", "add", &format!("{gw4}/32"), "dev", veth])?;
+    h.ip(&["addr", "add", &format!("{gw6}/128"), "dev", veth, "nodad"])?;
+    h.ip(&["link", "set", veth, "up"])?;
+    h.ip(&[
         "route",
         "add",
         &format!("{ip4}/32"),
         "dev",
-        POD_VETH,
+        veth,
         "scope",
         "link",
     ])?;
-    host.ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", POD_VETH])?;
-    let pod = &node.pod;
+    h.ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", veth])?;
     pod.ip(&["addr", "add", &format!("{ip4}/32"), "dev", "eth0"])?;
     pod.ip(&["addr", "add", &format!("{ip6}/128"), "dev", "eth0", "nodad"])?;
     pod.ip(&["link", "set", "eth0", "up"])?;
@@ -346,7 +357,7 @@ fn node(n: u8) -> Result<Node> {
     pod.ip(&["route", "add", "default", "via", &gw4, "dev", "eth0"])?;
     pod.ip(&["-6", "route", "add", &gw6, "dev", "eth0"])?;
     pod.ip(&["-6", "route", "add", "default", "via", &gw6, "dev", "eth0"])?;
-    Ok(node)
+    Ok(())
 }
 
 /// `ping -c N` that must succeed.
@@ -363,4 +374,16 @@ pub fn ping(from: &Netns, to: &str, count: u32) -> Result<()> {
         to,
     ])
     .map(drop)
+}
+
+/// Pings until one answer comes back, for at most 10 s: the first packets wait for neighbour
+/// resolution (and IPv6's for the links' DAD), so a warm-up must not count them.
+pub fn reach(from: &Netns, to: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if from.succeeds(&["ping", "-c", "1", "-W", "1", to])? {
+            return Ok(());
+        }
+    }
+    bail!("{} cannot reach {to} within 10 s", from.name)
 }
