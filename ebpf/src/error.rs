@@ -32,6 +32,23 @@ pub enum Error {
         #[source]
         source: libbpf_rs::Error,
     },
+    #[error("{what} on ifindex {ifindex}: {source}")]
+    Netlink {
+        what: &'static str,
+        ifindex: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "ifindex {ifindex}: GSO max size {want} not applied (the kernel reports IPv4 {ipv4:?}, \
+         IPv6 {ipv6:?}; BIG TCP for IPv4 needs Linux >= 6.3)"
+    )]
+    GsoNotApplied {
+        ifindex: u32,
+        want: u32,
+        ipv4: Option<u32>,
+        ipv6: Option<u32>,
+    },
     #[error("invalid ifindex {0}: must be > 0")]
     BadIfindex(u32),
     #[error("program {0} missing from the BPF object")]

@@ -12,12 +12,14 @@
 //! [`FastPath::status`] for `status`.
 #![deny(unsafe_code)]
 
+mod big_tcp;
 mod error;
 mod fastpath;
 mod maps;
 mod probe;
 mod sys;
 
+pub use big_tcp::{BIG_TCP_SIZE, LEGACY_GSO_SIZE, set_gso_gro_max};
 pub use error::{Error, Result};
 pub use fastpath::{Adopted, Attached, Attachment, DEFAULT_PIN_DIR, FastPath, Options};
 pub use maps::{ClusterNetworks, Count, Counters, IfaceKind, Reason};

@@ -6,7 +6,9 @@ mod common;
 
 use anyhow::Result;
 use common::*;
-use hostgw_ebpf::{Attached, FastPath, IfaceKind, Options, Reason, probe};
+use hostgw_ebpf::{
+    Attached, BIG_TCP_SIZE, FastPath, IfaceKind, Options, Reason, probe, set_gso_gro_max,
+};
 
 /// Fast-pathed packets: the sum of both redirect kinds.
 fn fast(fp: &FastPath) -> u64 {
@@ -332,4 +334,46 @@ fn probe_finds_everything_on_this_kernel_and_names_a_missing_bpffs() {
             "{p}"
         );
     });
+}
+
+/// `gso_max_size` as `ip -d -j link` reports it.
+fn gso_max_size(ns: &Netns, dev: &str) -> Result<u64> {
+    let out = ns.ip(&["-d", "-j", "link", "show", "dev", dev])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(v[0]["gso_max_size"].as_u64().unwrap_or(0))
+}
+
+#[test]
+fn big_tcp_is_set_on_both_veth_ends_and_fast_path_traffic_flows() -> Result<()> {
+    require_root();
+    let c = cluster()?;
+    for node in [&c.a, &c.b] {
+        for (ns, dev) in [(&node.ns, POD_VETH), (&node.pod, "eth0")] {
+            in_netns(ns, || -> Result<()> {
+                Ok(set_gso_gro_max(
+                    nix::net::if_::if_nametoindex(dev)?,
+                    BIG_TCP_SIZE,
+                )?)
+            })?;
+            assert_eq!(gso_max_size(ns, dev)?, u64::from(BIG_TCP_SIZE));
+        }
+    }
+    let err = in_netns(&c.a.ns, || set_gso_gro_max(999_999, BIG_TCP_SIZE)).unwrap_err();
+    assert!(err.to_string().contains("No such device"), "{err}");
+    with_bpffs(|bpffs| -> Result<()> {
+        let fa = c.a.fast_path(bpffs)?;
+        let _fb = c.b.fast_path(bpffs)?;
+        reach(&c.a.pod, &c.b.pod_ip4())?;
+        let _server = c.b.pod.spawn(&["iperf3", "-s", "-1", "-p", "5201"])?;
+        c.b.pod.wait_listen(5201)?;
+        let before = fa.counters()?.get(Reason::FwdRedirect).bytes;
+        c.a.pod
+            .exec(&["iperf3", "-c", &c.b.pod_ip4(), "-p", "5201", "-n", "20M"])?;
+        let grew = fa.counters()?.get(Reason::FwdRedirect).bytes - before;
+        assert!(
+            grew >= 20_000_000,
+            "fast-pathed {grew} bytes of a 20 MB transfer"
+        );
+        Ok(())
+    })
 }
