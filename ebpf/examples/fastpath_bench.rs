@@ -16,16 +16,24 @@ use hostgw_ebpf::{BIG_TCP_SIZE, FastPath, LEGACY_GSO_SIZE, set_gso_gro_max};
 enum Mode {
     Native,
     Routes,
+    RoutesBigTcp,
     Ebpf,
     EbpfBigTcp,
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [Mode::Native, Mode::Routes, Mode::Ebpf, Mode::EbpfBigTcp];
+    const ALL: [Mode; 5] = [
+        Mode::Native,
+        Mode::Routes,
+        Mode::RoutesBigTcp,
+        Mode::Ebpf,
+        Mode::EbpfBigTcp,
+    ];
     fn name(self) -> &'static str {
         match self {
             Mode::Native => "native (node a -> node b)",
             Mode::Routes => "hostgw ptp, routes",
+            Mode::RoutesBigTcp => "hostgw ptp, routes + BIG TCP",
             Mode::Ebpf => "hostgw ptp, ebpf fast path",
             Mode::EbpfBigTcp => "hostgw ptp, ebpf + BIG TCP",
         }
@@ -91,7 +99,7 @@ fn set_mode(c: &Cluster, fps: &[FastPath; 2], mode: Mode) -> Result<()> {
     }
     big_tcp(
         c,
-        if mode == Mode::EbpfBigTcp {
+        if matches!(mode, Mode::EbpfBigTcp | Mode::RoutesBigTcp) {
             BIG_TCP_SIZE
         } else {
             LEGACY_GSO_SIZE
