@@ -13,7 +13,7 @@ const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Feature {
-    /// CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN in the effective set.
+    /// CAP_BPF, CAP_PERFMON (or CAP_SYS_ADMIN for both) and CAP_NET_ADMIN in the effective set.
     Privilege,
     /// The kernel's BTF, for CO-RE and kfunc resolution.
     Btf,
@@ -83,6 +83,7 @@ pub fn probe(pin_dir: &Path) -> Probe {
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 fn status_caps() -> Option<u64> {
@@ -100,6 +101,11 @@ pub(crate) fn privilege(cap_eff: &Option<u64>) -> Result<(), String> {
     let mut missing = Vec::new();
     if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
         missing.push("CAP_BPF");
+    }
+    // The NAT check reads `struct nf_conn`: "'struct nf_conn' access is allowed only to
+    // CAP_PERFMON and CAP_SYS_ADMIN", the verifier answers with CAP_BPF + CAP_NET_ADMIN alone.
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_PERFMON");
     }
     if !has(CAP_NET_ADMIN) {
         missing.push("CAP_NET_ADMIN");
@@ -184,16 +190,20 @@ mod tests {
 
     #[test]
     fn privilege_names_what_is_missing() {
-        let all = (1u64 << CAP_BPF) | (1 << CAP_NET_ADMIN);
+        let all = (1u64 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_NET_ADMIN);
         assert_eq!(privilege(&Some(all)), Ok(()));
+        assert_eq!(
+            privilege(&Some((1u64 << CAP_BPF) | (1 << CAP_NET_ADMIN))),
+            Err("missing CAP_PERFMON".into())
+        );
         let sys_admin = (1u64 << CAP_SYS_ADMIN) | (1 << CAP_NET_ADMIN);
         assert_eq!(privilege(&Some(sys_admin)), Ok(()));
         assert_eq!(
             privilege(&Some(0)),
-            Err("missing CAP_BPF and CAP_NET_ADMIN".into())
+            Err("missing CAP_BPF and CAP_PERFMON and CAP_NET_ADMIN".into())
         );
         assert_eq!(
-            privilege(&Some(1 << CAP_BPF)),
+            privilege(&Some((1 << CAP_BPF) | (1 << CAP_PERFMON))),
             Err("missing CAP_NET_ADMIN".into())
         );
         assert!(privilege(&None).is_err());
