@@ -211,6 +211,56 @@ fn clusterip_dnat_on_the_node_keeps_working_tcp_and_udp() -> Result<()> {
     })
 }
 
+/// The client side of a hostPort: node b's address, TCP 30080 and UDP 30081.
+fn host_port_client(proto: &str, to: &str) -> String {
+    let (kind, port, msg) = match proto {
+        "tcp" => ("SOCK_STREAM", 30080, "hgw-hostport-tcp"),
+        _ => ("SOCK_DGRAM", 30081, "hgw-hostport-udp"),
+    };
+    format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.{kind})\ns.settimeout(5)\n\
+         s.connect(('{to}',{port}))\ns.send(b'{msg}')\nprint(s.recv(100).decode())"
+    )
+}
+
+#[test]
+fn hostport_dnat_on_the_backend_node_keeps_working_tcp_and_udp() -> Result<()> {
+    require_root();
+    let c = cluster()?;
+    // What portmap does for a hostPort, in nftables: DNAT of the node's own address and port
+    // to the pod, on the pod's node (not the portmap plugin itself).
+    let rules = format!(
+        "table ip hgwt-hostport {{\n  chain nat-prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    \
+         ip daddr {n} tcp dport 30080 dnat to {b}:8080\n    ip daddr {n} udp dport 30081 dnat to {b}:8081\n  }}\n}}\n",
+        n = c.b.node_ip4(),
+        b = c.b.pod_ip4()
+    );
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), rules)?;
+    c.b.ns.exec(&["nft", "-f", file.path().to_str().unwrap()])?;
+    with_bpffs(|bpffs| -> Result<()> {
+        let _fa = c.a.fast_path(bpffs)?;
+        let fb = c.b.fast_path(bpffs)?;
+        reach(&c.a.pod, &c.b.pod_ip4())?;
+        let nat0 = count(&fb, Reason::CtNat);
+        let _tcp = c.b.pod.spawn(&["python3", "-c", TCP_ECHO])?;
+        let _udp = c.b.pod.spawn(&["python3", "-c", UDP_ECHO])?;
+        c.b.pod.wait_listen(8080)?;
+        c.b.pod.wait_listen(8081)?;
+        for (proto, want) in [("tcp", "hgw-hostport-tcp"), ("udp", "hgw-hostport-udp")] {
+            let got =
+                c.a.pod
+                    .exec(&["python3", "-c", &host_port_client(proto, &c.b.node_ip4())])?;
+            assert_eq!(got.trim(), want, "{proto}");
+        }
+        // The pod's replies are in the cluster network, but conntrack on node b holds them as
+        // DNATed: node b's pod program handed them to the stack, which restored the source.
+        let nat = count(&fb, Reason::CtNat) - nat0;
+        assert!(nat >= 3, "ct_nat counted {nat} on node b, want >= 3");
+        Ok(())
+    })
+}
+
 #[test]
 fn restart_keeps_the_links_and_a_new_load_replaces_the_programs_atomically() -> Result<()> {
     require_root();
