@@ -16,6 +16,7 @@ mod big_tcp;
 mod error;
 mod fastpath;
 mod maps;
+mod ops;
 mod probe;
 mod sys;
 
@@ -23,4 +24,5 @@ pub use big_tcp::{BIG_TCP_SIZE, LEGACY_GSO_SIZE, set_gso_gro_max};
 pub use error::{Error, Result};
 pub use fastpath::{Adopted, Attached, Attachment, DEFAULT_PIN_DIR, FastPath, Options};
 pub use maps::{ClusterNetworks, Count, Counters, IfaceKind, Reason};
+pub use ops::{FakeFastPath, FastPathOps};
 pub use probe::{Check, Feature, Probe, probe};
