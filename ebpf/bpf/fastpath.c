@@ -38,6 +38,10 @@
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 #define ENOENT 2
+/* UAPI since 6.3; older headers lack it. The answer then carries the egress, not the MACs. */
+#ifndef BPF_FIB_LOOKUP_SKIP_NEIGH
+#define BPF_FIB_LOOKUP_SKIP_NEIGH (1U << 2)
+#endif
 /* tcx's "go on to the next program, then the stack" (UAPI since 6.6; older headers lack it). */
 #ifndef TCX_NEXT
 #define TCX_NEXT -1
@@ -47,7 +51,7 @@ char LICENSE[] SEC("license") = "GPL";
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, HGW_REASONS);
+	__uint(max_entries, HGW_COUNTER_SLOTS);
 	__type(key, __u32);
 	__type(value, struct hgw_counter);
 } counters SEC(".maps");
@@ -286,6 +290,27 @@ static __always_inline int fib(struct __sk_buff *skb, struct flow *f, struct bpf
 	return rc == BPF_FIB_LKUP_RET_SUCCESS ? -1 : fib_reason(rc);
 }
 
+/* Strict reverse-path check for packets from a pod, as rp_filter=1 does it: the route back to
+ * the source must leave by the veth the packet came in on. A spoofed source goes to the stack,
+ * which applies the node's own rp_filter setting, so the fast path never forwards what plain
+ * routes would drop. */
+static __always_inline int source_ok(struct __sk_buff *skb, struct flow *f)
+{
+	struct bpf_fib_lookup r = {};
+
+	r.family = f->family;
+	r.ifindex = skb->ingress_ifindex;
+	if (f->family == AF_INET) {
+		r.ipv4_src = f->tuple.ipv4.daddr;
+		r.ipv4_dst = f->tuple.ipv4.saddr;
+	} else {
+		__builtin_memcpy(r.ipv6_src, f->tuple.ipv6.daddr, 16);
+		__builtin_memcpy(r.ipv6_dst, f->tuple.ipv6.saddr, 16);
+	}
+	int rc = bpf_fib_lookup(skb, &r, sizeof(r), BPF_FIB_LOOKUP_SKIP_NEIGH);
+	return rc == BPF_FIB_LKUP_RET_SUCCESS && r.ifindex == skb->ingress_ifindex;
+}
+
 /* What a router does to a forwarded packet: one hop less, the next hop's MAC addresses. */
 static __always_inline int rewrite(struct __sk_buff *skb, struct flow *f, struct bpf_fib_lookup *p)
 {
@@ -344,6 +369,8 @@ static __always_inline int fast_path(struct __sk_buff *skb, int from_pod, __u32 
 		return count(skb, HGW_PASS_EGRESS_OTHER);
 	if (*kind == HGW_IFACE_UPLINK && !from_pod)
 		return count(skb, HGW_PASS_EGRESS_OTHER);
+	if (from_pod && !source_ok(skb, &f))
+		return count(skb, HGW_PASS_BAD_SOURCE);
 	if (rewrite(skb, &f, &p))
 		return count(skb, HGW_PASS_MALFORMED);
 	*egress = out;

@@ -23,8 +23,13 @@ enum hgw_reason {
 	HGW_PASS_FRAG_NEEDED,  /* FIB: larger than the egress MTU */
 	HGW_PASS_FIB_OTHER,    /* FIB: forwarding disabled, LWT route, or any other answer */
 	HGW_PASS_EGRESS_OTHER, /* FIB egress is not an interface the fast path owns */
+	HGW_PASS_BAD_SOURCE,   /* from a pod, with a source address not routed back to its veth */
 	HGW_REASONS,
 };
+
+/* Slots of the counters array: more than there are reasons, so a new reason (appended, never
+ * inserted) keeps the pinned map's layout and an upgrade can reuse it. */
+#define HGW_COUNTER_SLOTS 64
 
 /* Value of `fast_ifaces`, keyed by ifindex: the interfaces the fast path may send to. */
 enum hgw_iface_kind {

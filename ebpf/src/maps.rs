@@ -28,10 +28,11 @@ pub enum Reason {
     FragNeeded,
     FibOther,
     EgressOther,
+    BadSource,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 20] = [
         Reason::FwdPeer,
         Reason::FwdRedirect,
         Reason::NotIp,
@@ -51,6 +52,7 @@ impl Reason {
         Reason::FragNeeded,
         Reason::FibOther,
         Reason::EgressOther,
+        Reason::BadSource,
     ];
 
     pub fn index(self) -> u32 {
@@ -84,6 +86,7 @@ impl Reason {
             Reason::FragNeeded => "frag_needed",
             Reason::FibOther => "fib_other",
             Reason::EgressOther => "egress_other",
+            Reason::BadSource => "bad_source",
         }
     }
 }

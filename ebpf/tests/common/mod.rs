@@ -387,3 +387,13 @@ pub fn reach(from: &Netns, to: &str) -> Result<()> {
     }
     bail!("{} cannot reach {to} within 10 s", from.name)
 }
+
+/// An iperf3 TCP transfer of `bytes` (e.g. "20M") to a server on `to`:5201; returns the bytes
+/// the server received (what was sent but still buffered when the test ended never crossed).
+pub fn iperf_received(from: &Netns, to: &str, bytes: &str) -> Result<u64> {
+    let out = from.exec(&["iperf3", "-c", to, "-p", "5201", "-n", bytes, "-J"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    v["end"]["sum_received"]["bytes"]
+        .as_u64()
+        .context("iperf3 -J: no end.sum_received.bytes")
+}
