@@ -357,6 +357,60 @@ fn restart_keeps_the_links_and_a_new_load_replaces_the_programs_atomically() -> 
 }
 
 #[test]
+fn a_restart_and_upgrade_under_a_ping_flood_lose_no_packet() -> Result<()> {
+    require_root();
+    let c = cluster()?;
+    with_bpffs(|bpffs| -> Result<()> {
+        let _fb = c.b.fast_path(bpffs)?;
+        let first = c.a.fast_path(bpffs)?;
+        reach(&c.a.pod, &c.b.pod_ip4())?;
+        // 1500 echoes 2 ms apart (3 s); meanwhile the loader exits, a new one loads and swaps
+        // every link's program.
+        let flood =
+            c.a.pod
+                .cmd(&[
+                    "ping",
+                    "-q",
+                    "-c",
+                    "1500",
+                    "-i",
+                    "0.002",
+                    "-W",
+                    "2",
+                    &c.b.pod_ip4(),
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()?;
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        drop(first);
+        let opts = Options {
+            pin_dir: bpffs.join("node1"),
+            networks: networks(),
+        };
+        let second = FastPath::load(&opts)?;
+        let adopted = in_netns(&c.a.ns, || second.adopt())?;
+        assert_eq!(adopted.replaced.len(), 2, "{adopted:?}");
+        assert!(
+            flood.try_wait()?.is_none(),
+            "the flood ended before the swap: test proves nothing"
+        );
+        let before = fast(&second);
+        let out = flood.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("1500 packets transmitted, 1500 received"),
+            "packets lost across the restart: {text}"
+        );
+        assert!(
+            fast(&second) > before,
+            "the new programs fast-pathed nothing"
+        );
+        Ok(())
+    })
+}
+
+#[test]
 fn detach_is_idempotent_and_a_deleted_veth_is_pruned() -> Result<()> {
     require_root();
     let c = cluster()?;
