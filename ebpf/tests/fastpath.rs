@@ -366,7 +366,7 @@ fn a_restart_and_upgrade_under_a_ping_flood_lose_no_packet() -> Result<()> {
         reach(&c.a.pod, &c.b.pod_ip4())?;
         // 1500 echoes 2 ms apart (3 s); meanwhile the loader exits, a new one loads and swaps
         // every link's program.
-        let flood =
+        let mut flood =
             c.a.pod
                 .cmd(&[
                     "ping",
