@@ -12,6 +12,8 @@ PACKAGES=(
   containerd runc busybox-static umoci  # a real container runtime for cluster tests
   iptables                   # the chained portmap plugin programs hostPorts with it
   golang-go golang-github-appc-cni-dev  # a libcni client (netns-tests/cni-client) for chained plugins
+  clang libbpf-dev           # ebpf/: the BPF C programs (clang -target bpf, libbpf's headers)
+  libelf-dev zlib1g-dev pkg-config make  # ebpf/: libbpf-sys builds its vendored libbpf
 )
 
 missing=()

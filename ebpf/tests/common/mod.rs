@@ -1,0 +1,399 @@
+//! A small harness for the fast path's root tests, on its own (not netns-tests'): two "node"
+//! namespaces on a veth wire, one "pod" namespace per node wired exactly as hostgw's ptp mode
+//! does it, and a private bpffs.
+//!
+//! Nothing touches the root namespace: links are created inside the namespaces
+//! (`ip -n NODE link add … netns OTHER`); every namespace is deleted on Drop after its
+//! processes are ended by PID; the bpffs is mounted in a mount namespace of the scenario's own
+//! thread, so every pin disappears with that thread, even when a test panics.
+#![allow(dead_code)]
+
+use std::{
+    fs::File,
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use hostgw_ebpf::{ClusterNetworks, FastPath, Options};
+use nix::{
+    mount::{MsFlags, mount},
+    sched::{CloneFlags, setns, unshare},
+};
+
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (network namespaces, BPF programs); run it as root"
+    );
+}
+
+/// `hgwt-` or `HOSTGW_TEST_PREFIX`, so scripts/cleanup.sh sweeps what a killed run left.
+pub fn prefix() -> String {
+    std::env::var("HOSTGW_TEST_PREFIX")
+        .ok()
+        .filter(|p| p.starts_with("hgwt-") && !p.contains('/'))
+        .unwrap_or_else(|| "hgwt-".to_owned())
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command with a bound on its run time; its output is drained while it runs.
+pub fn run_timeout(cmd: &mut Command, limit: Duration) -> Result<Output> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawn {cmd:?}"))?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => Ok(out?),
+        Err(_) => {
+            // Our own child, by PID.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            bail!("{cmd:?} did not finish within {limit:?}")
+        }
+    }
+}
+
+pub fn must(cmd: &mut Command) -> Result<String> {
+    let out = run_timeout(cmd, Duration::from_secs(60))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+// === impl Netns ===
+
+/// A named network namespace, deleted with every process inside it on Drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Result<Netns> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{}{tag}{}x{n}", prefix(), std::process::id() % 100_000);
+        must(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        must(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(args);
+        c
+    }
+
+    pub fn exec(&self, args: &[&str]) -> Result<String> {
+        must(&mut self.cmd(args))
+    }
+
+    /// Runs a command and returns whether it succeeded (for pings expected to fail).
+    pub fn succeeds(&self, args: &[&str]) -> Result<bool> {
+        Ok(run_timeout(&mut self.cmd(args), Duration::from_secs(60))?
+            .status
+            .success())
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Result<Child> {
+        self.cmd(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawn {args:?} in {}", self.name))
+    }
+
+    pub fn sysctl(&self, kv: &str) -> Result<()> {
+        self.exec(&["sysctl", "-qw", kv]).map(drop)
+    }
+
+    /// Waits until something listens on `port` (TCP or UDP) in this namespace.
+    pub fn wait_listen(&self, port: u16) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let filter = format!("sport = :{port}");
+        while Instant::now() < deadline {
+            if !self.exec(&["ss", "-Hlntu", &filter])?.trim().is_empty() {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        bail!("nothing listens on port {port} in {}", self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Ok(out) = must(Command::new("ip").args(["netns", "pids", &self.name])) {
+            for pid in out.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let _ = must(Command::new("ip").args(["netns", "del", &self.name]));
+    }
+}
+
+/// Runs `f` on a thread inside `ns` (setns is per thread; the thread ends afterwards).
+pub fn in_netns<R: Send>(ns: &Netns, f: impl FnOnce() -> R + Send) -> R {
+    let path = format!("/run/netns/{}", ns.name);
+    thread::scope(|s| {
+        s.spawn(|| {
+            let fd = File::open(&path).expect("open the netns");
+            setns(&fd, CloneFlags::CLONE_NEWNET).expect("setns into the netns");
+            f()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// Runs the scenario `f` on a thread with its own mount namespace and a fresh bpffs at the
+/// path it is given; the mount, and with it every pin, is gone when the thread ends.
+pub fn with_bpffs<R: Send>(f: impl FnOnce(&Path) -> R + Send) -> R {
+    thread::scope(|s| {
+        s.spawn(|| {
+            unshare(CloneFlags::CLONE_FS | CloneFlags::CLONE_NEWNS).expect("unshare mount ns");
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .expect("make / private in the test's mount ns");
+            let dir = tempfile::tempdir().expect("tempdir");
+            mount(
+                Some("bpf"),
+                dir.path(),
+                Some("bpf"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .expect("mount bpffs");
+            f(dir.path())
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+// === topology ===
+
+/// The cluster networks of the tests: the pods' /24s are inside, the "ClusterIP"
+/// 198.18.200.10 and the node links are outside.
+pub fn networks() -> ClusterNetworks {
+    ClusterNetworks {
+        v4: Some("198.18.0.0/17".parse().unwrap()),
+        v6: Some("fd18:18::/48".parse().unwrap()),
+    }
+}
+
+pub const UPLINK: &str = "up0";
+pub const POD_VETH: &str = "hv0";
+pub const VIP: &str = "198.18.200.10";
+
+/// One node namespace with one pod, hostgw ptp style.
+pub struct Node {
+    pub n: u8,
+    pub pod: Netns,
+    pub ns: Netns,
+}
+
+impl Node {
+    pub fn pod_ip4(&self) -> String {
+        format!("198.18.{}.2", self.n)
+    }
+    pub fn pod_ip6(&self) -> String {
+        format!("fd18:18:0:{}::2", self.n)
+    }
+    pub fn node_ip4(&self) -> String {
+        format!("198.19.0.{}", self.n)
+    }
+    pub fn node_ip6(&self) -> String {
+        format!("fd19:19::{}", self.n)
+    }
+    pub fn ifindex(&self, name: &str) -> u32 {
+        in_netns(&self.ns, || {
+            nix::net::if_::if_nametoindex(name).expect("ifindex")
+        })
+    }
+
+    /// Loads the programs with pins under `bpffs/<node>` and attaches uplink and pod veth.
+    pub fn fast_path(&self, bpffs: &Path) -> Result<FastPath> {
+        let opts = Options {
+            pin_dir: bpffs.join(format!("node{}", self.n)),
+            networks: networks(),
+        };
+        let fp = FastPath::load(&opts)?;
+        self.attach(&fp)?;
+        Ok(fp)
+    }
+
+    pub fn attach(&self, fp: &FastPath) -> Result<()> {
+        let (up, pod) = (self.ifindex(UPLINK), self.ifindex(POD_VETH));
+        in_netns(&self.ns, || -> Result<()> {
+            fp.attach_uplink(up)?;
+            fp.attach_pod(pod)?;
+            Ok(())
+        })
+    }
+}
+
+pub struct Cluster {
+    pub a: Node,
+    pub b: Node,
+}
+
+/// Node a (1) and node b (2) on one wire, a pod on each, host-gw routes both ways.
+pub fn cluster() -> Result<Cluster> {
+    let a = node(1)?;
+    let b = node(2)?;
+    a.ns.ip(&[
+        "link", "add", UPLINK, "type", "veth", "peer", "name", UPLINK, "netns", &b.ns.name,
+    ])?;
+    for (me, peer) in [(&a, &b), (&b, &a)] {
+        me.ns.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", me.node_ip4()),
+            "dev",
+            UPLINK,
+        ])?;
+        me.ns.ip(&[
+            "addr",
+            "add",
+            &format!("{}/64", me.node_ip6()),
+            "dev",
+            UPLINK,
+            "nodad",
+        ])?;
+        me.ns.ip(&["link", "set", UPLINK, "up"])?;
+        let subnet4 = format!("198.18.{}.0/24", peer.n);
+        let subnet6 = format!("fd18:18:0:{}::/64", peer.n);
+        me.ns
+            .ip(&["route", "add", &subnet4, "via", &peer.node_ip4()])?;
+        me.ns
+            .ip(&["-6", "route", "add", &subnet6, "via", &peer.node_ip6()])?;
+    }
+    Ok(Cluster { a, b })
+}
+
+/// A node namespace with forwarding on and one pod.
+fn node(n: u8) -> Result<Node> {
+    let ns = Netns::new(&format!("n{n}"))?;
+    let pod = Netns::new(&format!("p{n}"))?;
+    ns.sysctl("net.ipv4.ip_forward=1")?;
+    ns.sysctl("net.ipv6.conf.all.forwarding=1")?;
+    let node = Node { n, pod, ns };
+    wire_pod(&node, &node.pod, POD_VETH, 2)?;
+    Ok(node)
+}
+
+impl Node {
+    /// Another pod on this node, `198.18.<n>.<host>` behind the host veth `veth`.
+    pub fn extra_pod(&self, veth: &str, host: u8) -> Result<Netns> {
+        let pod = Netns::new(&format!("p{}h{host}", self.n))?;
+        wire_pod(self, &pod, veth, host)?;
+        Ok(pod)
+    }
+}
+
+/// hostgw's ptp wiring: the gateway as /32 on the host veth, a /32 (/128) host route per
+/// pod, the pod's default route via the gateway.
+fn wire_pod(node: &Node, pod: &Netns, veth: &str, host: u8) -> Result<()> {
+    let n = node.n;
+    node.ns.ip(&[
+        "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
+    ])?;
+    let (gw4, gw6) = (format!("198.18.{n}.1"), format!("fd18:18:0:{n}::1"));
+    let (ip4, ip6) = (
+        format!("198.18.{n}.{host}"),
+        format!("fd18:18:0:{n}::{host:x}"),
+    );
+    let h = &node.ns;
+    h.ip(&["addr", "add", &format!("{gw4}/32"), "dev", veth])?;
+    h.ip(&["addr", "add", &format!("{gw6}/128"), "dev", veth, "nodad"])?;
+    h.ip(&["link", "set", veth, "up"])?;
+    h.ip(&[
+        "route",
+        "add",
+        &format!("{ip4}/32"),
+        "dev",
+        veth,
+        "scope",
+        "link",
+    ])?;
+    h.ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", veth])?;
+    pod.ip(&["addr", "add", &format!("{ip4}/32"), "dev", "eth0"])?;
+    pod.ip(&["addr", "add", &format!("{ip6}/128"), "dev", "eth0", "nodad"])?;
+    pod.ip(&["link", "set", "eth0", "up"])?;
+    pod.ip(&["route", "add", &gw4, "dev", "eth0", "scope", "link"])?;
+    pod.ip(&["route", "add", "default", "via", &gw4, "dev", "eth0"])?;
+    pod.ip(&["-6", "route", "add", &gw6, "dev", "eth0"])?;
+    pod.ip(&["-6", "route", "add", "default", "via", &gw6, "dev", "eth0"])?;
+    Ok(())
+}
+
+/// `ping -c N` that must succeed.
+pub fn ping(from: &Netns, to: &str, count: u32) -> Result<()> {
+    from.exec(&[
+        "ping",
+        "-q",
+        "-c",
+        &count.to_string(),
+        "-i",
+        "0.05",
+        "-W",
+        "2",
+        to,
+    ])
+    .map(drop)
+}
+
+/// Pings until one answer comes back, for at most 10 s: the first packets wait for neighbour
+/// resolution (and IPv6's for the links' DAD), so a warm-up must not count them.
+pub fn reach(from: &Netns, to: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if from.succeeds(&["ping", "-c", "1", "-W", "1", to])? {
+            return Ok(());
+        }
+    }
+    bail!("{} cannot reach {to} within 10 s", from.name)
+}
+
+/// An iperf3 TCP transfer of `bytes` (e.g. "20M") to a server on `to`:5201; returns the bytes
+/// the server received (what was sent but still buffered when the test ended never crossed).
+pub fn iperf_received(from: &Netns, to: &str, bytes: &str) -> Result<u64> {
+    let out = from.exec(&["iperf3", "-c", to, "-p", "5201", "-n", bytes, "-J"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    v["end"]["sum_received"]["bytes"]
+        .as_u64()
+        .context("iperf3 -J: no end.sum_received.bytes")
+}
