@@ -544,20 +544,14 @@ pub fn reservations(
     node: usize,
 ) -> Result<std::collections::BTreeMap<String, String>> {
     let dir = ipam_dir(c, node).join(crate::pod::NETWORK);
-    let mut out = std::collections::BTreeMap::new();
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        return Ok(out);
-    };
-    for e in rd {
-        let e = e?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name == "lock" || name.starts_with("last_reserved_ip.") {
-            continue;
-        }
-        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-        out.insert(name, text.lines().next().unwrap_or("").trim().to_owned());
-    }
-    Ok(out)
+    // A reservation holds `<containerID>\r\n<ifname>`: the first line is the container.
+    Ok(crate::pod::reservation_files(&dir)?
+        .into_iter()
+        .map(|(ip, text)| {
+            let id = text.lines().next().unwrap_or("").trim().to_owned();
+            (ip, id)
+        })
+        .collect())
 }
 
 /// A container started by `ctr run --cni --rm` (not detached, so that ctr itself calls the

@@ -61,21 +61,29 @@ impl Reply {
 /// The command that runs `plugin` inside `node` with the call's environment.
 pub fn command(plugin: &Path, node: &Netns, call: &Call) -> Command {
     let mut cmd = node.cmd(plugin);
-    cmd.env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_COMMAND", call.command);
-    for (k, v) in [
-        ("CNI_CONTAINERID", call.container_id),
-        ("CNI_NETNS", call.netns),
-        ("CNI_IFNAME", call.ifname),
-        ("CNI_ARGS", call.args),
-        ("CNI_PATH", call.path),
-    ] {
-        if let Some(v) = v {
-            cmd.env(k, v);
+    call.set_env(&mut cmd);
+    cmd
+}
+
+impl Call<'_> {
+    /// A clean environment holding only PATH and this call's CNI_* variables, as a
+    /// runtime execs a plugin.
+    pub fn set_env(&self, cmd: &mut Command) {
+        cmd.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", self.command);
+        for (k, v) in [
+            ("CNI_CONTAINERID", self.container_id),
+            ("CNI_NETNS", self.netns),
+            ("CNI_IFNAME", self.ifname),
+            ("CNI_ARGS", self.args),
+            ("CNI_PATH", self.path),
+        ] {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
         }
     }
-    cmd
 }
 
 /// Runs the plugin with `stdin` as its config, bounded in time (a minute).

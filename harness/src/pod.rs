@@ -98,21 +98,7 @@ impl Node {
     /// Reservation files of `network` (name → content), without `lock` and
     /// `last_reserved_ip.*`; anything else (a `.tmp-*` left behind, say) is listed.
     pub fn reservations(&self, network: &str) -> Result<BTreeMap<String, String>> {
-        let dir = self.net_dir(network);
-        let mut out = BTreeMap::new();
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            return Ok(out);
-        };
-        for e in rd {
-            let e = e?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name == "lock" || name.starts_with("last_reserved_ip.") {
-                continue;
-            }
-            let content = std::fs::read_to_string(e.path()).unwrap_or_default();
-            out.insert(name, content);
-        }
-        Ok(out)
+        reservation_files(&self.net_dir(network))
     }
 
     /// Names of the node's host veths (`hgw…`).
@@ -280,4 +266,23 @@ pub fn routes(ns: &Netns, family: &str) -> Result<Vec<String>> {
             s
         })
         .collect())
+}
+
+/// The reservation files of one IPAM network directory (name → content), without `lock`
+/// and `last_reserved_ip.*`; a missing directory holds none.
+pub fn reservation_files(dir: &Path) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(out);
+    };
+    for e in rd {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "lock" || name.starts_with("last_reserved_ip.") {
+            continue;
+        }
+        let content = std::fs::read_to_string(e.path()).unwrap_or_default();
+        out.insert(name, content);
+    }
+    Ok(out)
 }

@@ -117,20 +117,8 @@ fn invoke_with_mounts(n: &Node, call: &Call, conf: &Value, setup: &str) -> Resul
         n.plugin.display()
     );
     let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_COMMAND", call.command);
-    for (k, v) in [
-        ("CNI_CONTAINERID", call.container_id),
-        ("CNI_NETNS", call.netns),
-        ("CNI_IFNAME", call.ifname),
-        ("CNI_PATH", call.path),
-    ] {
-        if let Some(v) = v {
-            cmd.env(k, v);
-        }
-    }
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    call.set_env(&mut cmd);
     run_cmd(cmd, conf)
 }
 
