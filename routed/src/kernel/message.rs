@@ -16,9 +16,11 @@ fn bad(r: &HostRoute, e: impl std::fmt::Display) -> KernelError {
     KernelError::Route(format!("route {r}: {e}"))
 }
 
-/// `<dst> via <via>`, main table, our protocol.
-pub fn message(r: &HostRoute) -> Result<RouteMessage, KernelError> {
-    Ok(RouteMessageBuilder::<IpAddr>::new()
+/// `<dst> via <via>`, main table, our protocol. A link-local IPv6 next hop goes out of
+/// `uplink` (its link index; 0 = not known): the kernel refuses such a gateway without a
+/// device (`EINVAL`, "Nexthop has invalid gateway"), and our peers are on the uplink's link.
+pub fn message(r: &HostRoute, uplink: u32) -> Result<RouteMessage, KernelError> {
+    let b = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(r.dst.network(), r.dst.prefix())
         .map_err(|e| bad(r, e))?
         .gateway(r.via)
@@ -26,8 +28,13 @@ pub fn message(r: &HostRoute) -> Result<RouteMessage, KernelError> {
         .table_id(RouteHeader::RT_TABLE_MAIN.into())
         .protocol(RouteProtocol::Other(PROTO))
         .scope(RouteScope::Universe)
-        .kind(RouteType::Unicast)
-        .build())
+        .kind(RouteType::Unicast);
+    let link_local = crate::net::is_link_local(&r.via);
+    Ok(if link_local && uplink != 0 {
+        b.output_interface(uplink).build()
+    } else {
+        b.build()
+    })
 }
 
 /// Destination and gateway of a route message (a default route has no Destination).
