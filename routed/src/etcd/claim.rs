@@ -57,11 +57,17 @@ fn value(c: &Claim, ipv6_subnet: Option<IpNetwork>) -> LeaseValue {
     value_of(c.me, ipv6_subnet)
 }
 
-/// The value this node writes under its key.
+/// The value this node writes under its key. `me` holds only the cluster's families
+/// ([`Me::for_config`]): an IPv6-only node (no IPv4 next hop) names its IPv6 one.
 pub fn value_of(me: &Me, ipv6_subnet: Option<IpNetwork>) -> LeaseValue {
+    let v6_only = me.public_ip.is_none();
     LeaseValue {
         public_ip: me.public_ip,
-        public_ipv6: ipv6_subnet.and(me.public_ipv6),
+        public_ipv6: if v6_only {
+            me.public_ipv6
+        } else {
+            ipv6_subnet.and(me.public_ipv6)
+        },
         backend_type: "host-gw".into(),
         node_name: me.node.clone(),
         ipv6_subnet,

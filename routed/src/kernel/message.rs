@@ -41,3 +41,31 @@ pub fn message(r: &HostRoute, uplink: u32) -> Result<RouteMessage, KernelError> 
 pub fn parse(m: &RouteMessage) -> (Option<IpNetwork>, Option<IpAddr>) {
     (route::dst(m), route::gateway(m))
 }
+
+#[cfg(test)]
+mod tests {
+    use rtnetlink::packet_route::route::RouteAttribute;
+
+    use super::*;
+
+    fn oif(m: &RouteMessage) -> Option<u32> {
+        m.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Oif(i) => Some(*i),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn only_a_link_local_next_hop_gets_the_uplink_as_device() {
+        let r = |dst: &str, via: &str| HostRoute {
+            dst: dst.parse().unwrap(),
+            via: via.parse().unwrap(),
+        };
+        let ll = r("fd18:18:0:5::/64", "fe80::5");
+        assert_eq!(oif(&message(&ll, 7).unwrap()), Some(7));
+        assert_eq!(oif(&message(&ll, 0).unwrap()), None);
+        for global in [r("fd18:18:0:5::/64", "fd19:19::5"), r("198.18.5.0/24", "198.19.0.5")] {
+            assert_eq!(oif(&message(&global, 7).unwrap()), None, "{global}");
+        }
+    }
+}
