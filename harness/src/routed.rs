@@ -356,3 +356,36 @@ impl Cluster {
         Ok(c)
     }
 }
+
+impl Cluster {
+    /// Waits until every started node of an IPv6-only cluster has its IPv6 subnet and a
+    /// route to every other started node's, via that node's IPv6 address. Returns each
+    /// node's IPv6 subnet (empty for a node not started).
+    pub fn wait_converged6(&self, limit: Duration) -> Result<Vec<String>> {
+        let started: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].daemon.is_some())
+            .collect();
+        let mut subnets = vec![String::new(); self.nodes.len()];
+        for &i in &started {
+            subnets[i] = wait_for("IPv6 subnet file", limit, || {
+                crate::cluster::subnet6(self, i)
+            })
+            .with_context(|| self.logs())?;
+        }
+        wait_for("IPv6 routes to every peer", limit, || {
+            started
+                .iter()
+                .all(|&i| {
+                    let routes = self.routes(i).unwrap_or_default();
+                    started.iter().filter(|j| **j != i).all(|&j| {
+                        routes
+                            .iter()
+                            .any(|(d, g)| *d == subnets[j] && *g == self.nodes[j].ip6)
+                    })
+                })
+                .then_some(())
+        })
+        .with_context(|| self.logs())?;
+        Ok(subnets)
+    }
+}

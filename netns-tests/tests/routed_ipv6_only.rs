@@ -7,38 +7,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use hostgw_harness::{
-    cluster::{Pod, add_pod, all_reach, ping, subnet6},
+    cluster::{Pod, add_pod, all_reach, ping},
     must, require_root,
     routed::{Cluster, PREFIX},
-    wait_for,
 };
 use serde_json::Value;
 
 fn json(text: &str) -> Result<Value> {
     serde_json::from_str(text).with_context(|| format!("not JSON: {text}"))
-}
-
-/// Waits until every node has its IPv6 subnet and a route to every other node's.
-fn wait_converged6(c: &Cluster) -> Result<Vec<String>> {
-    let n = c.nodes.len();
-    let subnets = (0..n)
-        .map(|i| wait_for("IPv6 subnet file", Duration::from_secs(20), || subnet6(c, i)))
-        .collect::<Result<Vec<_>>>()
-        .with_context(|| c.logs())?;
-    wait_for("IPv6 routes to every peer", Duration::from_secs(20), || {
-        (0..n)
-            .all(|i| {
-                let routes = c.routes(i).unwrap_or_default();
-                (0..n).filter(|j| *j != i).all(|j| {
-                    routes
-                        .iter()
-                        .any(|(d, g)| *d == subnets[j] && *g == c.nodes[j].ip6)
-                })
-            })
-            .then_some(())
-    })
-    .with_context(|| c.logs())?;
-    Ok(subnets)
 }
 
 /// Only IPv6 fields in the subnet file; only `<v6>-64` keys with `PublicIPv6` in etcd.
@@ -86,7 +62,7 @@ fn routed_ipv6_only_cluster_leases_routes_and_pods_across_and_on_one_node() -> R
         n.extra_args.push("--ip-masq".into());
     }
     c.start_all()?;
-    let subnets = wait_converged6(&c)?;
+    let subnets = c.wait_converged6(Duration::from_secs(20))?;
     check_files_and_leases(&c, &subnets)?;
     for i in 0..2 {
         check_nft(&c, i)?;
