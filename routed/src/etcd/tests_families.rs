@@ -90,3 +90,38 @@ async fn a_dual_stack_claim_uses_flannels_key_and_skips_flannels_subnets() {
         (&"198.19.0.10".into(), &"fd19:19::10".into())
     );
 }
+
+/// Migrating a flannel node in place: its subnet file names flannel's subnets, so the
+/// daemon adopts flannel's nameless key under its own name and adds its NodeName.
+#[tokio::test(start_paused = true)]
+async fn a_flannel_key_named_by_the_subnet_file_is_adopted_in_place() {
+    let s = FakeStore::new();
+    let name = "198.18.9.0-24&fd18:18:0:9::-64";
+    let l = s.grant_lease();
+    s.put(
+        &format!("{P}{name}"),
+        r#"{"PublicIP":"198.19.0.10","PublicIPv6":"fd19:19::10","BackendType":"host-gw"}"#,
+        l,
+    );
+    let mut m = me(Some("198.19.0.10"), Some("fd19:19::10"));
+    m.last = Some((
+        "198.18.9.0/24".parse().unwrap(),
+        Some("fd18:18:0:9::/64".parse().unwrap()),
+    ));
+    let k = Keys::new("/p");
+    let c = NetConfig::parse(br#"{"Network":"198.18.0.0/16","IPv6Network":"fd18:18::/48"}"#)
+        .unwrap();
+    let claim = Claim {
+        keys: &k,
+        cfg: &c,
+        me: &m,
+        ttl: 60,
+        prefer: m.last,
+    };
+    let own = claim::acquire(&s, &claim).await.unwrap();
+    assert_eq!(own.name, name);
+    assert_eq!(own.ipv6_subnet.unwrap().to_string(), "fd18:18:0:9::/64");
+    let v = stored(&s, name);
+    assert_eq!(v["NodeName"], "node-a", "{v}");
+    assert_eq!(s.state().kvs.len(), 1, "no second key");
+}
