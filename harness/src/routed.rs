@@ -322,7 +322,16 @@ fn attach6(sw: &Netns, ns: &Netns, port: &str, host: u32) -> Result<()> {
     sw.ip(&["link", "set", port, "master", "br0"])?;
     let addr = format!("fd19:19::{host:x}/64");
     ns.ip(&["addr", "add", &addr, "dev", "eth0", "nodad"])?;
-    ns.ip(&["-6", "route", "add", "default", "via", "fd19:19::1", "dev", "eth0"])?;
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "fd19:19::1",
+        "dev",
+        "eth0",
+    ])?;
     Ok(())
 }
 

@@ -68,7 +68,14 @@ fn flannel_node(c: &Cluster, i: usize) -> Result<Netns> {
     pod.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
     veth(node, "vethf0", &pod, "eth0")?;
     node.ip(&["addr", "add", "198.18.200.1/24", "dev", "vethf0"])?;
-    node.ip(&["addr", "add", "fd18:18:0:c8::1/64", "dev", "vethf0", "nodad"])?;
+    node.ip(&[
+        "addr",
+        "add",
+        "fd18:18:0:c8::1/64",
+        "dev",
+        "vethf0",
+        "nodad",
+    ])?;
     pod.ip(&["addr", "add", "198.18.200.2/24", "dev", "eth0"])?;
     pod.ip(&["addr", "add", "fd18:18:0:c8::2/64", "dev", "eth0", "nodad"])?;
     pod.ip(&["route", "add", "default", "via", "198.18.200.1"])?;
@@ -122,14 +129,21 @@ fn routed_flannel_mixed_dual_stack_cluster_pods_reach_each_other_both_ways() -> 
     c.wait_converged(Duration::from_secs(20))?;
     // Both hostgw nodes route to the flannel node's two subnets.
     for i in 0..2 {
-        wait_for("routes to the flannel node", Duration::from_secs(10), || {
-            let r = c.routes(i).ok()?;
-            let has = |d: &str, g: &str| r.iter().any(|(a, b)| a == d && b == g);
-            (has(FLANNEL_V4, "198.19.0.12") && has(FLANNEL_V6, "fd19:19::c")).then_some(())
-        })
+        wait_for(
+            "routes to the flannel node",
+            Duration::from_secs(10),
+            || {
+                let r = c.routes(i).ok()?;
+                let has = |d: &str, g: &str| r.iter().any(|(a, b)| a == d && b == g);
+                (has(FLANNEL_V4, "198.19.0.12") && has(FLANNEL_V6, "fd19:19::c")).then_some(())
+            },
+        )
         .with_context(|| c.logs())?;
         let s = status_json(&c, i)?;
-        ensure!(s["rejected"].as_array().is_some_and(|r| r.is_empty()), "{s}");
+        ensure!(
+            s["rejected"].as_array().is_some_and(|r| r.is_empty()),
+            "{s}"
+        );
     }
     // Our dual-stack keys are in flannel's form, so flannel sees both of our subnets.
     for i in 0..2 {

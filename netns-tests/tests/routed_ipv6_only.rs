@@ -36,7 +36,10 @@ fn check_files_and_leases(c: &Cluster, subnets: &[String]) -> Result<()> {
             .with_context(|| format!("no key {key} in {leases:?}"))?;
         let v = json(v)?;
         ensure!(v["PublicIPv6"] == node.ip6.as_str(), "{v}");
-        ensure!(v.get("PublicIP").is_none() && v.get("IPv6Subnet").is_none(), "{v}");
+        ensure!(
+            v.get("PublicIP").is_none() && v.get("IPv6Subnet").is_none(),
+            "{v}"
+        );
         ensure!(v["NodeName"] == node.name.as_str(), "{v}");
     }
     Ok(())
@@ -44,13 +47,21 @@ fn check_files_and_leases(c: &Cluster, subnets: &[String]) -> Result<()> {
 
 /// `ip6` rules only; with `--ip-masq`, masquerade of IPv6 pod traffic leaving the network.
 fn check_nft(c: &Cluster, i: usize) -> Result<()> {
-    let table = must(c.nodes[i].ns.cmd("nft").args(["list", "table", "inet", "hostgw"]))?;
+    let table = must(
+        c.nodes[i]
+            .ns
+            .cmd("nft")
+            .args(["list", "table", "inet", "hostgw"]),
+    )?;
     ensure!(table.contains("ip6 saddr fd18:18::/48 accept"), "{table}");
     ensure!(
         table.contains("ip6 saddr fd18:18::/48 ip6 daddr != fd18:18::/48 masquerade"),
         "{table}"
     );
-    ensure!(!table.contains("ip saddr") && !table.contains("ip daddr"), "{table}");
+    ensure!(
+        !table.contains("ip saddr") && !table.contains("ip daddr"),
+        "{table}"
+    );
     Ok(())
 }
 
@@ -78,7 +89,10 @@ fn routed_ipv6_only_cluster_leases_routes_and_pods_across_and_on_one_node() -> R
         let subnet = &subnets[p.node];
         let net: std::net::Ipv6Addr = subnet.trim_end_matches("/64").parse()?;
         let addr: std::net::Ipv6Addr = ip6.parse()?;
-        ensure!(addr.segments()[..4] == net.segments()[..4], "{ip6} outside {subnet}");
+        ensure!(
+            addr.segments()[..4] == net.segments()[..4],
+            "{ip6} outside {subnet}"
+        );
     }
     // Across nodes (a ↔ c, b ↔ c) and on one node (a ↔ b), ICMPv6 both ways.
     let pairs = all_reach(&pods, None)?;

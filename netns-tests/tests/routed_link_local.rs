@@ -23,7 +23,14 @@ fn peer_with_pod(c: &Cluster) -> Result<Netns> {
     let pod = Netns::new("llpod")?;
     pod.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
     veth(peer, "vethl0", &pod, "eth0")?;
-    peer.ip(&["addr", "add", "fd18:18:0:c9::1/64", "dev", "vethl0", "nodad"])?;
+    peer.ip(&[
+        "addr",
+        "add",
+        "fd18:18:0:c9::1/64",
+        "dev",
+        "vethl0",
+        "nodad",
+    ])?;
     pod.ip(&["addr", "add", "fd18:18:0:c9::2/64", "dev", "eth0", "nodad"])?;
     pod.ip(&["-6", "route", "add", "default", "via", "fd18:18:0:c9::1"])?;
     peer.ip(&["addr", "add", "198.18.201.1/24", "dev", "vethl0"])?;
@@ -58,7 +65,10 @@ fn routed_link_local_next_hop_gets_the_uplink_as_device_and_carries_traffic() ->
     .with_context(|| c.logs())?;
     ensure!(route.contains("via fe80::b dev eth0"), "{route}");
     let s = status_json(&c, 0)?;
-    ensure!(s["rejected"].as_array().is_some_and(|r| r.is_empty()), "{s}");
+    ensure!(
+        s["rejected"].as_array().is_some_and(|r| r.is_empty()),
+        "{s}"
+    );
     let hg = add_pod(&c, 0, "hg-ll")?;
     let hg6 = hg.ip6.clone().context("IPv6")?;
     let subnet6 = hostgw_harness::cluster::subnet6(&c, 0).context("IPv6 subnet")?;

@@ -70,13 +70,9 @@ impl NetConfig {
             return Err(ConfigError::Backend(kind));
         }
         let v4 = match raw.network {
-            Some(n) if n.is_ipv4() => Some(pool(
-                n,
-                raw.subnet_len,
-                24,
-                raw.subnet_min,
-                raw.subnet_max,
-            )?),
+            Some(n) if n.is_ipv4() => {
+                Some(pool(n, raw.subnet_len, 24, raw.subnet_min, raw.subnet_max)?)
+            }
             Some(n) => return Err(ConfigError::Invalid(format!("Network {n} is not IPv4"))),
             None => None,
         };
@@ -118,7 +114,11 @@ impl NetConfig {
 
     /// The pool of one family.
     pub fn pool(&self, v6: bool) -> Option<&Pool> {
-        if v6 { self.v6.as_ref() } else { self.v4.as_ref() }
+        if v6 {
+            self.v6.as_ref()
+        } else {
+            self.v4.as_ref()
+        }
     }
 
     /// `Network 198.18.0.0/16 SubnetLen 24`, `IPv6Network fd18:18::/48 IPv6SubnetLen 64`,
@@ -264,9 +264,8 @@ mod tests {
         assert!(c.primary().v6());
         assert_eq!(c.primary().nth(0).unwrap().to_string(), "fd18:18:0:1::/64");
         assert_eq!(c.describe(), "IPv6Network fd18:18::/48 IPv6SubnetLen 64");
-        let dual =
-            NetConfig::parse(br#"{"Network":"198.18.0.0/16","IPv6Network":"fd18:18::/48"}"#)
-                .unwrap();
+        let dual = NetConfig::parse(br#"{"Network":"198.18.0.0/16","IPv6Network":"fd18:18::/48"}"#)
+            .unwrap();
         assert!(!dual.primary().v6() && dual.secondary().unwrap().v6());
     }
 

@@ -245,11 +245,11 @@ fn write_subnet_file(
     // Only the families this node holds: an IPv6-only node's file has no IPv4 fields.
     let ipv6_subnet = own.ipv6_subnet.or(Some(own.subnet)).and_then(v6);
     let f = SubnetFile {
-        network: v4(own.subnet).and(cfg.v4.as_ref()).and_then(|p| v4(p.network)),
+        network: v4(own.subnet)
+            .and(cfg.v4.as_ref())
+            .and_then(|p| v4(p.network)),
         subnet: v4(own.subnet),
-        ipv6_network: ipv6_subnet
-            .and(cfg.v6.as_ref())
-            .and_then(|p| v6(p.network)),
+        ipv6_network: ipv6_subnet.and(cfg.v6.as_ref()).and_then(|p| v6(p.network)),
         ipv6_subnet,
         mtu: Some(mtu),
     };

@@ -143,7 +143,10 @@ fn running_config(f: &hostgw_common::SubnetFile) -> Option<NetConfig> {
         fields.push(format!(r#""Network":"{n}","SubnetLen":{}"#, s.prefix()));
     }
     if let (Some(n), Some(s)) = (f.ipv6_network, f.ipv6_subnet) {
-        fields.push(format!(r#""IPv6Network":"{n}","IPv6SubnetLen":{}"#, s.prefix()));
+        fields.push(format!(
+            r#""IPv6Network":"{n}","IPv6SubnetLen":{}"#,
+            s.prefix()
+        ));
     }
     NetConfig::parse(format!("{{{}}}", fields.join(",")).as_bytes()).ok()
 }

@@ -192,7 +192,11 @@ mod tests {
         let same = br#"{"PublicIP":"198.19.0.21","PublicIPv6":"fd19:19::21","IPv6Subnet":"fd18:18:0:7::/64"}"#;
         assert_eq!(decode(name, same, 3).unwrap(), l);
         let other = br#"{"PublicIP":"198.19.0.21","PublicIPv6":"fd19:19::21","IPv6Subnet":"fd18:18:0:8::/64"}"#;
-        assert!(decode(name, other, 3).unwrap_err().contains("fd18:18:0:8::/64"));
+        assert!(
+            decode(name, other, 3)
+                .unwrap_err()
+                .contains("fd18:18:0:8::/64")
+        );
         for bad in [
             "198.18.7.0-24&",
             "198.18.7.0-24&fd18:18:0:7::",

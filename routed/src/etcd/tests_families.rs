@@ -109,8 +109,8 @@ async fn a_flannel_key_named_by_the_subnet_file_is_adopted_in_place() {
         Some("fd18:18:0:9::/64".parse().unwrap()),
     ));
     let k = Keys::new("/p");
-    let c = NetConfig::parse(br#"{"Network":"198.18.0.0/16","IPv6Network":"fd18:18::/48"}"#)
-        .unwrap();
+    let c =
+        NetConfig::parse(br#"{"Network":"198.18.0.0/16","IPv6Network":"fd18:18::/48"}"#).unwrap();
     let claim = Claim {
         keys: &k,
         cfg: &c,

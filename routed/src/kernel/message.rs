@@ -64,7 +64,10 @@ mod tests {
         let ll = r("fd18:18:0:5::/64", "fe80::5");
         assert_eq!(oif(&message(&ll, 7).unwrap()), Some(7));
         assert_eq!(oif(&message(&ll, 0).unwrap()), None);
-        for global in [r("fd18:18:0:5::/64", "fd19:19::5"), r("198.18.5.0/24", "198.19.0.5")] {
+        for global in [
+            r("fd18:18:0:5::/64", "fd19:19::5"),
+            r("198.18.5.0/24", "198.19.0.5"),
+        ] {
             assert_eq!(oif(&message(&global, 7).unwrap()), None, "{global}");
         }
     }

@@ -359,7 +359,10 @@ fn a_link_local_next_hop_needs_an_ipv6_uplink() {
     let hops: Vec<String> = v.peers[0].routes.iter().map(|r| r.to_string()).collect();
     assert_eq!(
         hops,
-        ["198.18.5.0/24 via 198.19.0.40", "fd18:18:0:5::/64 via fe80::5"]
+        [
+            "198.18.5.0/24 via 198.19.0.40",
+            "fd18:18:0:5::/64 via fe80::5"
+        ]
     );
     // Our own link-local address is still no peer's next hop.
     let mine = LocalView {
@@ -389,15 +392,24 @@ fn ipv6_only_leases_route_by_public_ipv6() {
         &cfg,
         &view,
         vec![
-            ("fd18:18:0:2::-64", v6only("fd18:18:0:2::/64", Some("fd19:19::2"))),
+            (
+                "fd18:18:0:2::-64",
+                v6only("fd18:18:0:2::/64", Some("fd19:19::2")),
+            ),
             ("fd18:18:0:3::-64", v6only("fd18:18:0:3::/64", None)),
             // An IPv4 lease in an IPv6-only cluster, and an IPv6 one outside the network.
             ("198.18.4.0-24", lease("198.18.4.0/24", "198.19.0.4", 1)),
-            ("fd17:0:0:5::-64", v6only("fd17:0:0:5::/64", Some("fd19:19::5"))),
+            (
+                "fd17:0:0:5::-64",
+                v6only("fd17:0:0:5::/64", Some("fd19:19::5")),
+            ),
         ],
     );
     assert_eq!(v.peers.len(), 1, "{:?}", v.rejected);
-    assert_eq!(v.peers[0].routes[0].to_string(), "fd18:18:0:2::/64 via fd19:19::2");
+    assert_eq!(
+        v.peers[0].routes[0].to_string(),
+        "fd18:18:0:2::/64 via fd19:19::2"
+    );
     assert_eq!(
         reasons(&v),
         vec![
@@ -413,13 +425,19 @@ fn ipv6_only_leases_route_by_public_ipv6() {
 fn flannel_dual_stack_keys_are_canonical() {
     let name = "198.18.6.0-24&fd18:18:0:6::-64";
     let v = run(vec![
-        (name, dual("198.18.6.0/24", "fd18:18:0:6::/64", "fd19:19::6")),
+        (
+            name,
+            dual("198.18.6.0/24", "fd18:18:0:6::/64", "fd19:19::6"),
+        ),
         (
             "198.18.7.0-24&fd18:18:0:7:0::-64",
             dual("198.18.7.0/24", "fd18:18:0:7::/64", "fd19:19::7"),
         ),
     ]);
     assert_eq!(v.peers.len(), 1);
-    assert_eq!((v.peers[0].key.as_str(), v.peers[0].routes.len()), (name, 2));
+    assert_eq!(
+        (v.peers[0].key.as_str(), v.peers[0].routes.len()),
+        (name, 2)
+    );
     assert_eq!(v.rejected[0].reason, Reason::Malformed);
 }
