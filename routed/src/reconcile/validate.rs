@@ -253,8 +253,8 @@ fn next_hop(dst: IpNetwork, via: IpAddr, own: &Scope) -> Result<(), (Reason, Str
     }
     if net::is_link_local(&via) && !own.view.uplink_link_local {
         return bad(
-            "is link-local, and this node's uplink has no IPv6 link-local address: such a next \
-             hop is reached only from a peer's own link, through our uplink"
+            "is link-local, and this node's uplink has no IPv6 link-local address: a link-local \
+             next hop is used only through the uplink, on the link both nodes share"
                 .into(),
         );
     }
@@ -271,8 +271,7 @@ fn next_hop(dst: IpNetwork, via: IpAddr, own: &Scope) -> Result<(), (Reason, Str
 }
 
 /// Addresses no node on a LAN has, beyond [`net::is_unusable_next_hop`]: IPv4 "this
-/// network" (0/8), reserved (240/4) and link-local (169.254/16, whose ARP the kernel
-/// scopes to one link, and which no host-gw peer announces); IPv6 site-local (fec0::/10),
+/// network" (0/8), reserved (240/4) and link-local (169.254/16); IPv6 site-local (fec0::/10),
 /// IPv4-mapped (::ffff:0:0/96) and -compatible (::/96), and the discard prefix (100::/64).
 /// IPv6 link-local is [`net::is_link_local`].
 fn reserved(ip: &IpAddr) -> bool {
