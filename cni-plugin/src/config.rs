@@ -618,8 +618,14 @@ mod tests {
             r#"{"network":null,"subnet":null,"ipv6Network":"fd18:18::/48","ipv6Subnet":"fd18:18:0:3::/64","mtu":1500}"#,
         )
         .unwrap();
-        let s = parse(json!({"subnetFile": path})).unwrap().node_subnets().unwrap();
-        assert_eq!((s.v4, s.v6.unwrap().to_string()), (None, "fd18:18:0:3::/64".into()));
+        let s = parse(json!({"subnetFile": path}))
+            .unwrap()
+            .node_subnets()
+            .unwrap();
+        assert_eq!(
+            (s.v4, s.v6.unwrap().to_string()),
+            (None, "fd18:18:0:3::/64".into())
+        );
         let pools = s.pools().unwrap();
         assert_eq!(pools.len(), 1);
     }

@@ -111,5 +111,29 @@ fn routed_ipv6_only_cluster_leases_routes_and_pods_across_and_on_one_node() -> R
         status.contains(&format!("subnet {} via {}", subnets[0], c.nodes[0].ip6)),
         "{status}"
     );
+    // A restart adopts the IPv6-only key (same key, same value); `release` gives it back
+    // and the peer drops its route.
+    let leases_before = c.etcd.get_prefix(&format!("{PREFIX}/subnets/"))?;
+    c.nodes[0]
+        .daemon
+        .as_mut()
+        .unwrap()
+        .stop(Duration::from_secs(5));
+    c.start(0)?;
+    ensure!(c.wait_converged6(Duration::from_secs(20))? == subnets);
+    ensure!(c.etcd.get_prefix(&format!("{PREFIX}/subnets/"))? == leases_before);
+    c.nodes[1]
+        .daemon
+        .as_mut()
+        .unwrap()
+        .stop(Duration::from_secs(5));
+    let out = c.cli(1, "release", &[])?;
+    ensure!(out.contains("released"), "{out}");
+    hostgw_harness::wait_for(
+        "node 0 drops node 1's route",
+        Duration::from_secs(2),
+        || (!c.routes(0).ok()?.iter().any(|(d, _)| *d == subnets[1])).then_some(()),
+    )?;
+    ensure!(c.routes(1)?.is_empty() && !c.nodes[1].subnet_file.exists());
     Ok(())
 }
