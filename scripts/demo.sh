@@ -12,4 +12,4 @@ trap 'scripts/cleanup.sh' EXIT
 trap 'scripts/cleanup.sh; exit 130' INT TERM
 echo "demo: building (release)"
 cargo build --release --quiet -p hostgw-cni -p hostgw-routed -p hostgw-demo --bins
-exec target/release/demo
+exec target/release/demo "$@"

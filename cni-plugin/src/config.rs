@@ -608,6 +608,28 @@ mod tests {
         assert_eq!(c.node_subnets().unwrap_err().code(), 5);
     }
 
+    /// The subnet file of an IPv6-only node (as `hostgw-routed` writes it): one IPv6 pool.
+    #[test]
+    fn an_ipv6_only_subnet_file_gives_one_ipv6_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("subnet.json");
+        std::fs::write(
+            &path,
+            r#"{"network":null,"subnet":null,"ipv6Network":"fd18:18::/48","ipv6Subnet":"fd18:18:0:3::/64","mtu":1500}"#,
+        )
+        .unwrap();
+        let s = parse(json!({"subnetFile": path}))
+            .unwrap()
+            .node_subnets()
+            .unwrap();
+        assert_eq!(
+            (s.v4, s.v6.unwrap().to_string()),
+            (None, "fd18:18:0:3::/64".into())
+        );
+        let pools = s.pools().unwrap();
+        assert_eq!(pools.len(), 1);
+    }
+
     #[test]
     fn static_subnet_overrides_the_file() {
         let c = parse(json!({"subnet":"198.18.3.0/24","subnetFile":"/nonexistent"})).unwrap();

@@ -8,6 +8,11 @@
 //! status` of one node, then everything is torn down: on success, on failure, and on
 //! Ctrl-C (every namespace, process and container is a Drop guard, and SIGINT/SIGTERM
 //! are turned into an orderly teardown).
+//!
+//! `--ipv6-only`: the same cluster with only `IPv6Network` in the network config, nodes
+//! whose only addresses and default route are IPv6 and etcd reached over IPv6; pods get
+//! only IPv6 addresses. (The containerd step is left out: `ctr run --cni` hands the demo
+//! the pod's IPv4 address.)
 
 #![forbid(unsafe_code)]
 
@@ -21,7 +26,7 @@ use hostgw_harness::{
     cluster::{CniHost, CtrPod, Pod, add_pod, busybox_image, del_pod, ping},
     containerd::Containerd,
     require_root,
-    routed::{CONFIG_V6, Cluster, Spec},
+    routed::{CONFIG_V6, CONFIG_V6_ONLY, Cluster, Spec},
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -65,10 +70,15 @@ fn step(t0: Instant, msg: &str) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    let ipv6_only = match std::env::args().nth(1).as_deref() {
+        None => false,
+        Some("--ipv6-only") => true,
+        Some(other) => bail!("unknown argument {other:?}; usage: demo [--ipv6-only]"),
+    };
     require_root();
     catch_signals()?;
     let t0 = Instant::now();
-    let r = run(t0);
+    let r = if ipv6_only { run6(t0) } else { run(t0) };
     match &r {
         Ok(()) => println!(
             "[{:>6.2}s] done: no namespace, process, container or route of the demo is left",
@@ -128,6 +138,62 @@ fn start_cluster(t0: Instant) -> Result<Cluster> {
     Ok(cluster)
 }
 
+/// etcd and three IPv6-only nodes running `hostgw-routed`, converged.
+fn start_cluster6(t0: Instant) -> Result<Cluster> {
+    step(
+        t0,
+        "starting etcd and 3 IPv6-only node namespaces on one L2 segment (fd19:19::/64)",
+    )?;
+    let mut cluster = Cluster::ipv6_only(3)?;
+    step(
+        t0,
+        &format!(
+            "etcd is up at {}; network config {CONFIG_V6_ONLY}",
+            cluster.etcd.endpoint
+        ),
+    )?;
+    cluster.start_all()?;
+    let subnets = cluster.wait_converged6(Duration::from_secs(20))?;
+    for (i, subnet) in subnets.iter().enumerate() {
+        let n = &cluster.nodes[i];
+        let routes: Vec<String> = cluster
+            .routes(i)?
+            .iter()
+            .map(|(d, g)| format!("{d} via {g}"))
+            .collect();
+        step(
+            t0,
+            &format!(
+                "{} ({}) leased {subnet}; routes (proto 75): {}",
+                n.name,
+                n.ip6,
+                routes.join(", ")
+            ),
+        )?;
+    }
+    Ok(cluster)
+}
+
+/// The IPv6-only demo: cluster, pods, every pod pings every other, status, teardown.
+fn run6(t0: Instant) -> Result<()> {
+    let cluster = start_cluster6(t0)?;
+    let pods = add_pods(t0, &cluster)?;
+    ping_all(t0, &pods)?;
+    println!("\n$ hostgw-routed status   (on {})", cluster.nodes[0].name);
+    print!("{}", cluster.cli(0, "status", &[])?);
+    println!();
+    for p in &pods {
+        del_pod(&cluster, p)?;
+    }
+    step(
+        t0,
+        "pods deleted (DEL); tearing down the daemons, etcd and the namespaces",
+    )?;
+    drop(pods);
+    drop(cluster);
+    Ok(())
+}
+
 /// Two pods per node, wired by the plugin as a runtime calls it.
 fn add_pods(t0: Instant, cluster: &Cluster) -> Result<Vec<Pod>> {
     let mut pods: Vec<Pod> = Vec::new();
@@ -168,7 +234,12 @@ fn ping_all(t0: Instant, pods: &[Pod]) -> Result<()> {
     step(
         t0,
         &format!(
-            "all {pairs} pod pairs reach each other over IPv4 and IPv6 ({cross} of them across nodes)"
+            "all {pairs} pod pairs reach each other over {} ({cross} of them across nodes)",
+            if pods.iter().all(|p| p.ip.is_empty()) {
+                "IPv6"
+            } else {
+                "IPv4 and IPv6"
+            }
         ),
     )
 }

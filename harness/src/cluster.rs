@@ -31,9 +31,10 @@ pub struct Pod {
 }
 
 impl Pod {
-    /// Its addresses: IPv4, then IPv6 when dual-stack.
+    /// Its addresses: IPv4 (none in an IPv6-only cluster), then IPv6 when it has one.
     pub fn addrs(&self) -> Vec<&str> {
         std::iter::once(self.ip.as_str())
+            .filter(|ip| !ip.is_empty())
             .chain(self.ip6.as_deref())
             .collect()
     }
@@ -71,7 +72,9 @@ pub fn result_addrs(result: &Value) -> Result<(String, Option<String>)> {
             v4.get_or_insert(a);
         }
     }
-    Ok((v4.with_context(|| format!("no IPv4 in {result}"))?, v6))
+    // An IPv6-only pod has an empty IPv4 address.
+    let v4 = v4.or_else(|| v6.as_ref().map(|_| String::new()));
+    Ok((v4.with_context(|| format!("no address in {result}"))?, v6))
 }
 
 /// A new pod on node `node`, wired by ADD (container ID = `name`).
@@ -202,7 +205,7 @@ pub fn all_reach(pods: &[Pod], tcp_port: Option<u16>) -> Result<usize> {
     for a in pods {
         for b in pods.iter().filter(|b| b.name != a.name) {
             let fams = [
-                Some((&b.ip, true)),
+                Some((&b.ip, !a.ip.is_empty())).filter(|(ip, _)| !ip.is_empty()),
                 b.ip6.as_ref().map(|i| (i, a.ip6.is_some())),
             ];
             for (ip, both) in fams.into_iter().flatten() {

@@ -22,6 +22,11 @@ pub const ETCD_IP: &str = "198.19.0.2";
 pub const CONFIG: &str =
     r#"{"Network":"198.18.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#;
 pub const CONFIG_V6: &str = r#"{"Network":"198.18.0.0/16","SubnetLen":24,"IPv6Network":"fd18:18::/48","IPv6SubnetLen":64,"Backend":{"Type":"host-gw"}}"#;
+/// An IPv6-only network: no `Network` at all.
+pub const CONFIG_V6_ONLY: &str =
+    r#"{"IPv6Network":"fd18:18::/48","IPv6SubnetLen":64,"Backend":{"Type":"host-gw"}}"#;
+/// etcd's address in an IPv6-only cluster ([`Cluster::ipv6_only`]).
+pub const ETCD_IP6: &str = "fd19:19::2";
 
 pub use crate::node::Node;
 
@@ -125,14 +130,17 @@ impl Cluster {
             &self.etcd.endpoint,
             "--node-name",
             &n.name,
-            "--public-ip",
-            &n.ip,
             "--subnet-file",
             &n.subnet_file.display().to_string(),
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // An IPv6-only node ([`Cluster::ipv6_only`]) names none: its daemon finds its
+        // uplink and address from its IPv6 default route, as on a real IPv6-only host.
+        if !n.ip.is_empty() {
+            a.extend(["--public-ip".to_owned(), n.ip.clone()]);
+        }
         a.extend(self.etcd.client_flags());
         a
     }
@@ -302,5 +310,91 @@ impl Cluster {
     /// and `fd19:19::<host>/64`: more etcd members, say.
     pub fn attach_to_segment(&self, ns: &Netns, port: &str, host: u32) -> Result<()> {
         attach(&self.sw, ns, port, host)
+    }
+}
+
+/// Puts `ns` on the switch with only `fd19:19::<host>/64` (no IPv4 address but loopback's)
+/// and only an IPv6 default route (to fd19:19::1, which nobody holds: no traffic
+/// of the tests leaves the segment).
+fn attach6(sw: &Netns, ns: &Netns, port: &str, host: u32) -> Result<()> {
+    ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+    veth(ns, "eth0", sw, port)?;
+    sw.ip(&["link", "set", port, "master", "br0"])?;
+    let addr = format!("fd19:19::{host:x}/64");
+    ns.ip(&["addr", "add", &addr, "dev", "eth0", "nodad"])?;
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "fd19:19::1",
+        "dev",
+        "eth0",
+    ])?;
+    Ok(())
+}
+
+impl Cluster {
+    /// An IPv6-only cluster of `nodes` nodes (not started): config [`CONFIG_V6_ONLY`],
+    /// etcd at `[fd19:19::2]`, nodes with IPv6 addresses and an IPv6 default route only.
+    pub fn ipv6_only(nodes: usize) -> Result<Cluster> {
+        let sw = Netns::new("sw")?;
+        sw.ip(&["link", "add", "br0", "type", "bridge"])?;
+        sw.ip(&["link", "set", "br0", "up"])?;
+        let etcd_ns = Netns::new("et")?;
+        attach6(&sw, &etcd_ns, "pe", 2)?;
+        let etcd = Etcd::start(&etcd_ns, &format!("[{ETCD_IP6}]"))?;
+        etcd.put(&format!("{PREFIX}/config"), CONFIG_V6_ONLY)?;
+        let mut c = Cluster {
+            nodes: vec![],
+            etcd,
+            etcd_ns,
+            sw,
+            certs: None,
+            dir: tempfile::tempdir()?,
+        };
+        for i in 0..nodes {
+            let host = 10 + i as u32;
+            let ns = Netns::new("n")?;
+            attach6(&c.sw, &ns, &format!("p{i}"), host)?;
+            let ip6 = format!("fd19:19::{host:x}");
+            let node = Node::in_cluster(ns, format!("node-{i}"), String::new(), ip6)?;
+            c.nodes.push(node);
+        }
+        Ok(c)
+    }
+}
+
+impl Cluster {
+    /// Waits until every started node of an IPv6-only cluster has its IPv6 subnet and a
+    /// route to every other started node's, via that node's IPv6 address. Returns each
+    /// node's IPv6 subnet (empty for a node not started).
+    pub fn wait_converged6(&self, limit: Duration) -> Result<Vec<String>> {
+        let started: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].daemon.is_some())
+            .collect();
+        let mut subnets = vec![String::new(); self.nodes.len()];
+        for &i in &started {
+            subnets[i] = wait_for("IPv6 subnet file", limit, || {
+                crate::cluster::subnet6(self, i)
+            })
+            .with_context(|| self.logs())?;
+        }
+        wait_for("IPv6 routes to every peer", limit, || {
+            started
+                .iter()
+                .all(|&i| {
+                    let routes = self.routes(i).unwrap_or_default();
+                    started.iter().filter(|j| **j != i).all(|&j| {
+                        routes
+                            .iter()
+                            .any(|(d, g)| *d == subnets[j] && *g == self.nodes[j].ip6)
+                    })
+                })
+                .then_some(())
+        })
+        .with_context(|| self.logs())?;
+        Ok(subnets)
     }
 }

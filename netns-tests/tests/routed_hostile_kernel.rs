@@ -185,7 +185,9 @@ fn routed_hostile_kernel_refused_leases_never_change_readiness() -> Result<()> {
     let puts = [
         (
             subnet_key(&f[0]),
-            v6("fd18:18:0:f0::/64", "fe80::1"),
+            // Site-local: no node has one. (A link-local next hop is routed through the
+            // uplink: see routed_link_local.rs.)
+            v6("fd18:18:0:f0::/64", "fec0::1"),
             "bad-next-hop",
         ),
         (

@@ -41,9 +41,10 @@ pub struct Pool {
     pub max: u128,
 }
 
+/// At least one family: `Network` (IPv4), `IPv6Network`, or both (dual-stack).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
-    pub v4: Pool,
+    pub v4: Option<Pool>,
     pub v6: Option<Pool>,
 }
 
@@ -51,7 +52,7 @@ pub struct NetConfig {
 pub enum ConfigError {
     #[error("network config is not valid JSON: {0}")]
     Json(String),
-    #[error("network config has no Network")]
+    #[error("network config has neither Network nor IPv6Network")]
     NoNetwork,
     #[error("network config: {0}")]
     Invalid(String),
@@ -68,13 +69,13 @@ impl NetConfig {
         {
             return Err(ConfigError::Backend(kind));
         }
-        let network = raw.network.ok_or(ConfigError::NoNetwork)?;
-        if !network.is_ipv4() {
-            return Err(ConfigError::Invalid(format!(
-                "Network {network} is not IPv4"
-            )));
-        }
-        let v4 = pool(network, raw.subnet_len, 24, raw.subnet_min, raw.subnet_max)?;
+        let v4 = match raw.network {
+            Some(n) if n.is_ipv4() => {
+                Some(pool(n, raw.subnet_len, 24, raw.subnet_min, raw.subnet_max)?)
+            }
+            Some(n) => return Err(ConfigError::Invalid(format!("Network {n} is not IPv4"))),
+            None => None,
+        };
         let v6 = match raw.ipv6_network {
             Some(n) if n.is_ipv6() => Some(pool(
                 n,
@@ -86,7 +87,52 @@ impl NetConfig {
             Some(n) => return Err(ConfigError::Invalid(format!("IPv6Network {n} is not IPv6"))),
             None => None,
         };
+        if v4.is_none() && v6.is_none() {
+            return Err(ConfigError::NoNetwork);
+        }
         Ok(NetConfig { v4, v6 })
+    }
+
+    /// The pool whose subnet names a node's key: IPv4's, or IPv6's in an IPv6-only cluster.
+    pub fn primary(&self) -> &Pool {
+        match (&self.v4, &self.v6) {
+            (Some(p), _) | (None, Some(p)) => p,
+            // `parse` never builds a config without a pool.
+            (None, None) => unreachable!("a NetConfig has at least one pool"),
+        }
+    }
+
+    /// The pool of the second family of a dual-stack cluster (none in a single-stack one).
+    pub fn secondary(&self) -> Option<&Pool> {
+        self.v4.as_ref().and(self.v6.as_ref())
+    }
+
+    /// Every pool, IPv4 first.
+    pub fn pools(&self) -> impl Iterator<Item = &Pool> {
+        self.v4.iter().chain(self.v6.iter())
+    }
+
+    /// The pool of one family.
+    pub fn pool(&self, v6: bool) -> Option<&Pool> {
+        if v6 {
+            self.v6.as_ref()
+        } else {
+            self.v4.as_ref()
+        }
+    }
+
+    /// `Network 198.18.0.0/16 SubnetLen 24`, `IPv6Network fd18:18::/48 IPv6SubnetLen 64`,
+    /// or both: how `status` and the logs name a config.
+    pub fn describe(&self) -> String {
+        let v4 = self
+            .v4
+            .iter()
+            .map(|p| format!("Network {} SubnetLen {}", p.network, p.subnet_len));
+        let v6 = self
+            .v6
+            .iter()
+            .map(|p| format!("IPv6Network {} IPv6SubnetLen {}", p.network, p.subnet_len));
+        v4.chain(v6).collect::<Vec<_>>().join(" ")
     }
 }
 
@@ -185,9 +231,10 @@ mod tests {
             br#"{"Network":"198.18.0.0/16","Backend":{"Type":"host-gw"},"EnableIPv4":true}"#,
         )
         .unwrap();
-        assert_eq!(c.v4.subnet_len, 24);
-        assert_eq!(c.v4.nth(0).unwrap().to_string(), "198.18.1.0/24");
-        assert_eq!(c.v4.count(), 255);
+        let v4 = c.v4.as_ref().unwrap();
+        assert_eq!(v4.subnet_len, 24);
+        assert_eq!(v4.nth(0).unwrap().to_string(), "198.18.1.0/24");
+        assert_eq!(v4.count(), 255);
         assert!(c.v6.is_none());
     }
 
@@ -199,11 +246,27 @@ mod tests {
         );
         // SubnetMin given as a bare address is not a network: ipnetwork reads it as /32.
         let c = c.unwrap();
-        assert_eq!(c.v4.count(), 4);
-        assert_eq!(c.v4.nth(3).unwrap().to_string(), "198.18.4.192/26");
+        let v4 = c.v4.as_ref().unwrap();
+        assert_eq!(v4.count(), 4);
+        assert_eq!(v4.nth(3).unwrap().to_string(), "198.18.4.192/26");
         let v6 = c.v6.unwrap();
         assert_eq!(v6.nth(0).unwrap().to_string(), "fd18:18:0:1::/64");
         assert_eq!(v6.count(), 65535);
+    }
+
+    #[test]
+    fn ipv6_only() {
+        let c = NetConfig::parse(
+            br#"{"IPv6Network":"fd18:18::/48","IPv6SubnetLen":64,"Backend":{"Type":"host-gw"}}"#,
+        )
+        .unwrap();
+        assert!(c.v4.is_none() && c.secondary().is_none());
+        assert!(c.primary().v6());
+        assert_eq!(c.primary().nth(0).unwrap().to_string(), "fd18:18:0:1::/64");
+        assert_eq!(c.describe(), "IPv6Network fd18:18::/48 IPv6SubnetLen 64");
+        let dual = NetConfig::parse(br#"{"Network":"198.18.0.0/16","IPv6Network":"fd18:18::/48"}"#)
+            .unwrap();
+        assert!(!dual.primary().v6() && dual.secondary().unwrap().v6());
     }
 
     #[test]
@@ -223,6 +286,8 @@ mod tests {
             r#"{"Network":"198.18.0.0/16","SubnetMin":"198.20.0.0/24"}"#,
             r#"{"Network":"198.18.0.0/16","SubnetMin":"198.18.9.0/24","SubnetMax":"198.18.2.0/24"}"#,
             r#"{"Network":"fd18::/48"}"#,
+            r#"{"IPv6Network":"198.18.0.0/16"}"#,
+            r#"{"IPv6Network":"fd18:18::/48","IPv6SubnetLen":129}"#,
         ] {
             assert!(
                 matches!(

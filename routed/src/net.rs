@@ -14,6 +14,13 @@ pub fn is_unusable_next_hop(ip: &IpAddr) -> bool {
     }
 }
 
+/// IPv6 link-local (fe80::/10): meaningless without an interface (the kernel refuses such a
+/// gateway without `RTA_OIF`). Usable only on our uplink's own link: the route to it is
+/// installed `dev <uplink>` (see `kernel::message`), which only a peer on that link answers.
+pub fn is_link_local(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(a) if (a.segments()[0] & 0xffc0) == 0xfe80)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -112,6 +112,8 @@ async fn start(args: &RunArgs, ready: &Ready) -> Result<Started, Error> {
     let (me, mtu) = super::me(&table, c).await?;
     let keys = Keys::new(&c.etcd_prefix);
     let (store, cfg) = connect_and_read_config(c, &keys).await?;
+    let me = me.for_config(&cfg);
+    check_public_ips(&cfg, &me)?;
     check_network_vs_links(&cfg, &me, &table.local_view().await?)?;
     let claim = Claim {
         keys: &keys,
@@ -123,7 +125,7 @@ async fn start(args: &RunArgs, ready: &Ready) -> Result<Started, Error> {
     let own = claim::acquire(&store, &claim).await?;
     write_subnet_file(c, &cfg, mtu, &own)?;
     ready.subnet_file.store(true, Ordering::Relaxed);
-    hostgw_common::sysctl::ensure_forwarding(true, cfg.v6.is_some())
+    hostgw_common::sysctl::ensure_forwarding(cfg.v4.is_some(), cfg.v6.is_some())
         .map_err(|e| Error::Io("enable forwarding".into(), e))?;
     if nft::ensure(&cfg, args.ip_masq).await? {
         info!(
@@ -132,7 +134,7 @@ async fn start(args: &RunArgs, ready: &Ready) -> Result<Started, Error> {
         );
     }
     ready.rules.store(true, Ordering::Relaxed);
-    info!(node = %me.node, public_ip = %me.public_ip, subnet = %own.subnet, "started");
+    info!(node = %me.node, public_ip = ?me.public_ip, public_ipv6 = ?me.public_ipv6, subnet = %own.subnet, ipv6_subnet = ?own.ipv6_subnet, "started");
     Ok(Started {
         table,
         store,
@@ -178,6 +180,23 @@ async fn connect_and_read_config(
     }
 }
 
+/// The node needs a next hop of the key's family: IPv4 when the cluster has `Network`, IPv6
+/// in an IPv6-only one. (A dual-stack cluster's node without IPv6 routes IPv4 only.)
+fn check_public_ips(cfg: &NetConfig, me: &Me) -> Result<(), Error> {
+    let (have, family, flag) = if cfg.primary().v6() {
+        (me.public_ipv6.is_some(), "global IPv6", "--public-ipv6")
+    } else {
+        (me.public_ip.is_some(), "IPv4", "--public-ip")
+    };
+    if have {
+        return Ok(());
+    }
+    Err(Error::Other(format!(
+        "network config has {}, but this node's uplink has no {family} address: give {flag}",
+        cfg.describe()
+    )))
+}
+
 /// The pod networks must not overlap this node's own links: a lease inside them would
 /// replace the node's LAN route and cut it off. Addresses and connected prefixes inside the
 /// subnet this node held before (its pods' gateways, a `cni0` bridge) are its pods' own.
@@ -196,9 +215,7 @@ pub(crate) fn check_network_vs_links(
             .iter()
             .filter_map(|a| IpNetwork::new(*a, if a.is_ipv4() { 32 } else { 128 }).ok()),
     );
-    let networks: Vec<IpNetwork> = std::iter::once(cfg.v4.network)
-        .chain(cfg.v6.as_ref().map(|p| p.network))
-        .collect();
+    let networks: Vec<IpNetwork> = cfg.pools().map(|p| p.network).collect();
     for link in links.filter(|l| !mine(l)) {
         if let Some(n) = networks.iter().find(|n| net::overlaps(n, &link)) {
             return Err(Error::Other(format!(
@@ -225,14 +242,15 @@ fn write_subnet_file(
         IpNetwork::V6(n) => Some(n),
         IpNetwork::V4(_) => None,
     };
+    // Only the families this node holds: an IPv6-only node's file has no IPv4 fields.
+    let ipv6_subnet = own.ipv6_subnet.or(Some(own.subnet)).and_then(v6);
     let f = SubnetFile {
-        network: v4(cfg.v4.network),
+        network: v4(own.subnet)
+            .and(cfg.v4.as_ref())
+            .and_then(|p| v4(p.network)),
         subnet: v4(own.subnet),
-        ipv6_network: own
-            .ipv6_subnet
-            .and(cfg.v6.as_ref().map(|p| p.network))
-            .and_then(v6),
-        ipv6_subnet: own.ipv6_subnet.and_then(v6),
+        ipv6_network: ipv6_subnet.and(cfg.v6.as_ref()).and_then(|p| v6(p.network)),
+        ipv6_subnet,
         mtu: Some(mtu),
     };
     f.write(&c.subnet_file)
@@ -362,7 +380,7 @@ mod tests {
     fn me(last: Option<&str>) -> Me {
         Me {
             node: "node-0".into(),
-            public_ip: "198.19.0.10".parse().unwrap(),
+            public_ip: Some("198.19.0.10".parse().unwrap()),
             public_ipv6: None,
             last: last.map(|s| (s.parse().unwrap(), None)),
         }

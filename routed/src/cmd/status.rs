@@ -46,7 +46,8 @@ pub struct OwnView {
     pub key: String,
     pub subnet: IpNetwork,
     pub ipv6_subnet: Option<IpNetwork>,
-    pub public_ip: IpAddr,
+    pub public_ip: Option<IpAddr>,
+    pub public_ipv6: Option<IpAddr>,
     pub lease_id: i64,
 }
 
@@ -86,15 +87,8 @@ async fn config<S: Store>(
 ) -> Result<(NetConfig, ConfigView), Error> {
     let running = hostgw_common::SubnetFile::read(&c.subnet_file)
         .ok()
-        .and_then(|f| {
-            let json = format!(
-                r#"{{"Network":"{}","SubnetLen":{}}}"#,
-                f.network?,
-                f.subnet?.prefix()
-            );
-            NetConfig::parse(json.as_bytes()).ok()
-        });
-    let show = |n: &NetConfig| format!("Network {} SubnetLen {}", n.v4.network, n.v4.subnet_len);
+        .and_then(|f| running_config(&f));
+    let show = NetConfig::describe;
     let view = |state, detail: String| ConfigView { state, detail };
     match (etcd::read_config(store, keys).await, running) {
         (Ok(cfg), None) => {
@@ -105,7 +99,12 @@ async fn config<S: Store>(
             Ok((cfg, v))
         }
         (Ok(cfg), Some(run)) => {
-            let same = cfg.v4.network == run.v4.network && cfg.v4.subnet_len == run.v4.subnet_len;
+            // Only the families the subnet file names: a dual-stack cluster's node without
+            // an IPv6 address runs IPv4 only.
+            let same = run.pools().all(|p| {
+                cfg.pool(p.v6())
+                    .is_some_and(|q| q.network == p.network && q.subnet_len == p.subnet_len)
+            });
             let v = match same {
                 true => view("same", show(&cfg)),
                 false => view(
@@ -137,6 +136,21 @@ async fn config<S: Store>(
     }
 }
 
+/// The config the daemon runs with, as far as its subnet file tells (networks and lengths).
+fn running_config(f: &hostgw_common::SubnetFile) -> Option<NetConfig> {
+    let mut fields = vec![];
+    if let (Some(n), Some(s)) = (f.network, f.subnet) {
+        fields.push(format!(r#""Network":"{n}","SubnetLen":{}"#, s.prefix()));
+    }
+    if let (Some(n), Some(s)) = (f.ipv6_network, f.ipv6_subnet) {
+        fields.push(format!(
+            r#""IPv6Network":"{n}","IPv6SubnetLen":{}"#,
+            s.prefix()
+        ));
+    }
+    NetConfig::parse(format!("{{{}}}", fields.join(",")).as_bytes()).ok()
+}
+
 pub async fn status(args: &StatusArgs) -> Result<String, Error> {
     let c = &args.common;
     let table = NetlinkRoutes::connect()?;
@@ -152,6 +166,7 @@ pub async fn status(args: &StatusArgs) -> Result<String, Error> {
             subnet: l.subnet,
             ipv6_subnet: l.value.ipv6_subnet,
             public_ip: l.value.public_ip,
+            public_ipv6: l.value.public_ipv6,
             lease_id: e.lease_id,
         })
     });
@@ -212,12 +227,14 @@ pub fn render(s: &Status) -> String {
     match &s.lease {
         Some(l) => {
             let v6 = l.ipv6_subnet.map(|n| format!(" + {n}")).unwrap_or_default();
+            // IPv4's next hop, or IPv6's on an IPv6-only node.
+            let via = l.public_ip.or(l.public_ipv6).map(|ip| ip.to_string());
             let _ = writeln!(
                 o,
                 "node {}: subnet {}{v6} via {} (etcd lease {:x})",
                 text::escape(&s.node),
                 l.subnet,
-                l.public_ip,
+                via.unwrap_or_default(),
                 l.lease_id
             );
         }

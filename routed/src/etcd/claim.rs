@@ -57,11 +57,17 @@ fn value(c: &Claim, ipv6_subnet: Option<IpNetwork>) -> LeaseValue {
     value_of(c.me, ipv6_subnet)
 }
 
-/// The value this node writes under its key.
+/// The value this node writes under its key. `me` holds only the cluster's families
+/// ([`Me::for_config`]): an IPv6-only node (no IPv4 next hop) names its IPv6 one.
 pub fn value_of(me: &Me, ipv6_subnet: Option<IpNetwork>) -> LeaseValue {
+    let v6_only = me.public_ip.is_none();
     LeaseValue {
         public_ip: me.public_ip,
-        public_ipv6: ipv6_subnet.and(me.public_ipv6),
+        public_ipv6: if v6_only {
+            me.public_ipv6
+        } else {
+            ipv6_subnet.and(me.public_ipv6)
+        },
         backend_type: "host-gw".into(),
         node_name: me.node.clone(),
         ipv6_subnet,
@@ -75,7 +81,7 @@ fn find_own<'a>(
     own_entry(
         entries,
         c.me,
-        Some(&c.cfg.v4.network),
+        Some(&c.cfg.primary().network),
         c.prefer.map(|(p, _)| p),
     )
 }
@@ -85,8 +91,16 @@ fn find_own<'a>(
 /// key's and its name is ours (or empty: a key written by flannel).
 pub fn is_own(l: &Lease, me: &Me, prefer: Option<IpNetwork>) -> bool {
     let name = &l.value.node_name;
-    (*name == me.node && l.value.public_ip == me.public_ip)
+    (*name == me.node && same_address(l, me))
         || (prefer == Some(l.subnet) && (*name == me.node || name.is_empty()))
+}
+
+/// The lease names our public IP: its IPv4 one, or on an IPv6-only lease its IPv6 one.
+pub fn same_address(l: &Lease, me: &Me) -> bool {
+    match l.value.public_ip {
+        Some(ip) => me.public_ip == Some(ip),
+        None => l.value.public_ipv6.is_some() && l.value.public_ipv6 == me.public_ipv6,
+    }
 }
 
 /// A key that carries our node name but that we cannot prove is ours (another node started
@@ -121,7 +135,7 @@ fn report_conflicts(entries: &BTreeMap<String, Entry>, c: &Claim) {
         if let Ok(l) = &e.decoded
             && is_conflict(l, c.me, prefer)
         {
-            warn!(key = %k, public_ip = %l.value.public_ip, "a key carries our node name but not our public IP, and our subnet file does not name it: not adopted (another node with the same name?)");
+            warn!(key = %k, public_ip = ?l.value.public_ip, public_ipv6 = ?l.value.public_ipv6, "a key carries our node name but not our public IP, and our subnet file does not name it: not adopted (another node with the same name?)");
         }
     }
 }
@@ -132,19 +146,18 @@ async fn try_claim<S: Store>(store: &S, c: &Claim<'_>) -> Result<Option<OwnLease
         return adopt(store, c, &entries, name, entry, lease).await;
     }
     report_conflicts(&entries, c);
-    let taken: Vec<IpNetwork> = entries
-        .keys()
-        .filter_map(|k| lease::parse_key_name(k).ok())
-        .collect();
+    let pool = c.cfg.primary();
+    let taken = taken(&entries);
     let subnet = subnet::choose(
-        &c.cfg.v4,
-        &Taken::new(&c.cfg.v4, &taken),
+        pool,
+        &Taken::new(pool, &taken),
         c.prefer.map(|p| p.0),
         &mut rand::rng(),
     )
-    .ok_or(ClaimError::Exhausted(c.cfg.v4.network))?;
+    .ok_or(ClaimError::Exhausted(pool.network))?;
     let v6 = choose_v6(c, &entries)?;
-    let name = lease::key_name(&subnet);
+    // Dual-stack in flannel's key form, so flannel's daemons route to both our subnets.
+    let name = lease::key_name_of(&subnet, v6.as_ref());
     let key = c.keys.subnet(&name);
     let id = store.grant(c.ttl).await?;
     if written(
@@ -165,17 +178,29 @@ async fn try_claim<S: Store>(store: &S, c: &Claim<'_>) -> Result<Option<OwnLease
     Ok(None)
 }
 
+/// Every subnet a key holds, of both families: a decoded lease's subnets, or what the key
+/// of an undecodable value names (its subnets are not free either).
+fn taken(entries: &BTreeMap<String, Entry>) -> Vec<IpNetwork> {
+    entries
+        .iter()
+        .flat_map(|(k, e)| match &e.decoded {
+            Ok(l) => vec![Some(l.subnet), l.value.ipv6_subnet],
+            Err(_) => lease::parse_key(k).map_or(vec![], |(a, b)| vec![Some(a), b]),
+        })
+        .flatten()
+        .collect()
+}
+
+/// The IPv6 subnet of a dual-stack node (none in a single-stack cluster, or on a node
+/// without an IPv6 address).
 fn choose_v6(
     c: &Claim,
     entries: &BTreeMap<String, Entry>,
 ) -> Result<Option<IpNetwork>, ClaimError> {
-    let (Some(pool), Some(_)) = (&c.cfg.v6, c.me.public_ipv6) else {
+    let (Some(pool), Some(_)) = (c.cfg.secondary(), c.me.public_ipv6) else {
         return Ok(None);
     };
-    let taken: Vec<IpNetwork> = entries
-        .values()
-        .filter_map(|e| e.decoded.as_ref().ok().and_then(|l| l.value.ipv6_subnet))
-        .collect();
+    let taken = taken(entries);
     let prefer = c.prefer.and_then(|p| p.1);
     subnet::choose(pool, &Taken::new(pool, &taken), prefer, &mut rand::rng())
         .map(Some)
@@ -193,7 +218,7 @@ async fn adopt<S: Store>(
     entry: &Entry,
     lease: &Lease,
 ) -> Result<Option<OwnLease>, ClaimError> {
-    let v6 = match (lease.value.ipv6_subnet, &c.cfg.v6, c.me.public_ipv6) {
+    let v6 = match (lease.value.ipv6_subnet, c.cfg.secondary(), c.me.public_ipv6) {
         (Some(s), Some(_), Some(_)) => Some(s),
         _ => choose_v6(c, entries)?,
     };

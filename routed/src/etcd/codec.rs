@@ -1,8 +1,12 @@
-//! `<prefix>/subnets/<a.b.c.d>-<len>`: one key per node, attached to one etcd lease.
+//! `<prefix>/subnets/<name>`: one key per node, attached to one etcd lease. The name is
+//! the node's subnet, `<a.b.c.d>-<len>`; a dual-stack node's is flannel's
+//! `<a.b.c.d>-<len>&<v6>-<len>` (flannel's `MakeSubnetKey`), so flannel's own daemons see
+//! both families of a hostgw node during a migration; an IPv6-only node's is `<v6>-<len>`
+//! (flannel's etcd mode has no IPv6-only lease; its key regex skips such a key).
 //!
-//! Dual-stack nodes carry their IPv6 subnet in the same value (`"IPv6Subnet"`), not under a
-//! separate `v6-subnets/` key as flannel does: one key and one etcd lease per node keeps the
-//! node's two subnets appearing and disappearing together.
+//! Read: all three, and the earlier hostgw dual-stack form (`<a.b.c.d>-<len>` with the IPv6
+//! subnet in the value's `"IPv6Subnet"`). A decoded [`Lease`] looks the same whichever form
+//! it came in.
 
 use std::net::IpAddr;
 
@@ -13,8 +17,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct LeaseValue {
-    #[serde(rename = "PublicIP")]
-    pub public_ip: IpAddr,
+    /// The IPv4 next hop; none on an IPv6-only node.
+    #[serde(rename = "PublicIP", default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<IpAddr>,
     #[serde(rename = "PublicIPv6", default)]
     pub public_ipv6: Option<IpAddr>,
     #[serde(default = "host_gw")]
@@ -33,9 +38,11 @@ fn host_gw() -> String {
     "host-gw".into()
 }
 
-/// A decoded lease: the key's subnet plus its value.
+/// A decoded lease: the key's subnet plus its value (whose `ipv6_subnet` also holds the
+/// IPv6 subnet a flannel dual-stack key names).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
+    /// The key's (first) subnet: IPv4, or IPv6 on an IPv6-only node.
     pub subnet: IpNetwork,
     pub value: LeaseValue,
     /// etcd create revision: the older of two overlapping leases wins.
@@ -48,6 +55,33 @@ pub type Decoded = Result<Lease, String>;
 /// `198.18.3.0/24` ↔ `198.18.3.0-24` (flannel's key form; `:` stays as is for IPv6).
 pub fn key_name(subnet: &IpNetwork) -> String {
     format!("{}-{}", subnet.ip(), subnet.prefix())
+}
+
+/// The key a node holding `subnet` (and, dual-stack, `ipv6_subnet`) claims: flannel's
+/// `<v4>-<len>&<v6>-<len>` when it holds both.
+pub fn key_name_of(subnet: &IpNetwork, ipv6_subnet: Option<&IpNetwork>) -> String {
+    match ipv6_subnet {
+        Some(v6) if subnet.is_ipv4() => format!("{}&{}", key_name(subnet), key_name(v6)),
+        _ => key_name(subnet),
+    }
+}
+
+/// A key's subnets: `<ip>-<len>`, or flannel's dual-stack `<v4>-<len>&<v6>-<len>`.
+pub fn parse_key(name: &str) -> Result<(IpNetwork, Option<IpNetwork>), String> {
+    let Some((v4, v6)) = name.split_once('&') else {
+        return Ok((parse_key_name(name)?, None));
+    };
+    let (v4, v6) = (parse_key_name(v4)?, parse_key_name(v6)?);
+    if !v4.is_ipv4() || !v6.is_ipv6() {
+        return Err(format!("key {name:?} is not <ipv4>-<len>&<ipv6>-<len>"));
+    }
+    Ok((v4, Some(v6)))
+}
+
+/// Whether `name` is the one canonical spelling of the lease's key: `<subnet>-<len>`, or
+/// flannel's dual-stack form of its two subnets.
+pub fn is_canonical_key(name: &str, l: &Lease) -> bool {
+    name == key_name(&l.subnet) || name == key_name_of(&l.subnet, l.value.ipv6_subnet.as_ref())
 }
 
 pub fn parse_key_name(name: &str) -> Result<IpNetwork, String> {
@@ -69,9 +103,26 @@ pub fn parse_key_name(name: &str) -> Result<IpNetwork, String> {
 
 /// Decodes one key (the part after `<prefix>/subnets/`) and its value.
 pub fn decode(name: &str, value: &[u8], created: i64) -> Decoded {
-    let subnet = parse_key_name(name)?;
-    let value: LeaseValue =
+    let (subnet, key_v6) = parse_key(name)?;
+    let mut value: LeaseValue =
         serde_json::from_slice(value).map_err(|e| format!("value is not a lease: {e}"))?;
+    if value.public_ip.is_none() && value.public_ipv6.is_none() {
+        return Err("value is not a lease: neither PublicIP nor PublicIPv6".into());
+    }
+    match (key_v6, value.ipv6_subnet) {
+        (Some(k), Some(v)) if k != v => {
+            return Err(format!(
+                "the key names IPv6 subnet {k} but the value's IPv6Subnet is {v}"
+            ));
+        }
+        (Some(k), _) => value.ipv6_subnet = Some(k),
+        (None, Some(v)) if subnet.is_ipv6() => {
+            return Err(format!(
+                "an IPv6 key with an IPv6Subnet ({v}): one IPv6 subnet per node"
+            ));
+        }
+        _ => {}
+    }
     Ok(Lease {
         subnet,
         value,
@@ -93,7 +144,7 @@ mod tests {
         let v = br#"{"PublicIP":"198.19.0.11","PublicIPv6":null,"BackendType":"host-gw","BackendData":null,"NodeName":"node-a"}"#;
         let l = decode("198.18.3.0-24", v, 7).unwrap();
         assert_eq!(l.subnet.to_string(), "198.18.3.0/24");
-        assert_eq!(l.value.public_ip.to_string(), "198.19.0.11");
+        assert_eq!(l.value.public_ip.unwrap().to_string(), "198.19.0.11");
         assert_eq!(l.value.node_name, "node-a");
         assert_eq!(l.created, 7);
     }
@@ -101,7 +152,7 @@ mod tests {
     #[test]
     fn round_trip_dual_stack() {
         let v = LeaseValue {
-            public_ip: "198.19.0.11".parse().unwrap(),
+            public_ip: Some("198.19.0.11".parse().unwrap()),
             public_ipv6: Some("fd19:19::11".parse().unwrap()),
             backend_type: "host-gw".into(),
             node_name: "node-a".into(),
@@ -117,6 +168,64 @@ mod tests {
             decode("198.18.3.0-24", text.as_bytes(), 1).unwrap().value,
             v
         );
+    }
+
+    /// Byte for byte what flannel's `createSubnet` writes for a dual-stack host-gw node:
+    /// `json.Marshal(LeaseAttrs)` (no NodeName, BackendData omitted) under `MakeSubnetKey`.
+    #[test]
+    fn flannel_dual_stack_key_decodes() {
+        let v = br#"{"PublicIP":"198.19.0.21","PublicIPv6":"fd19:19::21","BackendType":"host-gw"}"#;
+        let name = "198.18.7.0-24&fd18:18:0:7::-64";
+        let l = decode(name, v, 3).unwrap();
+        assert_eq!(l.subnet.to_string(), "198.18.7.0/24");
+        assert_eq!(l.value.ipv6_subnet.unwrap().to_string(), "fd18:18:0:7::/64");
+        assert_eq!(l.value.public_ipv6.unwrap().to_string(), "fd19:19::21");
+        assert!(l.value.node_name.is_empty());
+        assert!(is_canonical_key(name, &l));
+        assert_eq!(key_name_of(&l.subnet, l.value.ipv6_subnet.as_ref()), name);
+        // The earlier hostgw form of the same lease decodes to the same lease.
+        let old = br#"{"PublicIP":"198.19.0.21","PublicIPv6":"fd19:19::21","BackendType":"host-gw","IPv6Subnet":"fd18:18:0:7::/64"}"#;
+        let o = decode("198.18.7.0-24", old, 3).unwrap();
+        assert_eq!(o, l);
+        assert!(is_canonical_key("198.18.7.0-24", &o));
+        // The value may repeat the key's IPv6 subnet, never contradict it.
+        let same = br#"{"PublicIP":"198.19.0.21","PublicIPv6":"fd19:19::21","IPv6Subnet":"fd18:18:0:7::/64"}"#;
+        assert_eq!(decode(name, same, 3).unwrap(), l);
+        let other = br#"{"PublicIP":"198.19.0.21","PublicIPv6":"fd19:19::21","IPv6Subnet":"fd18:18:0:8::/64"}"#;
+        assert!(
+            decode(name, other, 3)
+                .unwrap_err()
+                .contains("fd18:18:0:8::/64")
+        );
+        for bad in [
+            "198.18.7.0-24&",
+            "198.18.7.0-24&fd18:18:0:7::",
+            "198.18.7.0-24&198.18.8.0-24",
+            "fd18:18:0:7::-64&198.18.7.0-24",
+            "198.18.7.0-24&fd18:18:0:7::1-64",
+            "198.18.7.0-24&fd18:18:0:7::-64&fd18:18:0:8::-64",
+        ] {
+            assert!(decode(bad, v, 3).is_err(), "{bad}");
+        }
+        // Non-canonical IPv6 spelling in a flannel key: decodes, but is not canonical.
+        let l = decode("198.18.7.0-24&FD18:18:0:7:0::-64", v, 3).unwrap();
+        assert!(!is_canonical_key("198.18.7.0-24&FD18:18:0:7:0::-64", &l));
+    }
+
+    #[test]
+    fn ipv6_only_lease() {
+        let v = br#"{"PublicIPv6":"fd19:19::11","BackendType":"host-gw","NodeName":"node-a"}"#;
+        let l = decode("fd18:18:0:3::-64", v, 1).unwrap();
+        assert_eq!(l.subnet.to_string(), "fd18:18:0:3::/64");
+        assert_eq!(l.value.public_ip, None);
+        let text = String::from_utf8(encode(&l.value)).unwrap();
+        assert!(!text.contains("PublicIP\""), "{text}");
+        assert!(text.contains(r#""PublicIPv6":"fd19:19::11""#), "{text}");
+        // One IPv6 subnet per node, and some next hop.
+        let two = br#"{"PublicIPv6":"fd19:19::11","IPv6Subnet":"fd18:18:0:4::/64"}"#;
+        assert!(decode("fd18:18:0:3::-64", two, 1).is_err());
+        let none = br#"{"PublicIP":null,"PublicIPv6":null,"BackendType":"host-gw"}"#;
+        assert!(decode("fd18:18:0:3::-64", none, 1).is_err());
     }
 
     #[test]
@@ -144,7 +253,7 @@ mod tests {
             br#"{"PublicIP":"not-an-ip"}"#,
             b"",
         ] {
-            assert!(decode("198.18.3.0-24", bad, 1).is_err());
+            assert!(decode("198.18.3.0-24", bad, 1).is_err(), "{bad:?}");
         }
     }
 }

@@ -17,6 +17,8 @@ pub mod store;
 pub mod subnet;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_families;
 pub mod watch;
 
 pub use codec::Decoded;

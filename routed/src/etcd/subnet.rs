@@ -91,7 +91,7 @@ mod tests {
     use crate::config::NetConfig;
 
     fn pool(json: &str) -> Pool {
-        NetConfig::parse(json.as_bytes()).unwrap().v4
+        NetConfig::parse(json.as_bytes()).unwrap().v4.unwrap()
     }
 
     fn nets(v: &[&str]) -> Vec<IpNetwork> {

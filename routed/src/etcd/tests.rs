@@ -38,7 +38,7 @@ fn keys() -> Keys {
 fn me(node: &str, ip: &str) -> Me {
     Me {
         node: node.into(),
-        public_ip: ip.parse().unwrap(),
+        public_ip: Some(ip.parse().unwrap()),
         public_ipv6: None,
         last: Some(("198.18.100.0/24".parse().unwrap(), None)),
     }
@@ -51,7 +51,7 @@ fn exactly(s: &FakeStore, call: &str) -> usize {
 
 fn value(node: &str, ip: &str) -> String {
     String::from_utf8(codec::encode(&LeaseValue {
-        public_ip: ip.parse().unwrap(),
+        public_ip: Some(ip.parse().unwrap()),
         public_ipv6: None,
         backend_type: "host-gw".into(),
         node_name: node.into(),

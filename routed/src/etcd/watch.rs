@@ -213,7 +213,7 @@ impl<S: Store> Watcher<S> {
         let name = self.keys.name(kv.key.as_bytes()).unwrap_or_default();
         kv.lease == own.lease_id
             && lease::decode(name, &kv.value, kv.create_revision).is_ok_and(|l| {
-                l.value.node_name == self.me.node && l.value.public_ip == self.me.public_ip
+                l.value.node_name == self.me.node && super::claim::same_address(&l, &self.me)
             })
     }
 
@@ -402,7 +402,7 @@ impl<S: Store> Watcher<S> {
         if state == view.config {
             return;
         }
-        let running = &self.cfg.v4.network;
+        let running = self.cfg.describe();
         match &state {
             ConfigState::Same => info!("the network config in etcd matches the running one again"),
             ConfigState::Changed(new) => {

@@ -72,10 +72,16 @@ pub fn open() -> std::io::Result<TokioSocket> {
     Ok(sock)
 }
 
-pub async fn write_all(sock: &TokioSocket, routes: &[HostRoute], how: Write) -> Results {
+/// `uplink`: the device of link-local next hops (see [`message`]).
+pub async fn write_all(
+    sock: &TokioSocket,
+    routes: &[HostRoute],
+    how: Write,
+    uplink: u32,
+) -> Results {
     let mut out = Vec::with_capacity(routes.len());
     for c in routes.chunks(PER_SEND) {
-        out.extend(chunk(sock, c, how).await);
+        out.extend(chunk(sock, c, how, uplink).await);
     }
     out
 }
@@ -88,11 +94,11 @@ type Slots = Vec<Option<Result<(), KernelError>>>;
 
 /// The requests of one chunk, sequence number = `base` + index; a route that can't be
 /// encoded gets its error in its slot at once.
-pub fn encode(routes: &[HostRoute], how: Write, base: u32) -> (Vec<u8>, Slots) {
+pub fn encode(routes: &[HostRoute], how: Write, base: u32, uplink: u32) -> (Vec<u8>, Slots) {
     let mut slots: Slots = (0..routes.len()).map(|_| None).collect();
     let mut buf = Vec::new();
     for (i, r) in routes.iter().enumerate() {
-        match message(r) {
+        match message(r, uplink) {
             Ok(m) => {
                 let m = match how {
                     Write::Delete => RouteNetlinkMessage::DelRoute(super::routes::deletion(r, m)),
@@ -112,9 +118,9 @@ pub fn encode(routes: &[HostRoute], how: Write, base: u32) -> (Vec<u8>, Slots) {
     (buf, slots)
 }
 
-async fn chunk(sock: &TokioSocket, routes: &[HostRoute], how: Write) -> Results {
+async fn chunk(sock: &TokioSocket, routes: &[HostRoute], how: Write, uplink: u32) -> Results {
     let base = SEQ.fetch_add(PER_SEND as u32, Ordering::Relaxed);
-    let (buf, mut slots) = encode(routes, how, base);
+    let (buf, mut slots) = encode(routes, how, base, uplink);
     let mut pending = slots.iter().filter(|r| r.is_none()).count();
     if let Err(e) = sock.send(&buf).await {
         return fail_rest(routes, slots, how, &format!("send: {e}"));
@@ -241,7 +247,7 @@ mod tests {
 
     #[test]
     fn requests_carry_sequence_numbers_and_ack_flags() {
-        let (buf, slots) = encode(&[r(1), r(2)], Write::Replace, 1);
+        let (buf, slots) = encode(&[r(1), r(2)], Write::Replace, 1, 0);
         assert!(slots.iter().all(Option::is_none));
         let first = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf).unwrap();
         assert_eq!(first.header.sequence_number, 1);
@@ -324,12 +330,12 @@ mod tests {
 
     #[test]
     fn creates_are_exclusive_and_a_delete_of_a_gone_route_is_success() {
-        let (buf, _) = encode(&[r(1)], Write::Create, 700);
+        let (buf, _) = encode(&[r(1)], Write::Create, 700, 0);
         let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf).unwrap();
         assert_eq!(m.header.sequence_number, 700);
         assert_ne!(m.header.flags & NLM_F_EXCL, 0);
         assert_eq!(m.header.flags & NLM_F_REPLACE, 0);
-        let (buf, _) = encode(&[r(1)], Write::Delete, 9);
+        let (buf, _) = encode(&[r(1)], Write::Delete, 9, 0);
         let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf).unwrap();
         assert!(matches!(
             m.payload,

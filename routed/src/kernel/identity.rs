@@ -14,7 +14,10 @@ use crate::{cli::Common, kernel::KernelError};
 /// The node's link to its peers, as the kernel shows it; [`crate::me::Me`] is built from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Uplink {
-    pub public_ip: IpAddr,
+    /// Its link index: the device of routes whose next hop is link-local.
+    pub index: u32,
+    /// Per family, at least one: an IPv6-only host has no IPv4 address.
+    pub public_ip: Option<IpAddr>,
     pub public_ipv6: Option<IpAddr>,
     pub mtu: u32,
 }
@@ -94,7 +97,8 @@ pub(crate) fn choose_link(c: &Common, f: &Facts) -> Result<u32, String> {
             .reach_link
             .ok_or_else(|| format!("no route to --iface-can-reach {target}"));
     }
-    if let Some(ip) = c.public_ip {
+    // An IPv6-only node names its uplink by its IPv6 address.
+    if let Some(ip) = c.public_ip.or(c.public_ipv6) {
         return by_addr(&ip)
             .ok_or_else(|| format!("public IP {ip} is not an address of this node"));
     }
@@ -103,13 +107,15 @@ pub(crate) fn choose_link(c: &Common, f: &Facts) -> Result<u32, String> {
     })
 }
 
-/// The public IP: `--public-ip` (which must be on the chosen link), else the first global
-/// IPv4 address of the link; the IPv6 next hop likewise.
+/// The public IPs, per family: `--public-ip` / `--public-ipv6` (which must be on the
+/// chosen link), else the first global address of that family on the link. A link with
+/// neither is no uplink; whether the cluster needs the family missing is decided once the
+/// network config is read.
 pub(crate) fn addresses_of(
     c: &Common,
     f: &Facts,
     index: u32,
-) -> Result<(IpAddr, Option<IpAddr>), String> {
+) -> Result<(Option<IpAddr>, Option<IpAddr>), String> {
     let global = |v6: bool| {
         f.addrs
             .iter()
@@ -123,11 +129,15 @@ pub(crate) fn addresses_of(
         .find(|(i, _)| *i == index)
         .map_or_else(|| format!("link {index}"), |(_, n)| n.clone());
     let public_ip = match c.public_ip {
-        Some(ip) if on_link(&ip) => ip,
+        Some(ip) if on_link(&ip) => Some(ip),
         Some(ip) => return Err(format!("public IP {ip} is not an address of {name}")),
-        None => global(false).ok_or_else(|| format!("{name} has no IPv4 address"))?,
+        None => global(false),
     };
-    Ok((public_ip, c.public_ipv6.or_else(|| global(true))))
+    let public_ipv6 = c.public_ipv6.or_else(|| global(true));
+    if public_ip.is_none() && public_ipv6.is_none() {
+        return Err(format!("{name} has no global IPv4 or IPv6 address"));
+    }
+    Ok((public_ip, public_ipv6))
 }
 
 async fn gather(h: &Handle, c: &Common) -> Result<Facts, KernelError> {
@@ -171,6 +181,7 @@ pub async fn detect(h: &Handle, c: &Common) -> Result<Uplink, KernelError> {
     let index = choose_link(c, &facts).map_err(KernelError::Other)?;
     let (public_ip, public_ipv6) = addresses_of(c, &facts, index).map_err(KernelError::Other)?;
     Ok(Uplink {
+        index,
         public_ip,
         public_ipv6,
         mtu: mtu(h, index).await?,
@@ -224,7 +235,7 @@ mod tests {
         let c = common(&[]);
         assert_eq!(choose_link(&c, &facts()), Ok(2));
         let ips = addresses_of(&c, &facts(), 2).unwrap();
-        assert_eq!(ips.0.to_string(), "198.19.0.10");
+        assert_eq!(ips.0.unwrap().to_string(), "198.19.0.10");
         assert_eq!(ips.1.unwrap().to_string(), "fd19:19::10");
         let none = Facts {
             default_link: None,
@@ -291,18 +302,47 @@ mod tests {
         );
     }
 
+    /// A host with only IPv6 addresses and only an IPv6 default route still has an uplink.
+    #[test]
+    fn ipv6_only_host() {
+        let ip = |s: &str| s.parse().unwrap();
+        let f = Facts {
+            links: vec![(1, "lo".into()), (2, "eth0".into()), (3, "eth1".into())],
+            addrs: vec![
+                (1, ip("::1"), AddressScope::Host),
+                (2, ip("fe80::10"), AddressScope::Link),
+                (2, ip("fd19:19::10"), AddressScope::Universe),
+                (3, ip("fe80::11"), AddressScope::Link),
+            ],
+            default_link: Some(2),
+            reach_link: None,
+        };
+        let c = common(&[]);
+        assert_eq!(choose_link(&c, &f), Ok(2));
+        let (v4, v6) = addresses_of(&c, &f, 2).unwrap();
+        assert_eq!(v4, None);
+        assert_eq!(v6, Some(ip("fd19:19::10")));
+        // A link-local address alone is no public address.
+        assert_eq!(
+            addresses_of(&c, &f, 3),
+            Err("eth1 has no global IPv4 or IPv6 address".into())
+        );
+        let c = common(&["--public-ipv6", "fd19:19::10"]);
+        assert_eq!(addresses_of(&c, &f, 2).unwrap().1, Some(ip("fd19:19::10")));
+    }
+
     #[test]
     fn public_ip_alone_or_with_iface() {
         let f = facts();
         let c = common(&["--public-ip", "198.19.1.11"]);
         assert_eq!(choose_link(&c, &f), Ok(3));
         assert_eq!(
-            addresses_of(&c, &f, 3).unwrap().0.to_string(),
+            addresses_of(&c, &f, 3).unwrap().0.unwrap().to_string(),
             "198.19.1.11"
         );
         let c = common(&["--iface", "eth1", "--public-ip", "198.19.1.11"]);
         assert_eq!(
-            addresses_of(&c, &f, 3).unwrap().0.to_string(),
+            addresses_of(&c, &f, 3).unwrap().0.unwrap().to_string(),
             "198.19.1.11"
         );
         let c = common(&["--iface", "eth1", "--public-ip", "198.19.0.10"]);

@@ -92,6 +92,9 @@ pub struct LocalView {
     /// Local-table destinations (this node's addresses, broadcast addresses, `local` routes):
     /// a lease overlapping one would steer traffic meant for this node.
     pub local: Vec<IpNetwork>,
+    /// The uplink holds an IPv6 link-local address: a peer's link-local next hop can be
+    /// reached through it (`via fe80::… dev <uplink>`). False while the uplink is unknown.
+    pub uplink_link_local: bool,
 }
 
 /// How a next hop is reached, from a route lookup.

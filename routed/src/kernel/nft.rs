@@ -24,10 +24,11 @@ pub enum NftError {
 
 /// The table body, without the comment that carries its hash.
 pub fn render_body(cfg: &NetConfig, masq: bool) -> String {
-    let mut nets = vec![("ip", cfg.v4.network.to_string())];
-    if let Some(v6) = &cfg.v6 {
-        nets.push(("ip6", v6.network.to_string()));
-    }
+    // Per family the cluster has: an IPv6-only cluster gets `ip6` rules only.
+    let nets: Vec<(&str, String)> = cfg
+        .pools()
+        .map(|p| (if p.v6() { "ip6" } else { "ip" }, p.network.to_string()))
+        .collect();
     let mut s = String::from(
         "  chain forward {\n    type filter hook forward priority filter; policy accept;\n",
     );

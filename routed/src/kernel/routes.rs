@@ -1,7 +1,14 @@
 //! The real `RouteTable` over rtnetlink, on a socket with strict checking so the kernel
 //! filters dumps by protocol and table for us.
 
-use std::{collections::BTreeSet, net::IpAddr, sync::Arc};
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+};
 
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
@@ -31,6 +38,8 @@ pub struct NetlinkRoutes {
     /// The batch socket, opened once (see `batch`); one batch at a time uses it, so
     /// acks are never read by the wrong writer.
     batch: Arc<tokio::sync::Mutex<TokioSocket>>,
+    /// The uplink's link index (0 until known): link-local next hops go out of it.
+    uplink: Arc<AtomicU32>,
 }
 
 const _: fn() = || {
@@ -44,12 +53,25 @@ impl NetlinkRoutes {
         let (conn, handle, _) = rtnetlink::new_connection_with_strict_check()?;
         let batch = Arc::new(tokio::sync::Mutex::new(super::batch::open()?));
         tokio::spawn(conn);
-        Ok(NetlinkRoutes { handle, batch })
+        Ok(NetlinkRoutes {
+            handle,
+            batch,
+            uplink: Arc::default(),
+        })
+    }
+
+    /// The uplink, once detected: the device of routes via a link-local next hop.
+    pub fn set_uplink(&self, index: u32) {
+        self.uplink.store(index, Ordering::Relaxed);
+    }
+
+    fn uplink(&self) -> u32 {
+        self.uplink.load(Ordering::Relaxed)
     }
 
     async fn write_all(&self, routes: &[HostRoute], how: Write) -> Results {
         let sock = self.batch.lock().await;
-        super::batch::write_all(&sock, routes, how).await
+        super::batch::write_all(&sock, routes, how, self.uplink()).await
     }
 
     async fn dump(
@@ -129,7 +151,7 @@ impl RouteTable for NetlinkRoutes {
     async fn replace(&self, r: &HostRoute) -> Result<(), KernelError> {
         self.handle
             .route()
-            .add(message(r)?)
+            .add(message(r, self.uplink())?)
             .replace()
             .execute()
             .await
@@ -143,7 +165,7 @@ impl RouteTable for NetlinkRoutes {
         // rtnetlink's add without `.replace()` sends NLM_F_CREATE | NLM_F_EXCL.
         self.handle
             .route()
-            .add(message(r)?)
+            .add(message(r, self.uplink())?)
             .execute()
             .await
             .map_err(|source| KernelError::Netlink {
@@ -165,7 +187,7 @@ impl RouteTable for NetlinkRoutes {
     }
 
     async fn delete(&self, r: &HostRoute) -> Result<(), KernelError> {
-        let m = deletion(r, message(r)?);
+        let m = deletion(r, message(r, self.uplink())?);
         match self.handle.route().del(m).execute().await {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(e))
@@ -182,7 +204,10 @@ impl RouteTable for NetlinkRoutes {
 
     async fn local_view(&self) -> Result<LocalView, KernelError> {
         let mut view = LocalView::default();
-        for (_, ip, _) in super::dump::addresses(&self.handle).await? {
+        let uplink = self.uplink();
+        for (index, ip, _) in super::dump::addresses(&self.handle).await? {
+            view.uplink_link_local |=
+                uplink != 0 && index == uplink && crate::net::is_link_local(&ip);
             view.addrs.insert(ip);
         }
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {

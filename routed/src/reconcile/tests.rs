@@ -22,7 +22,7 @@ fn lease(subnet: &str, ip: &str, created: i64) -> Decoded {
     Ok(Lease {
         subnet: subnet.parse().unwrap(),
         value: LeaseValue {
-            public_ip: ip.parse().unwrap(),
+            public_ip: Some(ip.parse().unwrap()),
             public_ipv6: None,
             backend_type: "host-gw".into(),
             node_name: format!("n{created}"),

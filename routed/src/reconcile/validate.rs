@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::plan::HostRoute;
 use crate::{
     config::NetConfig,
-    etcd::codec::{Decoded, Lease, key_name},
+    etcd::codec::{Decoded, Lease, is_canonical_key, key_name},
     kernel::LocalView,
     me::OwnLease,
     net, text,
@@ -156,12 +156,16 @@ type Check = Result<(i64, Peer), (Reason, String)>;
 
 fn check(key: &str, l: &Lease, own: &Scope) -> Check {
     check_record(key, l)?;
-    let mut routes = vec![route(
-        l.subnet,
-        l.value.public_ip,
-        Some(&own.cfg.v4.network),
-        own,
-    )?];
+    // The key's subnet: IPv4, or IPv6 on an IPv6-only node (whose next hop is PublicIPv6).
+    let v6_key = l.subnet.is_ipv6();
+    let (via, field) = if v6_key {
+        (l.value.public_ipv6, "PublicIPv6")
+    } else {
+        (l.value.public_ip, "PublicIP")
+    };
+    let network = own.cfg.pool(v6_key).map(|p| &p.network);
+    let via = via.ok_or((Reason::BadNextHop, format!("{} without {field}", l.subnet)))?;
+    let mut routes = vec![route(l.subnet, via, network, own)?];
     if let Some(v6) = l.value.ipv6_subnet
         && !net::is_canonical(&v6)
     {
@@ -170,7 +174,7 @@ fn check(key: &str, l: &Lease, own: &Scope) -> Check {
             format!("IPv6Subnet {v6} has host bits set"),
         ));
     }
-    if let (Some(pool), Some(v6)) = (&own.cfg.v6, l.value.ipv6_subnet) {
+    if let (false, Some(pool), Some(v6)) = (v6_key, &own.cfg.v6, l.value.ipv6_subnet) {
         let via = l
             .value
             .public_ipv6
@@ -189,7 +193,7 @@ fn check(key: &str, l: &Lease, own: &Scope) -> Check {
 /// backend, the node name (empty is allowed: flannel's own leases carry none).
 fn check_record(key: &str, l: &Lease) -> Result<(), (Reason, String)> {
     let canonical = key_name(&l.subnet);
-    if key != canonical {
+    if !is_canonical_key(key, l) {
         return Err((
             Reason::Malformed,
             format!("key is not canonical (the subnet's key is {canonical})"),
@@ -247,8 +251,14 @@ fn next_hop(dst: IpNetwork, via: IpAddr, own: &Scope) -> Result<(), (Reason, Str
     if net::is_unusable_next_hop(&via) || reserved(&via) || via.is_ipv4() != dst.is_ipv4() {
         return bad(format!("is not a usable unicast address for {dst}"));
     }
-    let pools = std::iter::once(&own.cfg.v4).chain(own.cfg.v6.as_ref());
-    if let Some(p) = pools.map(|p| p.network).find(|n| n.contains(via)) {
+    if net::is_link_local(&via) && !own.view.uplink_link_local {
+        return bad(
+            "is link-local, and this node's uplink has no IPv6 link-local address: a link-local \
+             next hop is used only through the uplink, on the link both nodes share"
+                .into(),
+        );
+    }
+    if let Some(p) = own.cfg.pools().map(|p| p.network).find(|n| n.contains(via)) {
         return bad(format!("is a pod address (inside the cluster network {p})"));
     }
     if own.view.addrs.contains(&via) {
@@ -261,9 +271,9 @@ fn next_hop(dst: IpNetwork, via: IpAddr, own: &Scope) -> Result<(), (Reason, Str
 }
 
 /// Addresses no node on a LAN has, beyond [`net::is_unusable_next_hop`]: IPv4 "this
-/// network" (0/8), reserved (240/4) and link-local (169.254/16); IPv6 link-local (fe80::/10,
-/// meaningless without an interface: the kernel refuses it), site-local (fec0::/10),
+/// network" (0/8), reserved (240/4) and link-local (169.254/16); IPv6 site-local (fec0::/10),
 /// IPv4-mapped (::ffff:0:0/96) and -compatible (::/96), and the discard prefix (100::/64).
+/// IPv6 link-local is [`net::is_link_local`].
 fn reserved(ip: &IpAddr) -> bool {
     match ip {
         IpAddr::V4(a) => {
@@ -272,8 +282,7 @@ fn reserved(ip: &IpAddr) -> bool {
         }
         IpAddr::V6(a) => {
             let s = a.segments();
-            (s[0] & 0xffc0) == 0xfe80
-                || (s[0] & 0xffc0) == 0xfec0
+            (s[0] & 0xffc0) == 0xfec0
                 || a.to_ipv4_mapped().is_some()
                 || s[..6].iter().all(|x| *x == 0)
                 || s[..4] == [0x100, 0, 0, 0]

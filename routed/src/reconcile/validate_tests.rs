@@ -11,7 +11,7 @@ fn lease(subnet: &str, ip: &str, created: i64) -> Decoded {
     Ok(Lease {
         subnet: subnet.parse().unwrap(),
         value: LeaseValue {
-            public_ip: ip.parse().unwrap(),
+            public_ip: Some(ip.parse().unwrap()),
             public_ipv6: None,
             backend_type: "host-gw".into(),
             node_name: format!("n-{}", ip.replace([':', '.'], "-")),
@@ -323,4 +323,121 @@ fn other_backends_non_canonical_keys_and_bad_node_names_are_refused() {
             .iter()
             .all(|r| !r.detail.contains('\x1b') && !r.detail.contains('\n'))
     );
+}
+
+fn dual(v4: &str, v6: &str, hop6: &str) -> Decoded {
+    let mut l = lease(v4, "198.19.0.40", 1).unwrap();
+    l.value.ipv6_subnet = Some(v6.parse().unwrap());
+    l.value.public_ipv6 = Some(hop6.parse().unwrap());
+    Ok(l)
+}
+
+/// A link-local PublicIPv6 is a next hop only through our uplink: accepted when the uplink
+/// has an IPv6 link-local address of its own, else `bad-next-hop` saying why.
+#[test]
+fn a_link_local_next_hop_needs_an_ipv6_uplink() {
+    let leases = || {
+        vec![(
+            "198.18.5.0-24",
+            dual("198.18.5.0/24", "fd18:18:0:5::/64", "fe80::5"),
+        )]
+    };
+    let without = run(leases());
+    assert_eq!(
+        reasons(&without),
+        vec![("198.18.5.0-24".into(), Reason::BadNextHop)]
+    );
+    let detail = &without.rejected[0].detail;
+    assert!(detail.contains("fe80::5 is link-local"), "{detail}");
+    assert!(detail.contains("uplink has no IPv6 link-local"), "{detail}");
+    let with = LocalView {
+        uplink_link_local: true,
+        ..view()
+    };
+    let v = run_with(&cfg(), &with, leases());
+    assert!(v.rejected.is_empty(), "{:?}", v.rejected);
+    let hops: Vec<String> = v.peers[0].routes.iter().map(|r| r.to_string()).collect();
+    assert_eq!(
+        hops,
+        [
+            "198.18.5.0/24 via 198.19.0.40",
+            "fd18:18:0:5::/64 via fe80::5"
+        ]
+    );
+    // Our own link-local address is still no peer's next hop.
+    let mine = LocalView {
+        addrs: ["198.19.0.1".parse().unwrap(), "fe80::5".parse().unwrap()].into(),
+        ..with
+    };
+    let v = run_with(&cfg(), &mine, leases());
+    assert_eq!(v.rejected[0].reason, Reason::BadNextHop);
+    assert!(v.rejected[0].detail.contains("address of this node"));
+}
+
+#[test]
+fn ipv6_only_leases_route_by_public_ipv6() {
+    let cfg = NetConfig::parse(br#"{"IPv6Network":"fd18:18::/48"}"#).unwrap();
+    let v6only = |subnet: &str, hop: Option<&str>| {
+        let mut l = lease("198.18.9.0/24", "198.19.0.9", 1).unwrap();
+        l.subnet = subnet.parse().unwrap();
+        l.value.public_ip = None;
+        l.value.public_ipv6 = hop.map(|h| h.parse().unwrap());
+        Ok(l)
+    };
+    let view = LocalView {
+        connected: vec!["fd19:19::/64".parse().unwrap()],
+        ..LocalView::default()
+    };
+    let v = run_with(
+        &cfg,
+        &view,
+        vec![
+            (
+                "fd18:18:0:2::-64",
+                v6only("fd18:18:0:2::/64", Some("fd19:19::2")),
+            ),
+            ("fd18:18:0:3::-64", v6only("fd18:18:0:3::/64", None)),
+            // An IPv4 lease in an IPv6-only cluster, and an IPv6 one outside the network.
+            ("198.18.4.0-24", lease("198.18.4.0/24", "198.19.0.4", 1)),
+            (
+                "fd17:0:0:5::-64",
+                v6only("fd17:0:0:5::/64", Some("fd19:19::5")),
+            ),
+        ],
+    );
+    assert_eq!(v.peers.len(), 1, "{:?}", v.rejected);
+    assert_eq!(
+        v.peers[0].routes[0].to_string(),
+        "fd18:18:0:2::/64 via fd19:19::2"
+    );
+    assert_eq!(
+        reasons(&v),
+        vec![
+            ("198.18.4.0-24".into(), Reason::OutsideNetwork),
+            ("fd17:0:0:5::-64".into(), Reason::OutsideNetwork),
+            ("fd18:18:0:3::-64".into(), Reason::BadNextHop),
+        ]
+    );
+}
+
+/// flannel's `<v4>-<len>&<v6>-<len>` key is canonical; another spelling of it is not.
+#[test]
+fn flannel_dual_stack_keys_are_canonical() {
+    let name = "198.18.6.0-24&fd18:18:0:6::-64";
+    let v = run(vec![
+        (
+            name,
+            dual("198.18.6.0/24", "fd18:18:0:6::/64", "fd19:19::6"),
+        ),
+        (
+            "198.18.7.0-24&fd18:18:0:7:0::-64",
+            dual("198.18.7.0/24", "fd18:18:0:7::/64", "fd19:19::7"),
+        ),
+    ]);
+    assert_eq!(v.peers.len(), 1);
+    assert_eq!(
+        (v.peers[0].key.as_str(), v.peers[0].routes.len()),
+        (name, 2)
+    );
+    assert_eq!(v.rejected[0].reason, Reason::Malformed);
 }
