@@ -289,6 +289,7 @@ async fn tasks(
         own: own_rx.clone(),
         kick: kick.clone(),
         resync: std::time::Duration::from_secs(args.resync_secs.max(1)),
+        mtu: s.me.mtu,
     });
     let follow = follow_own(args.common.clone(), s.cfg, s.mtu, own_rx, sd.clone());
     tokio::join!(
@@ -365,6 +366,7 @@ mod tests {
             public_ip: "198.19.0.10".parse().unwrap(),
             public_ipv6: None,
             last: last.map(|s| (s.parse().unwrap(), None)),
+            mtu: None,
         }
     }
 

@@ -59,6 +59,8 @@ pub struct PeerStatus {
     /// installed | missing | unreachable
     pub state: &'static str,
     pub gateway: Option<IpAddr>,
+    /// The peer's link MTU and ours when they differ; the route then carries the smaller.
+    pub mtu_mismatch: Option<compute::MtuMismatch>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -162,7 +164,11 @@ pub async fn status(args: &StatusArgs) -> Result<String, Error> {
         ipv6_subnet: o.ipv6_subnet,
         lease_id: o.lease_id,
     });
-    let computed = compute::compute(&table, &cfg, held.as_ref(), &leases).await?;
+    let here = compute::Here {
+        own: held.as_ref(),
+        mtu: me.mtu,
+    };
+    let computed = compute::compute(&table, &cfg, here, &leases).await?;
     let actual = table.list_owned().await?;
     let p = plan::plan(&computed.desired, &actual);
     let peers = computed
@@ -180,6 +186,7 @@ pub async fn status(args: &StatusArgs) -> Result<String, Error> {
                     (None, false) => "missing",
                 },
                 gateway: peer.unreachable_via.flatten(),
+                mtu_mismatch: peer.mtu_mismatch,
             })
         })
         .collect();
@@ -233,9 +240,16 @@ pub fn render(s: &Status) -> String {
             .gateway
             .map(|g| format!(" (behind router {g})"))
             .unwrap_or_default();
+        let mtu = p
+            .mtu_mismatch
+            .map(|m| {
+                let lower = m.own.min(m.peer);
+                format!(" mtu {lower} (peer {}, ours {})", m.peer, m.own)
+            })
+            .unwrap_or_default();
         let _ = writeln!(
             o,
-            "  {:<16} {:<22} via {:<16} {}{gw}",
+            "  {:<16} {:<22} via {:<16} {}{gw}{mtu}",
             text::escape(&p.node),
             p.dst.to_string(),
             p.via.to_string(),
@@ -294,6 +308,7 @@ mod tests {
                 via: "198.19.0.5".parse().unwrap(),
                 state: "installed",
                 gateway: None,
+                mtu_mismatch: None,
             }],
             drift: Drift::default(),
             rejected: vec![Rejected {

@@ -65,6 +65,7 @@ pub fn value_of(me: &Me, ipv6_subnet: Option<IpNetwork>) -> LeaseValue {
         backend_type: "host-gw".into(),
         node_name: me.node.clone(),
         ipv6_subnet,
+        mtu: me.mtu,
     }
 }
 
