@@ -65,7 +65,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     let main_flow = async {
         let s = tokio::select! {
             _ = &mut shutdown => return Ok(()),
-            s = start(&args, &ready) => s?,
+            s = start(&args, &ready, &metrics) => s?,
         };
         tasks(
             args.clone(),
@@ -106,7 +106,7 @@ fn raise_fd_limit() {
     }
 }
 
-async fn start(args: &RunArgs, ready: &Ready) -> Result<Started, Error> {
+async fn start(args: &RunArgs, ready: &Ready, metrics: &Metrics) -> Result<Started, Error> {
     let c = &args.common;
     let table = NetlinkRoutes::connect()?;
     let (me, mtu) = super::me(&table, c).await?;
@@ -120,7 +120,11 @@ async fn start(args: &RunArgs, ready: &Ready) -> Result<Started, Error> {
         ttl: args.lease_ttl,
         prefer: me.last,
     };
-    let own = claim::acquire(&store, &claim).await?;
+    // A full pool is waited out (not ready meanwhile: no subnet file yet).
+    let exhausted = |e: bool| {
+        metrics.subnet_pool_exhausted.set(i64::from(e));
+    };
+    let own = claim::acquire_waiting(&store, &claim, exhausted).await?;
     write_subnet_file(c, &cfg, mtu, &own)?;
     ready.subnet_file.store(true, Ordering::Relaxed);
     hostgw_common::sysctl::ensure_forwarding(true, cfg.v6.is_some())

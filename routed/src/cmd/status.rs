@@ -11,7 +11,7 @@ use crate::{
     cli::{Common, StatusArgs},
     config::NetConfig,
     error::Error,
-    etcd::{self, Entry, EtcdError, Keys, claim, store::Store},
+    etcd::{self, Entry, EtcdError, Keys, claim, store::Store, subnet},
     kernel::{RouteTable, routes::NetlinkRoutes},
     me::{Me, OwnLease},
     reconcile::{
@@ -27,6 +27,10 @@ pub struct Status {
     pub node: String,
     pub config: ConfigView,
     pub lease: Option<OwnView>,
+    /// Set when this node holds no lease and no subnet of the pool is free: the daemon
+    /// waits for one to be released (`hostgw_subnet_pool_exhausted` 1, not ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_exhausted: Option<String>,
     pub peers: Vec<PeerStatus>,
     pub drift: Drift,
     pub rejected: Vec<Rejected>,
@@ -157,6 +161,10 @@ pub async fn status(args: &StatusArgs) -> Result<String, Error> {
             lease_id: e.lease_id,
         })
     });
+    let pool_exhausted = match own {
+        Some(_) => None,
+        None => exhausted(&cfg, &entries),
+    };
     let leases = entries.into_iter().map(|(k, e)| (k, e.decoded)).collect();
     let held = own.as_ref().map(|o| OwnLease {
         name: o.key.clone(),
@@ -194,6 +202,7 @@ pub async fn status(args: &StatusArgs) -> Result<String, Error> {
         node: c.node_name.clone(),
         config,
         lease: own,
+        pool_exhausted,
         peers,
         drift: Drift {
             missing: p.writes().copied().collect(),
@@ -205,6 +214,25 @@ pub async fn status(args: &StatusArgs) -> Result<String, Error> {
         text::escape_json(&serde_json::to_string_pretty(&status).unwrap_or_default()) + "\n"
     } else {
         render(&status)
+    })
+}
+
+/// "all N subnets of <network> are leased" when no subnet is free for this node.
+fn exhausted(cfg: &NetConfig, entries: &BTreeMap<String, Entry>) -> Option<String> {
+    let taken: Vec<IpNetwork> = entries
+        .keys()
+        .filter_map(|k| etcd::codec::parse_key_name(k).ok())
+        .collect();
+    let pool = &cfg.v4;
+    let free = subnet::choose(
+        pool,
+        &subnet::Taken::new(pool, &taken),
+        None,
+        &mut rand::rng(),
+    );
+    free.is_none().then(|| {
+        let n = taken.iter().filter(|t| subnet::in_pool(pool, t)).count();
+        format!("all {n} subnets of {} are leased", pool.network)
     })
 }
 
@@ -229,7 +257,11 @@ pub fn render(s: &Status) -> String {
             );
         }
         None => {
-            let _ = writeln!(o, "node {}: NO LEASE in etcd", text::escape(&s.node));
+            let why = match &s.pool_exhausted {
+                Some(d) => format!(": subnet pool exhausted ({d}); waiting for a release"),
+                None => String::new(),
+            };
+            let _ = writeln!(o, "node {}: NO LEASE in etcd{why}", text::escape(&s.node));
         }
     }
     // One row per route: a dual-stack peer has two.
@@ -301,6 +333,7 @@ mod tests {
                 detail: evil.into(),
             },
             lease: None,
+            pool_exhausted: None,
             peers: vec![PeerStatus {
                 key: evil.into(),
                 node: evil.into(),
