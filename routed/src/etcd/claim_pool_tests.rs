@@ -11,7 +11,8 @@ use std::{
 use super::*;
 use crate::etcd::fake::FakeStore;
 
-const CFG: &str = r#"{"Network":"198.18.0.0/22","SubnetLen":24}"#;
+/// Four /24 subnets (SubnetMin given: flannel's default skips the first).
+const CFG: &str = r#"{"Network":"198.18.0.0/22","SubnetLen":24,"SubnetMin":"198.18.0.0"}"#;
 
 fn me(node: &str, ip: &str) -> Me {
     Me {

@@ -209,7 +209,7 @@ impl<R: RouteTable> Reconciler<R> {
             );
         } else {
             for r in &a.removed {
-                info!(dst = %r.dst, gw = %r.via, "route removed");
+                info!(route = %r, "route removed");
             }
             for r in &a.added {
                 let what = if repaired.contains(&r) {
@@ -217,7 +217,7 @@ impl<R: RouteTable> Reconciler<R> {
                 } else {
                     "route added"
                 };
-                info!(dst = %r.dst, gw = %r.via, "{what}");
+                info!(route = %r, "{what}");
             }
         }
         // A route the kernel refused is reported once, as a rejected lease.
