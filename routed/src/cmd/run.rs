@@ -3,7 +3,12 @@
 //! Shutdown stops the tasks and nothing else: routes, nft table, lease key and subnet file
 //! stay, so a restart adopts them without a flap (see README "Stopping and releasing").
 
-use std::{future::Future, sync::Arc, sync::atomic::Ordering};
+use std::{
+    collections::BTreeSet,
+    future::Future,
+    net::IpAddr,
+    sync::{Arc, atomic::Ordering},
+};
 
 use hostgw_common::SubnetFile;
 use ipnetwork::IpNetwork;
@@ -21,7 +26,7 @@ use crate::{
         claim::{self, Claim},
         keepalive::KeepAlive,
         store::EtcdStore,
-        watch::Watcher,
+        watch::{Leases, LeasesRx, Watcher},
     },
     http::{self, Ready},
     kernel::{LocalView, RouteTable, events, nft, routes::NetlinkRoutes},
@@ -129,7 +134,7 @@ async fn start(args: &RunArgs, ready: &Ready, metrics: &Metrics) -> Result<Start
     ready.subnet_file.store(true, Ordering::Relaxed);
     hostgw_common::sysctl::ensure_forwarding(true, cfg.v6.is_some())
         .map_err(|e| Error::Io("enable forwarding".into(), e))?;
-    if nft::ensure(&cfg, args.ip_masq).await? {
+    if nft::ensure(&cfg, &masq(args), &own_ips(&me)).await? {
         info!(
             masquerade = args.ip_masq,
             "nftables table inet hostgw installed"
@@ -277,10 +282,14 @@ async fn tasks(
     };
     let every = std::time::Duration::from_secs(args.resync_secs.clamp(1, 60));
     let rules = keep_rules(
-        s.cfg.clone(),
-        args.ip_masq,
-        every,
-        ready.clone(),
+        Rules {
+            cfg: s.cfg.clone(),
+            masq: masq(&args),
+            me: s.me.clone(),
+            leases: leases_rx.clone(),
+            every,
+            ready: ready.clone(),
+        },
         sd.clone(),
     );
     let kick = Arc::new(Notify::new());
@@ -311,24 +320,81 @@ async fn tasks(
     );
 }
 
-/// Puts our nft table back if a firewall reload or flush removed or changed it. `ensure`
-/// compares a hash first, so the usual pass is one `nft list` (every resync, at most 60 s).
-async fn keep_rules(
+fn masq(args: &RunArgs) -> nft::Masq {
+    nft::Masq {
+        enabled: args.ip_masq,
+        random_fully: args.ip_masq_random_fully,
+        except: args.no_masquerade_cidrs.clone(),
+    }
+}
+
+/// This node's own addresses: pod traffic to them is never masqueraded.
+fn own_ips(me: &Me) -> BTreeSet<IpAddr> {
+    std::iter::once(me.public_ip)
+        .chain(me.public_ipv6)
+        .collect()
+}
+
+/// Every node's address in the cluster: ours, and the PublicIP/PublicIPv6 of each lease
+/// that names a usable unicast address outside the pod networks (a lease can't exempt a
+/// pod address, or an address no node has, from masquerade).
+fn node_ips(me: &Me, cfg: &NetConfig, leases: Option<&Leases>) -> BTreeSet<IpAddr> {
+    let pods = |ip: &IpAddr| {
+        cfg.v4.network.contains(*ip) || cfg.v6.as_ref().is_some_and(|p| p.network.contains(*ip))
+    };
+    let peers = leases
+        .into_iter()
+        .flat_map(|l| l.values())
+        .filter_map(|d| d.as_ref().ok())
+        .flat_map(|l| std::iter::once(l.value.public_ip).chain(l.value.public_ipv6))
+        .filter(|ip| !net::is_unusable_next_hop(ip) && !pods(ip));
+    own_ips(me).into_iter().chain(peers).collect()
+}
+
+/// What the rules task works from.
+struct Rules {
     cfg: NetConfig,
-    masq: bool,
+    masq: nft::Masq,
+    me: Me,
+    leases: LeasesRx,
     every: std::time::Duration,
     ready: Arc<Ready>,
-    sd: CancellationToken,
-) {
+}
+
+/// The one owner of our nft table. Puts it back if a firewall reload or flush removed or
+/// changed it (`ensure` compares a hash first, so the usual check is one `nft list`, every
+/// resync, at most 60 s), and with masquerade keeps the node sets equal to the nodes the
+/// leases name, in one transaction per change.
+async fn keep_rules(mut r: Rules, sd: CancellationToken) {
+    let mut nodes = own_ips(&r.me);
+    // Set when a node-set update failed: the next check writes the sets again.
+    let mut stale = false;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + r.every, r.every);
     loop {
         tokio::select! {
             _ = sd.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = tick.tick() => {}
+            Ok(()) = r.leases.changed(), if r.masq.enabled => {
+                let now = node_ips(&r.me, &r.cfg, r.leases.borrow_and_update().as_deref());
+                if now == nodes && !stale {
+                    continue;
+                }
+                nodes = now;
+                stale = !write_nodes(&nodes).await;
+                if !stale {
+                    continue;
+                }
+            }
         }
-        let ok = match nft::ensure(&cfg, masq).await {
+        let ok = match nft::ensure(&r.cfg, &r.masq, &nodes).await {
             Ok(true) => {
                 warn!("nftables table inet hostgw was missing or changed; installed it again");
+                stale = false;
                 true
+            }
+            Ok(false) if stale => {
+                stale = !write_nodes(&nodes).await;
+                !stale
             }
             Ok(false) => true,
             Err(e) => {
@@ -336,7 +402,24 @@ async fn keep_rules(
                 false
             }
         };
-        ready.rules.store(ok, Ordering::Relaxed);
+        r.ready.rules.store(ok, Ordering::Relaxed);
+    }
+}
+
+/// One transaction for both node sets; whether it worked.
+async fn write_nodes(nodes: &BTreeSet<IpAddr>) -> bool {
+    match nft::set_nodes(nodes).await {
+        Ok(()) => {
+            info!(
+                nodes = nodes.len(),
+                "node addresses exempt from masquerade updated"
+            );
+            true
+        }
+        Err(e) => {
+            warn!(error = %e, "updating the node address sets failed; retried on the next check");
+            false
+        }
     }
 }
 
