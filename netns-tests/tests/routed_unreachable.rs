@@ -7,10 +7,10 @@ use std::{process::Stdio, time::Duration};
 use anyhow::{Context, Result, bail};
 use hostgw_harness::{
     Netns, Proc,
-    cluster::{Pod, add_pod, ping, plugin, pod_conf, result_addrs},
+    cluster::{Pod, add_pod, ping, plugin, pod_conf, result_addrs, subnet6},
     cni::Call,
     require_root,
-    routed::{Cluster, Spec, unreachable_in},
+    routed::{CONFIG_V6, Cluster, Spec, unreachable_in},
     run_timeout, wait_for,
 };
 use serde_json::json;
@@ -109,12 +109,14 @@ fn routed_own_subnet_is_unreachable_not_leaked_ptp() -> Result<()> {
     require_root();
     let mut c = Cluster::new(Spec {
         nodes: 2,
+        config: CONFIG_V6,
         ..Spec::default()
     })?;
     c.start_all()?;
     c.wait_converged(Duration::from_secs(20))?;
     let sub0 = c.wait_subnet(0)?;
-    let want = vec![(sub0.clone(), 1_000_000)];
+    let sub0_v6 = subnet6(&c, 0).context("dual-stack lease")?;
+    let want = vec![(sub0.clone(), 1_000_000), (sub0_v6.clone(), 1_000_000)];
     let got = wait_for("unreachable own subnet", Duration::from_secs(5), || {
         unreachable_in(&c.nodes[0].ns).ok().filter(|u| *u == want)
     })
@@ -123,6 +125,14 @@ fn routed_own_subnet_is_unreachable_not_leaked_ptp() -> Result<()> {
     let local = add_pod(&c, 0, "a0")?;
     let remote = add_pod(&c, 1, "b0")?;
     check_no_leak(&c, &remote, &local)?;
+    // IPv6: the node answers for a free address of its IPv6 subnet too.
+    let free6 = sub0_v6.replace("::/64", "::c8");
+    let text = ping_text(&remote.ns, &free6)?;
+    assert!(
+        text.contains(&format!("From {}", c.nodes[0].ip6)) && text.contains("nreachable"),
+        "ICMPv6 unreachable from node 0 expected:\n{text}"
+    );
+    ping(&remote.ns, local.ip6.as_deref().context("dual-stack pod")?)?;
     // Drift repair: deleted behind the daemon's back, back at once.
     c.nodes[0].ns.ip(&[
         "route",
