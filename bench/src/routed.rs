@@ -134,7 +134,8 @@ fn owned_count(ns: &str) -> Result<usize> {
     Ok(out
         .stdout
         .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
+        // Routes to peers: the node's own `unreachable <subnet>` is not one.
+        .filter(|l| !l.is_empty() && !l.starts_with(b"unreachable"))
         .count())
 }
 

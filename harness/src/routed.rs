@@ -276,6 +276,10 @@ pub fn routes_in(ns: &Netns) -> Result<Vec<(String, String)>> {
             serde_json::from_str(&v)?
         };
         for r in v.as_array().into_iter().flatten() {
+            // The node's own `unreachable <subnet>` is no route to a peer: see `unreachable_in`.
+            if r["type"].as_str() == Some("unreachable") {
+                continue;
+            }
             let dst = r["dst"].as_str().unwrap_or_default();
             let dst = if dst.contains('/') {
                 dst.to_owned()
@@ -283,6 +287,32 @@ pub fn routes_in(ns: &Netns) -> Result<Vec<(String, String)>> {
                 format!("{dst}/{}", if fam == "-4" { 32 } else { 128 })
             };
             out.push((dst, r["gateway"].as_str().unwrap_or_default().to_owned()));
+        }
+    }
+    Ok(out)
+}
+
+/// The destinations of the owned `unreachable` routes (the node's own subnets) in a
+/// namespace, both families, with their metric.
+pub fn unreachable_in(ns: &Netns) -> Result<Vec<(String, u64)>> {
+    let mut out = vec![];
+    for fam in ["-4", "-6"] {
+        let v = must(Command::new("ip").args([
+            "-j",
+            fam,
+            "-n",
+            ns.name(),
+            "route",
+            "show",
+            "proto",
+            "75",
+            "type",
+            "unreachable",
+        ]))?;
+        let v: Value = serde_json::from_str(if v.trim().is_empty() { "[]" } else { &v })?;
+        for r in v.as_array().into_iter().flatten() {
+            let dst = r["dst"].as_str().unwrap_or_default().to_owned();
+            out.push((dst, r["metric"].as_u64().unwrap_or(0)));
         }
     }
     Ok(out)

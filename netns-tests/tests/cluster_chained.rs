@@ -253,3 +253,74 @@ fn cluster_chained_bandwidth_limits_a_pods_egress_to_10_mbit() -> Result<()> {
     b.del(&sink, &json!({}))?;
     Ok(())
 }
+
+/// Answers every connection on :80 with the peer's address (the source the pod sees).
+const WHO: &str = "import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 80))
+s.listen()
+while True:
+    c, a = s.accept()
+    c.sendall(a[0].encode() + b'\\n')
+    c.close()
+";
+
+#[test]
+fn cluster_chained_hostport_with_masquerade_on_still_answers() -> Result<()> {
+    require_root();
+    let mut c = Cluster::new(Spec {
+        nodes: 2,
+        ..Spec::default()
+    })?;
+    for n in &mut c.nodes {
+        n.extra_args = vec!["--ip-masq".into()];
+    }
+    c.start_all()?;
+    c.wait_converged(Duration::from_secs(20))?;
+    let (a, b) = (Runtime::new(&c, 0)?, Runtime::new(&c, 1)?);
+    let caps = json!({"portMappings": [
+        {"hostPort": HOST_PORT, "containerPort": POD_PORT, "protocol": "tcp"}
+    ]});
+    let (web, _) = a.add("web", &caps)?;
+    let mut who = web.ns.cmd("python3");
+    who.args(["-c", WHO])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _server = Proc::spawn(who)?;
+    hostgw_harness::wait_for("web listening", Duration::from_secs(5), || {
+        web.ns.sh("ss -Hltn").ok()?.contains(":80 ").then_some(())
+    })?;
+    let (client, _) = b.add("client", &json!({}))?;
+    let (local, _) = a.add("local", &json!({}))?;
+    let node_a = c.nodes[0].ip.clone();
+    // From a pod elsewhere: DNAT on node A, and the pod's own address arrives (node A is a
+    // node of the cluster, so node B does not masquerade towards it).
+    let seen = |from: &Netns| -> Result<String> {
+        let mut last = String::new();
+        hostgw_harness::wait_for("hostPort answer", Duration::from_secs(5), || match tcp_get(
+            from, &node_a, HOST_PORT,
+        ) {
+            Ok(s) if !s.is_empty() => Some(s),
+            other => {
+                last = format!("{other:?}");
+                None
+            }
+        })
+        .with_context(|| last.clone())
+    };
+    assert_eq!(seen(&client.ns)?, client.ip, "pod on node B -> node A:8080");
+    // From node B itself, and from a pod on node A (hairpin, portmap's own SNAT).
+    assert_eq!(
+        seen(&c.nodes[1].ns)?,
+        c.nodes[1].ip,
+        "node B -> node A:8080"
+    );
+    assert!(!seen(&local.ns)?.is_empty(), "pod on node A -> node A:8080");
+    let nat = c.nodes[0].ns.sh("nft list table inet hostgw")?;
+    assert!(nat.contains("masquerade"), "{nat}");
+    a.del(&web, &caps)?;
+    a.del(&local, &json!({}))?;
+    b.del(&client, &json!({}))?;
+    Ok(())
+}

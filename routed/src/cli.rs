@@ -4,6 +4,7 @@
 use std::{net::IpAddr, net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
+use ipnetwork::IpNetwork;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -81,9 +82,23 @@ pub struct RunArgs {
     /// Serve /metrics, /healthz and /readyz here, e.g. 127.0.0.1:9475.
     #[arg(long, env = "HOSTGW_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
-    /// Masquerade pod traffic that leaves the cluster network.
+    /// Masquerade pod traffic that leaves the cluster: never pod to pod, never pod to a
+    /// node of the cluster (ours or a peer's PublicIP), never to a --no-masquerade-cidr.
     #[arg(long, env = "HOSTGW_IP_MASQ")]
     pub ip_masq: bool,
+    /// With --ip-masq: `masquerade random,fully-random` (random source ports).
+    #[arg(long, env = "HOSTGW_IP_MASQ_RANDOM_FULLY", requires = "ip_masq")]
+    pub ip_masq_random_fully: bool,
+    /// With --ip-masq: a destination CIDR pod traffic is never masqueraded to (repeatable;
+    /// the variable takes a comma-separated list).
+    #[arg(
+        long = "no-masquerade-cidr",
+        env = "HOSTGW_NO_MASQUERADE_CIDRS",
+        value_delimiter = ',',
+        value_parser = parse_cidr,
+        requires = "ip_masq"
+    )]
+    pub no_masquerade_cidrs: Vec<IpNetwork>,
     /// etcd lease TTL in seconds; a node silent for this long loses its subnet everywhere.
     #[arg(long, env = "HOSTGW_LEASE_TTL", default_value_t = 3600, value_parser = clap::value_parser!(i64).range(10..))]
     pub lease_ttl: i64,
@@ -99,6 +114,22 @@ pub struct StatusArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A CIDR in its one spelling: `10.0.0.0/8`, `fd00:1::/64`; host bits set is a mistake
+/// (`10.0.0.1/8`), said so rather than silently widened.
+pub fn parse_cidr(s: &str) -> Result<IpNetwork, String> {
+    let s = s.trim();
+    let bad = |why: String| format!("CIDR {}: {why}", crate::text::escape(s));
+    if !s.contains('/') {
+        return Err(bad("needs a prefix length (address/len)".into()));
+    }
+    let n: IpNetwork = s.parse().map_err(|e| bad(format!("{e}")))?;
+    if !crate::net::is_canonical(&n) {
+        let want = IpNetwork::new(n.network(), n.prefix()).map_or(String::new(), |c| c.to_string());
+        return Err(bad(format!("host bits set (did you mean {want}?)")));
+    }
+    Ok(n)
 }
 
 /// An etcd endpoint as a URL the client can dial: `http://` or `https://`, a host (IPv4,
@@ -200,5 +231,51 @@ mod tests {
         }
         let e = parse("node-0", "http://127.0.0.1:2379,http//oops").unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn masquerade_exceptions_are_checked_when_read() {
+        let run = |extra: &[&str]| {
+            let base = [
+                "hostgw-routed",
+                "run",
+                "--etcd-endpoints",
+                "http://127.0.0.1:2379",
+            ];
+            let args = base.iter().chain(["--node-name", "n0"].iter()).chain(extra);
+            Cli::try_parse_from(args)
+        };
+        let ok = run(&[
+            "--ip-masq",
+            "--ip-masq-random-fully",
+            "--no-masquerade-cidr",
+            "10.0.0.0/8",
+            "--no-masquerade-cidr",
+            "fd00:1::/64,172.16.0.0/12",
+        ])
+        .unwrap();
+        let Cmd::Run(r) = ok.cmd else { panic!() };
+        let got: Vec<String> = r
+            .no_masquerade_cidrs
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(got, ["10.0.0.0/8", "fd00:1::/64", "172.16.0.0/12"]);
+        assert!(r.ip_masq_random_fully);
+        for bad in ["10.0.0.1/8", "10.0.0.0/33", "garbage", "10.0.0.0", ""] {
+            let e = run(&["--ip-masq", "--no-masquerade-cidr", bad]).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{bad:?}");
+            assert!(e.to_string().contains("CIDR"), "{e}");
+        }
+        assert!(
+            run(&["--ip-masq", "--no-masquerade-cidr", "10.0.0.1/8"])
+                .unwrap_err()
+                .to_string()
+                .contains("did you mean 10.0.0.0/8")
+        );
+        // Without --ip-masq the options mean nothing: said so, not ignored.
+        let e = run(&["--no-masquerade-cidr", "10.0.0.0/8"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(run(&["--ip-masq-random-fully"]).is_err());
     }
 }

@@ -15,6 +15,8 @@ pub struct Me {
     pub public_ipv6: Option<IpAddr>,
     /// The subnets the subnet file names: what this node held before this process started.
     pub last: Option<(IpNetwork, Option<IpNetwork>)>,
+    /// The uplink's MTU, written into our lease (`"MTU"`) so peers can lower their route's.
+    pub mtu: Option<u32>,
 }
 
 impl Me {

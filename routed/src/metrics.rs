@@ -34,6 +34,7 @@ pub struct Metrics {
     pub own_key_restores: Family<CauseLabel, Counter>,
     pub node_name_conflicts: Gauge,
     pub config_mismatch: Gauge,
+    pub subnet_pool_exhausted: Gauge,
 }
 
 impl Default for Metrics {
@@ -62,6 +63,7 @@ impl Metrics {
             own_key_restores: Family::default(),
             node_name_conflicts: Gauge::default(),
             config_mismatch: Gauge::default(),
+            subnet_pool_exhausted: Gauge::default(),
         };
         r.register(
             "routes_installed",
@@ -130,6 +132,11 @@ impl Metrics {
             "1 when the network config in etcd differs from the running one (changed, deleted or invalid)",
             self.config_mismatch.clone(),
         );
+        r.register(
+            "subnet_pool_exhausted",
+            "1 while this node holds no subnet because every subnet of the pool is leased",
+            self.subnet_pool_exhausted.clone(),
+        );
     }
 
     pub fn encode(&self) -> String {
@@ -167,6 +174,7 @@ mod tests {
             "hostgw_etcd_restores_total ",
             "hostgw_node_name_conflicts ",
             "hostgw_config_mismatch ",
+            "hostgw_subnet_pool_exhausted ",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }

@@ -25,6 +25,7 @@ pub(crate) async fn me(table: &NetlinkRoutes, c: &Common) -> Result<(Me, u32), E
         public_ip: up.public_ip,
         public_ipv6: up.public_ipv6,
         last: last_subnets(&c.subnet_file),
+        mtu: Some(up.mtu),
     };
     Ok((me, up.mtu))
 }

@@ -3,7 +3,12 @@
 //! Shutdown stops the tasks and nothing else: routes, nft table, lease key and subnet file
 //! stay, so a restart adopts them without a flap (see README "Stopping and releasing").
 
-use std::{future::Future, sync::Arc, sync::atomic::Ordering};
+use std::{
+    collections::BTreeSet,
+    future::Future,
+    net::IpAddr,
+    sync::{Arc, atomic::Ordering},
+};
 
 use hostgw_common::SubnetFile;
 use ipnetwork::IpNetwork;
@@ -21,7 +26,7 @@ use crate::{
         claim::{self, Claim},
         keepalive::KeepAlive,
         store::EtcdStore,
-        watch::Watcher,
+        watch::{Leases, LeasesRx, Watcher},
     },
     http::{self, Ready},
     kernel::{LocalView, RouteTable, events, nft, routes::NetlinkRoutes},
@@ -65,7 +70,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     let main_flow = async {
         let s = tokio::select! {
             _ = &mut shutdown => return Ok(()),
-            s = start(&args, &ready) => s?,
+            s = start(&args, &ready, &metrics) => s?,
         };
         tasks(
             args.clone(),
@@ -106,7 +111,7 @@ fn raise_fd_limit() {
     }
 }
 
-async fn start(args: &RunArgs, ready: &Ready) -> Result<Started, Error> {
+async fn start(args: &RunArgs, ready: &Ready, metrics: &Metrics) -> Result<Started, Error> {
     let c = &args.common;
     let table = NetlinkRoutes::connect()?;
     let (me, mtu) = super::me(&table, c).await?;
@@ -122,12 +127,16 @@ async fn start(args: &RunArgs, ready: &Ready) -> Result<Started, Error> {
         ttl: args.lease_ttl,
         prefer: me.last,
     };
-    let own = claim::acquire(&store, &claim).await?;
+    // A full pool is waited out (not ready meanwhile: no subnet file yet).
+    let exhausted = |e: bool| {
+        metrics.subnet_pool_exhausted.set(i64::from(e));
+    };
+    let own = claim::acquire_waiting(&store, &claim, exhausted).await?;
     write_subnet_file(c, &cfg, mtu, &own)?;
     ready.subnet_file.store(true, Ordering::Relaxed);
     hostgw_common::sysctl::ensure_forwarding(cfg.v4.is_some(), cfg.v6.is_some())
         .map_err(|e| Error::Io("enable forwarding".into(), e))?;
-    if nft::ensure(&cfg, args.ip_masq).await? {
+    if nft::ensure(&cfg, &masq(args), &own_ips(&me)).await? {
         info!(
             masquerade = args.ip_masq,
             "nftables table inet hostgw installed"
@@ -291,10 +300,14 @@ async fn tasks(
     };
     let every = std::time::Duration::from_secs(args.resync_secs.clamp(1, 60));
     let rules = keep_rules(
-        s.cfg.clone(),
-        args.ip_masq,
-        every,
-        ready.clone(),
+        Rules {
+            cfg: s.cfg.clone(),
+            masq: masq(&args),
+            me: s.me.clone(),
+            leases: leases_rx.clone(),
+            every,
+            ready: ready.clone(),
+        },
         sd.clone(),
     );
     let kick = Arc::new(Notify::new());
@@ -307,6 +320,7 @@ async fn tasks(
         own: own_rx.clone(),
         kick: kick.clone(),
         resync: std::time::Duration::from_secs(args.resync_secs.max(1)),
+        mtu: s.me.mtu,
     });
     let follow = follow_own(args.common.clone(), s.cfg, s.mtu, own_rx, sd.clone());
     tokio::join!(
@@ -324,24 +338,77 @@ async fn tasks(
     );
 }
 
-/// Puts our nft table back if a firewall reload or flush removed or changed it. `ensure`
-/// compares a hash first, so the usual pass is one `nft list` (every resync, at most 60 s).
-async fn keep_rules(
+fn masq(args: &RunArgs) -> nft::Masq {
+    nft::Masq {
+        enabled: args.ip_masq,
+        random_fully: args.ip_masq_random_fully,
+        except: args.no_masquerade_cidrs.clone(),
+    }
+}
+
+/// This node's own addresses: pod traffic to them is never masqueraded.
+fn own_ips(me: &Me) -> BTreeSet<IpAddr> {
+    me.public_ip.into_iter().chain(me.public_ipv6).collect()
+}
+
+/// Every node's address in the cluster: ours, and the PublicIP/PublicIPv6 of each lease
+/// that names a usable unicast address outside the pod networks (a lease can't exempt a
+/// pod address, or an address no node has, from masquerade).
+fn node_ips(me: &Me, cfg: &NetConfig, leases: Option<&Leases>) -> BTreeSet<IpAddr> {
+    let pods = |ip: &IpAddr| cfg.pools().any(|p| p.network.contains(*ip));
+    let peers = leases
+        .into_iter()
+        .flat_map(|l| l.values())
+        .filter_map(|d| d.as_ref().ok())
+        .flat_map(|l| l.value.public_ip.into_iter().chain(l.value.public_ipv6))
+        .filter(|ip| !net::is_unusable_next_hop(ip) && !pods(ip));
+    own_ips(me).into_iter().chain(peers).collect()
+}
+
+/// What the rules task works from.
+struct Rules {
     cfg: NetConfig,
-    masq: bool,
+    masq: nft::Masq,
+    me: Me,
+    leases: LeasesRx,
     every: std::time::Duration,
     ready: Arc<Ready>,
-    sd: CancellationToken,
-) {
+}
+
+/// The one owner of our nft table. Puts it back if a firewall reload or flush removed or
+/// changed it (`ensure` compares a hash first, so the usual check is one `nft list`, every
+/// resync, at most 60 s), and with masquerade keeps the node sets equal to the nodes the
+/// leases name, in one transaction per change.
+async fn keep_rules(mut r: Rules, sd: CancellationToken) {
+    let mut nodes = own_ips(&r.me);
+    // Set when a node-set update failed: the next check writes the sets again.
+    let mut stale = false;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + r.every, r.every);
     loop {
         tokio::select! {
             _ = sd.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = tick.tick() => {}
+            Ok(()) = r.leases.changed(), if r.masq.enabled => {
+                let now = node_ips(&r.me, &r.cfg, r.leases.borrow_and_update().as_deref());
+                if now == nodes && !stale {
+                    continue;
+                }
+                nodes = now;
+                stale = !write_nodes(&nodes).await;
+                if !stale {
+                    continue;
+                }
+            }
         }
-        let ok = match nft::ensure(&cfg, masq).await {
+        let ok = match nft::ensure(&r.cfg, &r.masq, &nodes).await {
             Ok(true) => {
                 warn!("nftables table inet hostgw was missing or changed; installed it again");
+                stale = false;
                 true
+            }
+            Ok(false) if stale => {
+                stale = !write_nodes(&nodes).await;
+                !stale
             }
             Ok(false) => true,
             Err(e) => {
@@ -349,7 +416,24 @@ async fn keep_rules(
                 false
             }
         };
-        ready.rules.store(ok, Ordering::Relaxed);
+        r.ready.rules.store(ok, Ordering::Relaxed);
+    }
+}
+
+/// One transaction for both node sets; whether it worked.
+async fn write_nodes(nodes: &BTreeSet<IpAddr>) -> bool {
+    match nft::set_nodes(nodes).await {
+        Ok(()) => {
+            info!(
+                nodes = nodes.len(),
+                "node addresses exempt from masquerade updated"
+            );
+            true
+        }
+        Err(e) => {
+            warn!(error = %e, "updating the node address sets failed; retried on the next check");
+            false
+        }
     }
 }
 
@@ -383,6 +467,7 @@ mod tests {
             public_ip: Some("198.19.0.10".parse().unwrap()),
             public_ipv6: None,
             last: last.map(|s| (s.parse().unwrap(), None)),
+            mtu: None,
         }
     }
 

@@ -11,7 +11,7 @@ use crate::{
     cli::{Common, StatusArgs},
     config::NetConfig,
     error::Error,
-    etcd::{self, Entry, EtcdError, Keys, claim, store::Store},
+    etcd::{self, Entry, EtcdError, Keys, claim, store::Store, subnet},
     kernel::{RouteTable, routes::NetlinkRoutes},
     me::{Me, OwnLease},
     reconcile::{
@@ -27,6 +27,10 @@ pub struct Status {
     pub node: String,
     pub config: ConfigView,
     pub lease: Option<OwnView>,
+    /// Set when this node holds no lease and no subnet of the pool is free: the daemon
+    /// waits for one to be released (`hostgw_subnet_pool_exhausted` 1, not ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_exhausted: Option<String>,
     pub peers: Vec<PeerStatus>,
     pub drift: Drift,
     pub rejected: Vec<Rejected>,
@@ -60,6 +64,8 @@ pub struct PeerStatus {
     /// installed | missing | unreachable
     pub state: &'static str,
     pub gateway: Option<IpAddr>,
+    /// The peer's link MTU and ours when they differ; the route then carries the smaller.
+    pub mtu_mismatch: Option<compute::MtuMismatch>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -170,6 +176,10 @@ pub async fn status(args: &StatusArgs) -> Result<String, Error> {
             lease_id: e.lease_id,
         })
     });
+    let pool_exhausted = match own {
+        Some(_) => None,
+        None => exhausted(&cfg, &entries),
+    };
     let leases = entries.into_iter().map(|(k, e)| (k, e.decoded)).collect();
     let held = own.as_ref().map(|o| OwnLease {
         name: o.key.clone(),
@@ -177,7 +187,11 @@ pub async fn status(args: &StatusArgs) -> Result<String, Error> {
         ipv6_subnet: o.ipv6_subnet,
         lease_id: o.lease_id,
     });
-    let computed = compute::compute(&table, &cfg, held.as_ref(), &leases).await?;
+    let here = compute::Here {
+        own: held.as_ref(),
+        mtu: me.mtu,
+    };
+    let computed = compute::compute(&table, &cfg, here, &leases).await?;
     let actual = table.list_owned().await?;
     let p = plan::plan(&computed.desired, &actual);
     let peers = computed
@@ -195,6 +209,7 @@ pub async fn status(args: &StatusArgs) -> Result<String, Error> {
                     (None, false) => "missing",
                 },
                 gateway: peer.unreachable_via.flatten(),
+                mtu_mismatch: peer.mtu_mismatch,
             })
         })
         .collect();
@@ -202,6 +217,7 @@ pub async fn status(args: &StatusArgs) -> Result<String, Error> {
         node: c.node_name.clone(),
         config,
         lease: own,
+        pool_exhausted,
         peers,
         drift: Drift {
             missing: p.writes().copied().collect(),
@@ -213,6 +229,27 @@ pub async fn status(args: &StatusArgs) -> Result<String, Error> {
         text::escape_json(&serde_json::to_string_pretty(&status).unwrap_or_default()) + "\n"
     } else {
         render(&status)
+    })
+}
+
+/// "all N subnets of <network> are leased" when no subnet is free for this node.
+fn exhausted(cfg: &NetConfig, entries: &BTreeMap<String, Entry>) -> Option<String> {
+    let taken: Vec<IpNetwork> = entries
+        .keys()
+        .filter_map(|k| etcd::codec::parse_key(k).ok())
+        .flat_map(|(a, b)| std::iter::once(a).chain(b))
+        .collect();
+    // The pool a node's key is claimed from (IPv4, or IPv6 in an IPv6-only cluster).
+    let pool = cfg.primary();
+    let free = subnet::choose(
+        pool,
+        &subnet::Taken::new(pool, &taken),
+        None,
+        &mut rand::rng(),
+    );
+    free.is_none().then(|| {
+        let n = taken.iter().filter(|t| subnet::in_pool(pool, t)).count();
+        format!("all {n} subnets of {} are leased", pool.network)
     })
 }
 
@@ -239,7 +276,11 @@ pub fn render(s: &Status) -> String {
             );
         }
         None => {
-            let _ = writeln!(o, "node {}: NO LEASE in etcd", text::escape(&s.node));
+            let why = match &s.pool_exhausted {
+                Some(d) => format!(": subnet pool exhausted ({d}); waiting for a release"),
+                None => String::new(),
+            };
+            let _ = writeln!(o, "node {}: NO LEASE in etcd{why}", text::escape(&s.node));
         }
     }
     // One row per route: a dual-stack peer has two.
@@ -250,9 +291,16 @@ pub fn render(s: &Status) -> String {
             .gateway
             .map(|g| format!(" (behind router {g})"))
             .unwrap_or_default();
+        let mtu = p
+            .mtu_mismatch
+            .map(|m| {
+                let lower = m.own.min(m.peer);
+                format!(" mtu {lower} (peer {}, ours {})", m.peer, m.own)
+            })
+            .unwrap_or_default();
         let _ = writeln!(
             o,
-            "  {:<16} {:<22} via {:<16} {}{gw}",
+            "  {:<16} {:<22} via {:<16} {}{gw}{mtu}",
             text::escape(&p.node),
             p.dst.to_string(),
             p.via.to_string(),
@@ -304,6 +352,7 @@ mod tests {
                 detail: evil.into(),
             },
             lease: None,
+            pool_exhausted: None,
             peers: vec![PeerStatus {
                 key: evil.into(),
                 node: evil.into(),
@@ -311,6 +360,7 @@ mod tests {
                 via: "198.19.0.5".parse().unwrap(),
                 state: "installed",
                 gateway: None,
+                mtu_mismatch: None,
             }],
             drift: Drift::default(),
             rejected: vec![Rejected {

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use super::{
     Entry, EtcdError, Keys,
     codec::{self as lease, Lease, LeaseValue},
-    store::Store,
+    store::{Event, Store, WatchMsg, WatchStream},
     subnet::{self, Taken},
 };
 use crate::{
@@ -32,8 +32,9 @@ pub struct Claim<'a> {
 pub enum ClaimError {
     #[error(transparent)]
     Etcd(#[from] EtcdError),
+    /// Every subnet of the pool is leased, as of etcd revision `.1`.
     #[error("no free subnet left in {0}")]
-    Exhausted(IpNetwork),
+    Exhausted(IpNetwork, i64),
 }
 
 /// Claims until it succeeds: etcd errors are retried with backoff (the caller bounds
@@ -44,12 +45,63 @@ pub async fn acquire<S: Store>(store: &S, c: &Claim<'_>) -> Result<OwnLease, Cla
         match try_claim(store, c).await {
             Ok(Some(l)) => return Ok(l),
             Ok(None) => info!("lost the race for a subnet, choosing another"),
-            Err(ClaimError::Exhausted(n)) => return Err(ClaimError::Exhausted(n)),
+            Err(e @ ClaimError::Exhausted(..)) => return Err(e),
             Err(e) => {
                 warn!(error = %e, "claiming a subnet failed, retrying");
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }
+    }
+}
+
+/// As [`acquire`], but a full pool is waited out, never returned: `exhausted(true)` is
+/// called, and the next try comes as soon as a key under `subnets/` is deleted (released,
+/// or its lease expired: watched from the revision of the list that found the pool full,
+/// so a release in between is not missed) or after the backoff (200 ms doubling to 30 s),
+/// whichever is first. `exhausted(false)` once a subnet is ours.
+pub async fn acquire_waiting<S: Store>(
+    store: &S,
+    c: &Claim<'_>,
+    exhausted: impl Fn(bool),
+) -> Result<OwnLease, ClaimError> {
+    let mut backoff = Backoff::etcd();
+    let mut said = false;
+    loop {
+        match acquire(store, c).await {
+            Ok(l) => {
+                exhausted(false);
+                return Ok(l);
+            }
+            Err(ClaimError::Exhausted(n, rev)) => {
+                if !said {
+                    warn!(network = %n, "no free subnet left; waiting for one to be released");
+                    said = true;
+                }
+                exhausted(true);
+                released(store, c.keys, rev, backoff.next_delay()).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Returns once a subnet key is deleted after revision `rev` (0: from now), or after
+/// `limit`. A watch that fails or is compacted just leaves the wait to `limit`.
+async fn released<S: Store>(store: &S, keys: &Keys, rev: i64, limit: std::time::Duration) {
+    let deleted = async {
+        let from = if rev > 0 { rev + 1 } else { 0 };
+        if let Ok(mut w) = store.watch(&keys.subnets(), from).await {
+            while let Ok(Some(WatchMsg::Events { events, .. })) = w.next().await {
+                if events.iter().any(|e| matches!(e, Event::Delete { .. })) {
+                    return;
+                }
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = deleted => {}
+        _ = tokio::time::sleep(limit) => {}
     }
 }
 
@@ -71,6 +123,7 @@ pub fn value_of(me: &Me, ipv6_subnet: Option<IpNetwork>) -> LeaseValue {
         backend_type: "host-gw".into(),
         node_name: me.node.clone(),
         ipv6_subnet,
+        mtu: me.mtu,
     }
 }
 
@@ -141,7 +194,8 @@ fn report_conflicts(entries: &BTreeMap<String, Entry>, c: &Claim) {
 }
 
 async fn try_claim<S: Store>(store: &S, c: &Claim<'_>) -> Result<Option<OwnLease>, ClaimError> {
-    let (_, entries) = super::list(store, c.keys).await?;
+    let (header, entries) = super::list(store, c.keys).await?;
+    let exhausted = |n| ClaimError::Exhausted(n, header.revision);
     if let Some((name, entry, lease)) = find_own(&entries, c) {
         return adopt(store, c, &entries, name, entry, lease).await;
     }
@@ -154,8 +208,11 @@ async fn try_claim<S: Store>(store: &S, c: &Claim<'_>) -> Result<Option<OwnLease
         c.prefer.map(|p| p.0),
         &mut rand::rng(),
     )
-    .ok_or(ClaimError::Exhausted(pool.network))?;
-    let v6 = choose_v6(c, &entries)?;
+    .ok_or_else(|| exhausted(pool.network))?;
+    let v6 = choose_v6(c, &entries).map_err(|e| match e {
+        ClaimError::Exhausted(n, _) => exhausted(n),
+        e => e,
+    })?;
     // Dual-stack in flannel's key form, so flannel's daemons route to both our subnets.
     let name = lease::key_name_of(&subnet, v6.as_ref());
     let key = c.keys.subnet(&name);
@@ -204,7 +261,8 @@ fn choose_v6(
     let prefer = c.prefer.and_then(|p| p.1);
     subnet::choose(pool, &Taken::new(pool, &taken), prefer, &mut rand::rng())
         .map(Some)
-        .ok_or(ClaimError::Exhausted(pool.network))
+        // Revision 0: not known here (the caller that listed knows it).
+        .ok_or(ClaimError::Exhausted(pool.network, 0))
 }
 
 /// Keeps our key untouched when its lease is alive and its value current (a restart then
@@ -254,3 +312,7 @@ async fn written<S: Store>(
     }
     put
 }
+
+#[cfg(test)]
+#[path = "claim_pool_tests.rs"]
+mod pool_tests;

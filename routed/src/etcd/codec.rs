@@ -11,7 +11,7 @@
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// The value stored under a subnet key (flannel's field names; unknown fields ignored).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +32,35 @@ pub struct LeaseValue {
         skip_serializing_if = "Option::is_none"
     )]
     pub ipv6_subnet: Option<IpNetwork>,
+    /// The node's link MTU (an extra field: flannel ignores it, and writes none). Absent:
+    /// unknown, and the route to that node carries no mtu.
+    #[serde(
+        rename = "MTU",
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "mtu_field"
+    )]
+    pub mtu: Option<u32>,
+}
+
+/// A link MTU the kernel accepts on a route: IPv4's minimum (RFC 791) up to the largest
+/// IP packet.
+pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 68..=65535;
+
+/// An MTU outside [`MTU_RANGE`] (or not an integer) makes the lease malformed, with a
+/// reason that names it rather than serde's bare "expected u32".
+fn mtu_field<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let Some(v) = Option::<serde_json::Value>::deserialize(d)? else {
+        return Ok(None);
+    };
+    v.as_u64()
+        .and_then(|m| u32::try_from(m).ok())
+        .filter(|m| MTU_RANGE.contains(m))
+        .map(Some)
+        .ok_or_else(|| {
+            let (lo, hi) = (MTU_RANGE.start(), MTU_RANGE.end());
+            serde::de::Error::custom(format!("MTU {v} is not a link MTU ({lo}..={hi})"))
+        })
 }
 
 fn host_gw() -> String {
@@ -157,6 +186,7 @@ mod tests {
             backend_type: "host-gw".into(),
             node_name: "node-a".into(),
             ipv6_subnet: Some("fd18:18:0:3::/64".parse().unwrap()),
+            mtu: Some(9000),
         };
         let text = String::from_utf8(encode(&v)).unwrap();
         assert!(
@@ -164,6 +194,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#""PublicIP":"198.19.0.11""#), "{text}");
+        assert!(text.contains(r#""MTU":9000"#), "{text}");
         assert_eq!(
             decode("198.18.3.0-24", text.as_bytes(), 1).unwrap().value,
             v
@@ -226,6 +257,33 @@ mod tests {
         assert!(decode("fd18:18:0:3::-64", two, 1).is_err());
         let none = br#"{"PublicIP":null,"PublicIPv6":null,"BackendType":"host-gw"}"#;
         assert!(decode("fd18:18:0:3::-64", none, 1).is_err());
+    }
+
+    #[test]
+    fn mtu_present_absent_and_bad() {
+        let with = |m: &str| format!(r#"{{"PublicIP":"198.19.0.11","NodeName":"a"{m}}}"#);
+        let mtu = |m: &str| decode("198.18.3.0-24", with(m).as_bytes(), 1).map(|l| l.value.mtu);
+        assert_eq!(mtu(r#","MTU":1500"#), Ok(Some(1500)));
+        assert_eq!(mtu(r#","MTU":9000"#), Ok(Some(9000)));
+        assert_eq!(mtu(""), Ok(None), "absent: unknown");
+        assert_eq!(mtu(r#","MTU":null"#), Ok(None));
+        for bad in [
+            "0",
+            "67",
+            "65536",
+            "-1",
+            "1500.5",
+            r#""1500""#,
+            "4294967296",
+        ] {
+            let e = mtu(&format!(r#","MTU":{bad}"#)).unwrap_err();
+            assert!(e.contains("MTU"), "{bad}: {e}");
+        }
+        // Written only when known, so a lease without it stays what flannel writes.
+        let v = decode("198.18.3.0-24", with("").as_bytes(), 1)
+            .unwrap()
+            .value;
+        assert!(!String::from_utf8(encode(&v)).unwrap().contains("MTU"));
     }
 
     #[test]

@@ -181,7 +181,10 @@ impl<S: Store> KeepAlive<S> {
         };
         let got = tokio::select! {
             _ = shutdown.cancelled() => return None,
-            r = claim::acquire(&self.store, &claim) => r,
+            // A full pool (someone took our subnet meanwhile) is waited out, as at start.
+            r = claim::acquire_waiting(&self.store, &claim, |e| {
+                self.metrics.subnet_pool_exhausted.set(i64::from(e));
+            }) => r,
         };
         match got {
             Ok(new) => {

@@ -41,6 +41,7 @@ fn me(node: &str, ip: &str) -> Me {
         public_ip: Some(ip.parse().unwrap()),
         public_ipv6: None,
         last: Some(("198.18.100.0/24".parse().unwrap(), None)),
+        mtu: None,
     }
 }
 
@@ -56,6 +57,7 @@ fn value(node: &str, ip: &str) -> String {
         backend_type: "host-gw".into(),
         node_name: node.into(),
         ipv6_subnet: None,
+        mtu: None,
     }))
     .unwrap()
 }

@@ -20,6 +20,7 @@ fn me(ip: Option<&str>, ip6: Option<&str>) -> Me {
         public_ip: ip.map(|s| s.parse().unwrap()),
         public_ipv6: ip6.map(|s| s.parse().unwrap()),
         last: None,
+        mtu: None,
     }
 }
 

@@ -239,10 +239,10 @@ mod tests {
     }
 
     fn r(i: u8) -> HostRoute {
-        HostRoute {
-            dst: format!("198.18.{i}.0/24").parse().unwrap(),
-            via: "198.19.0.2".parse().unwrap(),
-        }
+        HostRoute::via(
+            format!("198.18.{i}.0/24").parse().unwrap(),
+            "198.19.0.2".parse().unwrap(),
+        )
     }
 
     #[test]

@@ -43,7 +43,7 @@ impl FakeRoutes {
             });
         }
         let mut routes = self.routes.borrow_mut();
-        routes.retain(|x| x.dst != r.dst);
+        routes.retain(|x| x.slot() != r.slot());
         routes.insert(*r);
         Ok(())
     }
@@ -62,9 +62,10 @@ impl RouteTable for FakeRoutes {
 
     async fn create(&self, r: &HostRoute) -> Result<(), KernelError> {
         self.log(format!("create {r}"));
-        // As the kernel with NLM_F_EXCL: any route at the destination, ours or foreign.
-        let taken = self.routes.borrow().iter().any(|x| x.dst == r.dst)
-            || self.view.borrow().foreign.contains(&r.dst);
+        // As the kernel with NLM_F_EXCL: any route at the destination and metric, ours or
+        // foreign (foreign routes are at the default metric, as a peer route is).
+        let foreign = r.kind == super::Kind::Via && self.view.borrow().foreign.contains(&r.dst);
+        let taken = self.routes.borrow().iter().any(|x| x.slot() == r.slot()) || foreign;
         if taken {
             return Err(KernelError::Errno {
                 op: format!("create {r}"),

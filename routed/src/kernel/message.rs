@@ -7,34 +7,51 @@ use hostgw_common::route;
 use ipnetwork::IpNetwork;
 use rtnetlink::{
     RouteMessageBuilder,
-    packet_route::route::{RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType},
+    packet_route::route::{
+        RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
+        RouteType,
+    },
 };
 
-use super::{HostRoute, KernelError, PROTO};
+use super::{HostRoute, KernelError, Kind, PROTO, UNREACHABLE_METRIC};
 
 fn bad(r: &HostRoute, e: impl std::fmt::Display) -> KernelError {
     KernelError::Route(format!("route {r}: {e}"))
 }
 
-/// `<dst> via <via>`, main table, our protocol. A link-local IPv6 next hop goes out of
-/// `uplink` (its link index; 0 = not known): the kernel refuses such a gateway without a
-/// device (`EINVAL`, "Nexthop has invalid gateway"), and our peers are on the uplink's link.
+/// `<dst> via <via>` (or `unreachable <dst> metric UNREACHABLE_METRIC`), with its mtu,
+/// main table, our protocol. A link-local IPv6 next hop goes out of `uplink` (its link
+/// index; 0 = not known): the kernel refuses such a gateway without a device (`EINVAL`,
+/// "Nexthop has invalid gateway"), and our peers are on the uplink's link.
 pub fn message(r: &HostRoute, uplink: u32) -> Result<RouteMessage, KernelError> {
     let b = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(r.dst.network(), r.dst.prefix())
         .map_err(|e| bad(r, e))?
-        .gateway(r.via)
-        .map_err(|e| bad(r, e))?
         .table_id(RouteHeader::RT_TABLE_MAIN.into())
         .protocol(RouteProtocol::Other(PROTO))
-        .scope(RouteScope::Universe)
-        .kind(RouteType::Unicast);
-    let link_local = crate::net::is_link_local(&r.via);
-    Ok(if link_local && uplink != 0 {
-        b.output_interface(uplink).build()
-    } else {
-        b.build()
-    })
+        .scope(RouteScope::Universe);
+    let mut m = match r.kind {
+        Kind::Via => {
+            let b = b
+                .gateway(r.via)
+                .map_err(|e| bad(r, e))?
+                .kind(RouteType::Unicast);
+            if crate::net::is_link_local(&r.via) && uplink != 0 {
+                b.output_interface(uplink).build()
+            } else {
+                b.build()
+            }
+        }
+        Kind::Unreachable => b
+            .kind(RouteType::Unreachable)
+            .priority(UNREACHABLE_METRIC)
+            .build(),
+    };
+    if let Some(mtu) = r.mtu {
+        m.attributes
+            .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+    }
+    Ok(m)
 }
 
 /// Destination and gateway of a route message (a default route has no Destination).
@@ -42,10 +59,33 @@ pub fn parse(m: &RouteMessage) -> (Option<IpNetwork>, Option<IpAddr>) {
     (route::dst(m), route::gateway(m))
 }
 
+/// `RTAX_MTU` of a route, if set.
+pub fn mtu(m: &RouteMessage) -> Option<u32> {
+    m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Metrics(ms) => ms.iter().find_map(|x| match x {
+            RouteMetric::Mtu(v) => Some(*v),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+/// One of our routes as listed. An owned unicast route without a gateway can't be wanted:
+/// it is listed with the unspecified next hop, so the planner removes it.
+pub fn owned(m: &RouteMessage) -> Option<HostRoute> {
+    let (dst, gw) = parse(m);
+    let dst = dst?;
+    let base = if m.header.kind == RouteType::Unreachable {
+        HostRoute::unreachable(dst)
+    } else {
+        let any = HostRoute::unreachable(dst).via;
+        HostRoute::via(dst, gw.unwrap_or(any))
+    };
+    Some(base.with_mtu(mtu(m)))
+}
+
 #[cfg(test)]
 mod tests {
-    use rtnetlink::packet_route::route::RouteAttribute;
-
     use super::*;
 
     fn oif(m: &RouteMessage) -> Option<u32> {
@@ -57,10 +97,7 @@ mod tests {
 
     #[test]
     fn only_a_link_local_next_hop_gets_the_uplink_as_device() {
-        let r = |dst: &str, via: &str| HostRoute {
-            dst: dst.parse().unwrap(),
-            via: via.parse().unwrap(),
-        };
+        let r = |dst: &str, via: &str| HostRoute::via(dst.parse().unwrap(), via.parse().unwrap());
         let ll = r("fd18:18:0:5::/64", "fe80::5");
         assert_eq!(oif(&message(&ll, 7).unwrap()), Some(7));
         assert_eq!(oif(&message(&ll, 0).unwrap()), None);
@@ -70,5 +107,34 @@ mod tests {
         ] {
             assert_eq!(oif(&message(&global, 7).unwrap()), None, "{global}");
         }
+        assert_eq!(
+            oif(&message(
+                &HostRoute::unreachable("fd18:18:0:5::/64".parse().unwrap()),
+                7
+            )
+            .unwrap()),
+            None
+        );
+    }
+
+    #[test]
+    fn messages_parse_back_to_the_route() {
+        let dst = "198.18.3.0/24".parse().unwrap();
+        for r in [
+            HostRoute::via(dst, "198.19.0.2".parse().unwrap()),
+            HostRoute::via(dst, "198.19.0.2".parse().unwrap()).with_mtu(Some(1500)),
+            HostRoute::unreachable(dst),
+            HostRoute::unreachable("fd18:18:0:3::/64".parse().unwrap()),
+        ] {
+            let m = message(&r, 0).unwrap();
+            assert_eq!(owned(&m), Some(r), "{r}");
+        }
+        let m = message(&HostRoute::unreachable(dst), 0).unwrap();
+        assert_eq!(m.header.kind, RouteType::Unreachable);
+        assert!(
+            m.attributes
+                .contains(&RouteAttribute::Priority(UNREACHABLE_METRIC))
+        );
+        assert_eq!(route::gateway(&m), None);
     }
 }

@@ -26,16 +26,86 @@ pub mod routes;
 /// `75 hostgw`). Every owned route carries it; nothing else is ever touched.
 pub const PROTO: u8 = 75;
 
-/// One owned route: `<dst> via <via>` in the main table, protocol [`PROTO`].
+/// Metric of our `unreachable <own subnet>` route. Far above any metric the kernel or an
+/// operator uses (0 for IPv4 connected routes, 256 for IPv6 ones, 1024 for RA/DHCP,
+/// ~100-600 for NetworkManager), so a bridge's connected route for the same subnet
+/// (`cni0`, bridge mode) always wins and is never refused with `EEXIST` because of ours.
+pub const UNREACHABLE_METRIC: u32 = 1_000_000;
+
+/// What an owned route does with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// `<dst> via <via>`: to a peer.
+    #[default]
+    Via,
+    /// `unreachable <dst> metric` [`UNREACHABLE_METRIC`]: this node's own subnet, so a
+    /// packet for a free address gets ICMP unreachable instead of the default route
+    /// (flannel#2245). `via` is the unspecified address.
+    Unreachable,
+}
+
+/// One owned route in the main table, protocol [`PROTO`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct HostRoute {
     pub dst: IpNetwork,
     pub via: IpAddr,
+    /// `RTAX_MTU` of the route (`ip route ... mtu N`): set when a peer's link MTU is below
+    /// ours. Part of the route: a route whose mtu drifted is replaced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    pub kind: Kind,
+}
+
+impl HostRoute {
+    /// `<dst> via <via>`, no mtu.
+    pub fn via(dst: IpNetwork, via: IpAddr) -> HostRoute {
+        HostRoute {
+            dst,
+            via,
+            mtu: None,
+            kind: Kind::Via,
+        }
+    }
+
+    /// `unreachable <dst>`.
+    pub fn unreachable(dst: IpNetwork) -> HostRoute {
+        let via = if dst.is_ipv4() {
+            IpAddr::V4(0.into())
+        } else {
+            IpAddr::V6(0.into())
+        };
+        HostRoute {
+            dst,
+            via,
+            mtu: None,
+            kind: Kind::Unreachable,
+        }
+    }
+
+    /// Where the route sits in the kernel's table: its destination and its kind (which
+    /// fixes its metric). `NLM_F_REPLACE` only swaps a route in the same slot: at another
+    /// metric it would add a second route and leave the old one (a peer's subnet this
+    /// node now holds as its own, `unreachable`, is a delete and a create).
+    pub fn slot(&self) -> (IpNetwork, Kind) {
+        (self.dst, self.kind)
+    }
+
+    pub fn with_mtu(self, mtu: Option<u32>) -> HostRoute {
+        HostRoute { mtu, ..self }
+    }
 }
 
 impl fmt::Display for HostRoute {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} via {}", self.dst, self.via)
+        match self.kind {
+            Kind::Via => write!(f, "{} via {}", self.dst, self.via)?,
+            Kind::Unreachable => write!(f, "unreachable {}", self.dst)?,
+        }
+        match self.mtu {
+            Some(m) => write!(f, " mtu {m}"),
+            None => Ok(()),
+        }
     }
 }
 

@@ -3,8 +3,9 @@
 //! and only when the rendered rules differ from what is installed (the hash is kept in the
 //! table's comment), so restarts don't churn.
 
-use std::process::Stdio;
+use std::{collections::BTreeSet, net::IpAddr, process::Stdio};
 
+use ipnetwork::IpNetwork;
 use tokio::{io::AsyncWriteExt, process::Command};
 
 use crate::config::NetConfig;
@@ -22,8 +23,28 @@ pub enum NftError {
     Failed(String),
 }
 
-/// The table body, without the comment that carries its hash.
-pub fn render_body(cfg: &NetConfig, masq: bool) -> String {
+/// How pod traffic leaving the cluster is masqueraded (`--ip-masq` and its options).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Masq {
+    pub enabled: bool,
+    /// `masquerade random,fully-random` (`--ip-masq-random-fully`): source ports drawn at
+    /// random, so many pods behind one node IP don't collide on the same mapping.
+    pub random_fully: bool,
+    /// Destinations never masqueraded beyond the cluster's own (`--no-masquerade-cidr`).
+    pub except: Vec<IpNetwork>,
+}
+
+/// The nft sets of every node's own address (ours and the peers' PublicIPs): pod traffic
+/// to a node is never masqueraded. Their elements change as leases come and go, so they
+/// are not part of the table's hash; see [`set_nodes`].
+const NODE_SETS: [(&str, &str, &str); 2] = [
+    ("ip", "nodes4", "ipv4_addr"),
+    ("ip6", "nodes6", "ipv6_addr"),
+];
+
+/// The table body, without the comment that carries its hash and without the node sets'
+/// elements.
+pub fn render_body(cfg: &NetConfig, masq: &Masq) -> String {
     // Per family the cluster has: an IPv6-only cluster gets `ip6` rules only.
     let nets: Vec<(&str, String)> = cfg
         .pools()
@@ -36,13 +57,60 @@ pub fn render_body(cfg: &NetConfig, masq: bool) -> String {
         s += &format!("    {fam} saddr {n} accept\n    {fam} daddr {n} accept\n");
     }
     s += "  }\n";
-    if masq {
-        s += "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n";
-        for (fam, n) in &nets {
-            // Never pod-to-pod: only traffic whose destination is outside the cluster network.
-            s += &format!("    {fam} saddr {n} {fam} daddr != {n} masquerade\n");
+    if masq.enabled {
+        s += &render_masq(&nets, masq);
+    }
+    s
+}
+
+/// Node sets, then `postrouting`: never pod to pod, never pod to a node, never to an
+/// exception; everything else from a pod is masqueraded.
+fn render_masq(nets: &[(&str, String)], masq: &Masq) -> String {
+    let mut s = String::new();
+    for (_, name, kind) in NODE_SETS {
+        s += &format!("  set {name} {{\n    type {kind};\n  }}\n");
+    }
+    s += "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n";
+    let how = if masq.random_fully {
+        "masquerade random,fully-random"
+    } else {
+        "masquerade"
+    };
+    for (fam, n) in nets {
+        let set = NODE_SETS.iter().find(|x| x.0 == *fam).map_or("", |x| x.1);
+        s += &format!("    {fam} saddr {n} {fam} daddr {n} return\n");
+        s += &format!("    {fam} saddr {n} {fam} daddr @{set} return\n");
+        let except: Vec<String> = masq
+            .except
+            .iter()
+            .filter(|c| c.is_ipv4() == (*fam == "ip"))
+            .map(|c| c.to_string())
+            .collect();
+        if !except.is_empty() {
+            let list = except.join(", ");
+            s += &format!("    {fam} saddr {n} {fam} daddr {{ {list} }} return\n");
         }
-        s += "  }\n";
+        s += &format!("    {fam} saddr {n} {how}\n");
+    }
+    s += "  }\n";
+    s
+}
+
+/// `flush` + `add element` of both node sets: one `nft -f` is one transaction, so a packet
+/// sees the old set or the new one, never an empty one in between.
+pub fn render_nodes(nodes: &BTreeSet<IpAddr>) -> String {
+    let mut s = String::new();
+    for (_, name, _) in NODE_SETS {
+        let v6 = name == "nodes6";
+        let ips: Vec<String> = nodes
+            .iter()
+            .filter(|ip| ip.is_ipv6() == v6)
+            .map(|ip| ip.to_string())
+            .collect();
+        s += &format!("flush set inet {TABLE} {name}\n");
+        if !ips.is_empty() {
+            s += &format!("add element inet {TABLE} {name} {{ {} }}\n", ips.join(", "));
+        }
     }
     s
 }
@@ -57,13 +125,18 @@ pub fn comment(body: &str) -> String {
 }
 
 /// Create-then-delete makes the delete safe when the table doesn't exist yet; the whole
-/// script is one transaction, so traffic never sees a missing table.
-pub fn render_script(cfg: &NetConfig, masq: bool) -> String {
+/// script is one transaction, so traffic never sees a missing table. With masquerade, the
+/// node sets are filled in the same transaction.
+pub fn render_script(cfg: &NetConfig, masq: &Masq, nodes: &BTreeSet<IpAddr>) -> String {
     let body = render_body(cfg, masq);
-    format!(
+    let mut s = format!(
         "table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n  comment \"{}\"\n{body}}}\n",
         comment(&body)
-    )
+    );
+    if masq.enabled {
+        s += &render_nodes(nodes);
+    }
+    s
 }
 
 async fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, NftError> {
@@ -93,16 +166,28 @@ async fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, NftError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Returns whether anything had to change.
-pub async fn ensure(cfg: &NetConfig, masq: bool) -> Result<bool, NftError> {
+/// Returns whether anything had to change. `nodes` fills the node sets when the table is
+/// (re)made; while it stands, [`set_nodes`] keeps them current.
+pub async fn ensure(
+    cfg: &NetConfig,
+    masq: &Masq,
+    nodes: &BTreeSet<IpAddr>,
+) -> Result<bool, NftError> {
     let want = comment(&render_body(cfg, masq));
     if let Ok(listing) = nft(&["list", "table", "inet", TABLE], None).await
         && listing.contains(&format!("comment \"{want}\""))
     {
         return Ok(false);
     }
-    nft(&["-f", "-"], Some(&render_script(cfg, masq))).await?;
+    nft(&["-f", "-"], Some(&render_script(cfg, masq, nodes))).await?;
     Ok(true)
+}
+
+/// Replaces the node sets' elements in one transaction.
+pub async fn set_nodes(nodes: &BTreeSet<IpAddr>) -> Result<(), NftError> {
+    nft(&["-f", "-"], Some(&render_nodes(nodes)))
+        .await
+        .map(|_| ())
 }
 
 pub async fn remove() -> Result<(), NftError> {
@@ -120,17 +205,73 @@ mod tests {
     fn script_shape() {
         let cfg = NetConfig::parse(br#"{"Network":"198.18.0.0/16","IPv6Network":"fd18:18::/48"}"#)
             .unwrap();
-        let s = render_script(&cfg, true);
+        let on = Masq {
+            enabled: true,
+            ..Masq::default()
+        };
+        let none = BTreeSet::new();
+        let s = render_script(&cfg, &on, &none);
         assert!(s.starts_with(
             "table inet hostgw\ndelete table inet hostgw\ntable inet hostgw {\n  comment \"hostgw "
         ));
         assert!(s.contains("ip saddr 198.18.0.0/16 accept"));
         assert!(s.contains("ip6 daddr fd18:18::/48 accept"));
-        assert!(s.contains("ip saddr 198.18.0.0/16 ip daddr != 198.18.0.0/16 masquerade"));
-        assert!(!render_script(&cfg, false).contains("masquerade"));
+        assert!(s.contains("ip saddr 198.18.0.0/16 ip daddr 198.18.0.0/16 return"));
+        assert!(s.contains("ip saddr 198.18.0.0/16 ip daddr @nodes4 return"));
+        assert!(s.contains("ip6 saddr fd18:18::/48 ip6 daddr @nodes6 return"));
+        assert!(s.contains("    ip saddr 198.18.0.0/16 masquerade\n"));
+        let off = Masq::default();
+        assert!(!render_script(&cfg, &off, &none).contains("masquerade"));
+        assert!(!render_script(&cfg, &off, &none).contains("nodes4"));
         assert_ne!(
-            comment(&render_body(&cfg, true)),
-            comment(&render_body(&cfg, false))
+            comment(&render_body(&cfg, &on)),
+            comment(&render_body(&cfg, &off))
+        );
+    }
+
+    #[test]
+    fn exceptions_random_fully_and_node_sets() {
+        let cfg = NetConfig::parse(br#"{"Network":"198.18.0.0/16","IPv6Network":"fd18:18::/48"}"#)
+            .unwrap();
+        let m = Masq {
+            enabled: true,
+            random_fully: true,
+            except: vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap(),
+                "172.16.0.0/12".parse().unwrap(),
+            ],
+        };
+        let body = render_body(&cfg, &m);
+        assert!(
+            body.contains("ip saddr 198.18.0.0/16 ip daddr { 10.0.0.0/8, 172.16.0.0/12 } return"),
+            "{body}"
+        );
+        assert!(
+            body.contains("ip6 saddr fd18:18::/48 ip6 daddr { 2001:db8::/32 } return"),
+            "{body}"
+        );
+        assert!(
+            body.contains("ip saddr 198.18.0.0/16 masquerade random,fully-random"),
+            "{body}"
+        );
+        // Exceptions come before the masquerade they exempt from.
+        assert!(body.find("{ 10.0.0.0/8").unwrap() < body.find("random,fully-random").unwrap());
+        let nodes: BTreeSet<IpAddr> = ["198.19.0.11", "198.19.0.10", "fd19:19::a"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        // The node sets' content is not in the hash: a new peer never remakes the table.
+        let script = render_script(&cfg, &m, &nodes);
+        assert!(script.contains(&comment(&body)));
+        assert_eq!(
+            render_nodes(&nodes),
+            "flush set inet hostgw nodes4\nadd element inet hostgw nodes4 { 198.19.0.10, 198.19.0.11 }\n\
+             flush set inet hostgw nodes6\nadd element inet hostgw nodes6 { fd19:19::a }\n"
+        );
+        assert_eq!(
+            render_nodes(&BTreeSet::new()),
+            "flush set inet hostgw nodes4\nflush set inet hostgw nodes6\n"
         );
     }
 }

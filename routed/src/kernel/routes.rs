@@ -11,7 +11,6 @@ use std::{
 };
 
 use futures::TryStreamExt;
-use ipnetwork::IpNetwork;
 use rtnetlink::{
     Handle, RouteMessageBuilder,
     packet_route::{
@@ -24,7 +23,7 @@ use rtnetlink::{
 use super::{
     HostRoute, KernelError, LocalView, NextHop, PROTO, Results, RouteTable,
     batch::Write,
-    message::{message, parse},
+    message::{message, owned, parse},
 };
 
 const ENOENT: i32 = 2;
@@ -108,21 +107,16 @@ fn add_main(view: &mut LocalView, m: &RouteMessage) {
 }
 
 /// The delete message for our route `r`: an owned route without a gateway is listed with an
-/// unspecified next hop, and deleted without one.
+/// unspecified next hop, and deleted without one. The kernel matches a delete on what it
+/// names (protocol, type, metric), not on the mtu: a stale mtu never stops a delete.
 pub(super) fn deletion(r: &HostRoute, mut m: RouteMessage) -> RouteMessage {
     if r.via.is_unspecified() {
         m.attributes
             .retain(|a| !matches!(a, RouteAttribute::Gateway(_)));
     }
+    m.attributes
+        .retain(|a| !matches!(a, RouteAttribute::Metrics(_)));
     m
-}
-
-fn unspecified(dst: &IpNetwork) -> IpAddr {
-    if dst.is_ipv4() {
-        IpAddr::V4(0.into())
-    } else {
-        IpAddr::V6(0.into())
-    }
 }
 
 impl RouteTable for NetlinkRoutes {
@@ -136,12 +130,8 @@ impl RouteTable for NetlinkRoutes {
                 {
                     continue;
                 }
-                if let (Some(dst), gw) = parse(&m) {
-                    // An owned route without a gateway can't be wanted: mark it so plan removes it.
-                    out.insert(HostRoute {
-                        dst,
-                        via: gw.unwrap_or_else(|| unspecified(&dst)),
-                    });
+                if let Some(r) = owned(&m) {
+                    out.insert(r);
                 }
             }
         }

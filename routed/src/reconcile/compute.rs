@@ -26,6 +26,44 @@ pub struct PeerView {
     pub routes: Vec<HostRoute>,
     /// Set when a next hop is reached only through a router: the peer is not installed.
     pub unreachable_via: Option<Option<IpAddr>>,
+    /// The peer's link MTU when it differs from ours (its routes carry the smaller one).
+    pub mtu_mismatch: Option<MtuMismatch>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MtuMismatch {
+    pub own: u32,
+    pub peer: u32,
+}
+
+/// This node as compute sees it: the lease it holds (`None` for `status` on a node
+/// without one) and its uplink's MTU (`None`: unknown, no route carries an mtu).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Here<'a> {
+    pub own: Option<&'a OwnLease>,
+    pub mtu: Option<u32>,
+}
+
+/// `mtu min(own, peer)` on the route to a peer whose link MTU differs from ours: a
+/// jumbo-frame node then sends a 1500 node packets it can take (or an ICMP "fragmentation
+/// needed" to the sender), instead of frames the peer's NIC drops unseen.
+fn mtu_mismatch(own: Option<u32>, peer: Option<u32>) -> Option<MtuMismatch> {
+    match (own, peer) {
+        (Some(own), Some(peer)) if own != peer => Some(MtuMismatch { own, peer }),
+        _ => None,
+    }
+}
+
+/// `unreachable <own subnet>` for each subnet this node holds: a packet for a free address
+/// of it is answered with ICMP unreachable here instead of leaving by the default route
+/// (flannel#2245). The per-pod /32 routes are more specific, and a bridge's connected route
+/// for the subnet has a lower metric: both win over it.
+pub fn own_unreachable(own: Option<&OwnLease>) -> Vec<HostRoute> {
+    own.map(OwnLease::subnets)
+        .unwrap_or_default()
+        .into_iter()
+        .map(HostRoute::unreachable)
+        .collect()
 }
 
 #[derive(Debug, Clone, Default)]
@@ -41,15 +79,14 @@ impl Computed {
     }
 }
 
-/// `own` is the lease this node holds (`None` for `status` on a node without one).
 pub async fn compute<R: RouteTable>(
     table: &R,
     cfg: &NetConfig,
-    own: Option<&OwnLease>,
+    here: Here<'_>,
     leases: &Leases,
 ) -> Result<Computed, KernelError> {
     let view = table.local_view().await?;
-    let v = validate::validate(leases, cfg, own, &view);
+    let v = validate::validate(leases, cfg, here.own, &view);
     // Only peers outside every connected prefix cost a lookup (none on a flat segment).
     let hops = kernel::needs_lookup(
         &view,
@@ -72,6 +109,7 @@ pub async fn compute<R: RouteTable>(
     }
     let mut out = Computed {
         rejected: v.rejected,
+        desired: own_unreachable(here.own).into_iter().collect(),
         ..Computed::default()
     };
     for p in v.peers {
@@ -79,14 +117,18 @@ pub async fn compute<R: RouteTable>(
             .routes
             .iter()
             .find_map(|r| behind_router.get(&r.via).copied());
+        let mtu_mismatch = mtu_mismatch(here.mtu, p.mtu);
+        let mtu = mtu_mismatch.map(|m| m.own.min(m.peer));
+        let routes: Vec<HostRoute> = p.routes.iter().map(|r| r.with_mtu(mtu)).collect();
         if unreachable_via.is_none() {
-            out.desired.extend(p.routes.iter().copied());
+            out.desired.extend(routes.iter().copied());
         }
         out.peers.push(PeerView {
             key: p.key,
             node: p.node,
-            routes: p.routes,
+            routes,
             unreachable_via,
+            mtu_mismatch,
         });
     }
     Ok(out)

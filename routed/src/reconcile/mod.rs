@@ -24,7 +24,7 @@ use crate::{
     config::NetConfig,
     etcd::watch::LeasesRx,
     http::Ready,
-    kernel::RouteTable,
+    kernel::{Kind, RouteTable},
     me::OwnLease,
     metrics::{Metrics, ReasonLabel},
 };
@@ -50,6 +50,8 @@ pub struct ReconcilerConfig<R> {
     /// Netlink events notify this (see `kernel::events`).
     pub kick: Arc<Notify>,
     pub resync: Duration,
+    /// This node's uplink MTU (routes to peers with another one carry the smaller).
+    pub mtu: Option<u32>,
 }
 
 pub struct Reconciler<R> {
@@ -61,6 +63,7 @@ pub struct Reconciler<R> {
     own: watch::Receiver<OwnLease>,
     kick: Arc<Notify>,
     resync: Duration,
+    mtu: Option<u32>,
     /// What has been reported once already (unreachable peers, rejected leases).
     reported: BTreeSet<(String, String)>,
     /// Routes we installed or found in place, to tell a repair from a first install.
@@ -78,6 +81,7 @@ impl<R: RouteTable> Reconciler<R> {
             own: c.own,
             kick: c.kick,
             resync: c.resync,
+            mtu: c.mtu,
             reported: BTreeSet::new(),
             installed: BTreeSet::new(),
         }
@@ -117,7 +121,11 @@ impl<R: RouteTable> Reconciler<R> {
         let start = Instant::now();
         let span = info_span!("reconcile", leases = leases.len());
         let failed = async {
-            let computed = compute::compute(&self.table, &self.cfg, Some(&own), &leases).await;
+            let here = compute::Here {
+                own: Some(&own),
+                mtu: self.mtu,
+            };
+            let computed = compute::compute(&self.table, &self.cfg, here, &leases).await;
             let actual = self.table.list_owned().await;
             match (computed, actual) {
                 (Ok(c), Ok(a)) => self.apply(c, a, start.elapsed()).await,
@@ -172,9 +180,9 @@ impl<R: RouteTable> Reconciler<R> {
             .filter(|r| !failed_dst.contains(&r.dst))
             .copied()
             .collect();
-        self.metrics
-            .routes_installed
-            .set(self.installed.len() as i64);
+        // Routes to peers: our own `unreachable` route is not counted.
+        let to_peers = self.installed.iter().filter(|r| r.kind == Kind::Via);
+        self.metrics.routes_installed.set(to_peers.count() as i64);
         failed.len()
     }
 
@@ -201,7 +209,7 @@ impl<R: RouteTable> Reconciler<R> {
             );
         } else {
             for r in &a.removed {
-                info!(dst = %r.dst, gw = %r.via, "route removed");
+                info!(route = %r, "route removed");
             }
             for r in &a.added {
                 let what = if repaired.contains(&r) {
@@ -209,7 +217,7 @@ impl<R: RouteTable> Reconciler<R> {
                 } else {
                     "route added"
                 };
-                info!(dst = %r.dst, gw = %r.via, "{what}");
+                info!(route = %r, "{what}");
             }
         }
         // A route the kernel refused is reported once, as a rejected lease.

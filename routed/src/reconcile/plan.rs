@@ -6,14 +6,12 @@
 //! refuses it if any other route holds the destination. Desired routes never name a
 //! destination a foreign route holds (validation rejects such leases as `foreign-route`).
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
-};
+use std::collections::BTreeSet;
 
 use ipnetwork::IpNetwork;
 
 pub use crate::kernel::HostRoute;
+use crate::kernel::Kind;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -38,18 +36,20 @@ impl Plan {
     }
 }
 
+/// A replace only swaps a route in the same slot ([`HostRoute::slot`]); a route of another
+/// kind at the same destination is a delete and a create.
 pub fn plan(desired: &BTreeSet<HostRoute>, actual: &BTreeSet<HostRoute>) -> Plan {
-    let wanted: BTreeMap<IpNetwork, IpAddr> = desired.iter().map(|r| (r.dst, r.via)).collect();
-    let held: BTreeSet<IpNetwork> = actual.iter().map(|r| r.dst).collect();
+    let wanted: BTreeSet<(IpNetwork, Kind)> = desired.iter().map(HostRoute::slot).collect();
+    let held: BTreeSet<(IpNetwork, Kind)> = actual.iter().map(HostRoute::slot).collect();
     let remove = actual
         .iter()
-        .filter(|r| !wanted.contains_key(&r.dst))
+        .filter(|r| !wanted.contains(&r.slot()))
         .copied()
         .collect();
     let (replace, add) = desired
         .difference(actual)
         .copied()
-        .partition(|r| held.contains(&r.dst));
+        .partition(|r| held.contains(&r.slot()));
     Plan {
         remove,
         add,
@@ -61,11 +61,10 @@ pub fn plan(desired: &BTreeSet<HostRoute>, actual: &BTreeSet<HostRoute>) -> Plan
 mod tests {
     use super::*;
 
+    use std::{collections::BTreeMap, net::IpAddr};
+
     fn r(dst: &str, via: &str) -> HostRoute {
-        HostRoute {
-            dst: dst.parse().unwrap(),
-            via: via.parse().unwrap(),
-        }
+        HostRoute::via(dst.parse().unwrap(), via.parse().unwrap())
     }
 
     fn set(v: &[HostRoute]) -> BTreeSet<HostRoute> {
@@ -128,6 +127,30 @@ mod tests {
         let p = plan(&set(&[]), &set(&[a, b]));
         assert_eq!(p.remove, vec![a, b]);
         assert!(p.add.is_empty());
+    }
+
+    #[test]
+    fn a_changed_mtu_is_replaced() {
+        let old = r("198.18.2.0/24", "198.19.0.2");
+        let new = old.with_mtu(Some(1500));
+        let p = plan(&set(&[new]), &set(&[old]));
+        assert_eq!((p.replace, p.add, p.remove), (vec![new], vec![], vec![]));
+        let p = plan(&set(&[old]), &set(&[new]));
+        assert_eq!(p.replace, vec![old], "an mtu no longer wanted is dropped");
+    }
+
+    #[test]
+    fn a_peer_subnet_taken_as_our_own_is_deleted_then_created() {
+        let peer = r("198.18.2.0/24", "198.19.0.2");
+        let own = HostRoute::unreachable(peer.dst);
+        let p = plan(&set(&[own]), &set(&[peer]));
+        assert_eq!((p.remove, p.add), (vec![peer], vec![own]));
+        assert!(p.replace.is_empty());
+        // And an owned gateway-less unicast route (listed with the unspecified next hop)
+        // is not our unreachable route.
+        let odd = HostRoute::via(peer.dst, own.via);
+        let p = plan(&set(&[own]), &set(&[odd, own]));
+        assert_eq!((p.remove, p.add), (vec![odd], vec![]));
     }
 
     #[test]

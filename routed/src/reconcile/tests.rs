@@ -12,10 +12,7 @@ use crate::{
 };
 
 fn r(dst: &str, via: &str) -> HostRoute {
-    HostRoute {
-        dst: dst.parse().unwrap(),
-        via: via.parse().unwrap(),
-    }
+    HostRoute::via(dst.parse().unwrap(), via.parse().unwrap())
 }
 
 fn lease(subnet: &str, ip: &str, created: i64) -> Decoded {
@@ -27,6 +24,7 @@ fn lease(subnet: &str, ip: &str, created: i64) -> Decoded {
             backend_type: "host-gw".into(),
             node_name: format!("n{created}"),
             ipv6_subnet: None,
+            mtu: None,
         },
         created,
     })
@@ -56,7 +54,7 @@ fn leases() -> Leases {
 struct Rig {
     rec: Reconciler<FakeRoutes>,
     leases: watch::Sender<Option<Arc<Leases>>>,
-    _own: watch::Sender<OwnLease>,
+    own: watch::Sender<OwnLease>,
 }
 
 fn rig(initial: Option<Leases>) -> Rig {
@@ -88,11 +86,12 @@ fn rig(initial: Option<Leases>) -> Rig {
         own: own_rx,
         kick: Arc::new(Notify::new()),
         resync: Duration::from_secs(300),
+        mtu: None,
     });
     Rig {
         rec,
         leases: tx,
-        _own: own_tx,
+        own: own_tx,
     }
 }
 
@@ -132,6 +131,7 @@ async fn installs_peers_prunes_stale_and_skips_routed_peers() {
         [
             "lookup 198.19.9.4",
             "delete 198.18.9.0/24 via 198.19.0.9",
+            "create unreachable 198.18.1.0/24",
             "create 198.18.2.0/24 via 198.19.0.2",
             "create 198.18.3.0/24 via 198.19.0.3",
         ]
@@ -213,7 +213,115 @@ async fn a_deleted_lease_removes_its_route() {
         .iter()
         .map(|r| r.to_string())
         .collect();
-    assert_eq!(routes, ["198.18.2.0/24 via 198.19.0.2"]);
+    assert_eq!(
+        routes,
+        ["unreachable 198.18.1.0/24", "198.18.2.0/24 via 198.19.0.2"]
+    );
+}
+
+fn table(g: &Rig) -> Vec<String> {
+    let routes = g.rec.table.routes.borrow();
+    routes.iter().map(|r| r.to_string()).collect()
+}
+
+#[tokio::test]
+async fn own_subnet_is_unreachable_repaired_and_follows_the_lease() {
+    let mut g = rig(Some(leases()));
+    assert_eq!(g.rec.pass().await, 0);
+    let own = HostRoute::unreachable("198.18.1.0/24".parse().unwrap());
+    assert!(g.rec.table.routes.borrow().contains(&own));
+    assert_eq!(g.rec.metrics.routes_installed.get(), 2, "peers only");
+    // Drift: deleted behind our back, put back on the next pass.
+    g.rec.table.routes.borrow_mut().remove(&own);
+    assert_eq!(g.rec.pass().await, 0);
+    assert!(g.rec.table.routes.borrow().contains(&own));
+    assert_eq!(g.rec.metrics.routes_repaired.get(), 1);
+    // A new lease (dual-stack, another subnet): the old one goes, the new ones come.
+    let mut l = leases();
+    l.remove("198.18.1.0-24");
+    g.leases.send_replace(Some(Arc::new(l)));
+    g.own.send_replace(OwnLease {
+        name: "198.18.5.0-24".into(),
+        subnet: "198.18.5.0/24".parse().unwrap(),
+        ipv6_subnet: Some("fd18:18:0:5::/64".parse().unwrap()),
+        lease_id: 2,
+    });
+    assert_eq!(g.rec.pass().await, 0);
+    let t = table(&g);
+    assert!(t.contains(&"unreachable 198.18.5.0/24".to_owned()), "{t:?}");
+    assert!(
+        t.contains(&"unreachable fd18:18:0:5::/64".to_owned()),
+        "{t:?}"
+    );
+    assert!(!t.iter().any(|r| r.contains("198.18.1.0")), "{t:?}");
+}
+
+#[tokio::test]
+async fn a_peer_subnet_that_becomes_ours_swaps_route_for_unreachable() {
+    let mut g = rig(Some(leases()));
+    assert_eq!(g.rec.pass().await, 0);
+    // 198.18.2.0/24 is released by its node and claimed by us in one go.
+    let mut l = leases();
+    l.remove("198.18.1.0-24");
+    l.remove("198.18.2.0-24");
+    g.leases.send_replace(Some(Arc::new(l)));
+    g.own.send_replace(OwnLease {
+        name: "198.18.2.0-24".into(),
+        subnet: "198.18.2.0/24".parse().unwrap(),
+        ipv6_subnet: None,
+        lease_id: 2,
+    });
+    assert_eq!(g.rec.pass().await, 0);
+    let t = table(&g);
+    assert_eq!(
+        t,
+        ["unreachable 198.18.2.0/24", "198.18.3.0/24 via 198.19.0.3"]
+    );
+}
+
+#[tokio::test]
+async fn routes_to_a_peer_with_another_mtu_carry_the_smaller() {
+    let mut g = rig(None);
+    g.rec.mtu = Some(9000);
+    let mut l = leases();
+    for (k, mtu) in [("198.18.2.0-24", Some(1500)), ("198.18.3.0-24", Some(9000))] {
+        if let Some(Ok(x)) = l.get_mut(k) {
+            x.value.mtu = mtu;
+        }
+    }
+    g.leases.send_replace(Some(Arc::new(l.clone())));
+    assert_eq!(g.rec.pass().await, 0);
+    let t = table(&g);
+    assert!(
+        t.contains(&"198.18.2.0/24 via 198.19.0.2 mtu 1500".to_owned()),
+        "{t:?}"
+    );
+    assert!(
+        t.contains(&"198.18.3.0/24 via 198.19.0.3".to_owned()),
+        "same MTU: none"
+    );
+    // The mtu is part of the route: one that lost it is replaced.
+    let with = r("198.18.2.0/24", "198.19.0.2").with_mtu(Some(1500));
+    {
+        let mut routes = g.rec.table.routes.borrow_mut();
+        routes.remove(&with);
+        routes.insert(r("198.18.2.0/24", "198.19.0.2"));
+    }
+    assert_eq!(g.rec.pass().await, 0);
+    assert!(g.rec.table.routes.borrow().contains(&with));
+    assert!(
+        g.rec
+            .table
+            .calls()
+            .contains(&"replace 198.18.2.0/24 via 198.19.0.2 mtu 1500".to_owned())
+    );
+    // The peer's MTU rises to ours: the mtu goes.
+    if let Some(Ok(x)) = l.get_mut("198.18.2.0-24") {
+        x.value.mtu = Some(9000);
+    }
+    g.leases.send_replace(Some(Arc::new(l)));
+    assert_eq!(g.rec.pass().await, 0);
+    assert!(table(&g).contains(&"198.18.2.0/24 via 198.19.0.2".to_owned()));
 }
 
 fn rejected(g: &Rig, reason: &str) -> i64 {

@@ -80,6 +80,8 @@ pub struct Peer {
     pub key: String,
     pub node: String,
     pub routes: Vec<HostRoute>,
+    /// The link MTU its lease names (`None`: unknown).
+    pub mtu: Option<u32>,
 }
 
 /// What a lease is checked against: the config, this node's subnets, addresses and routes.
@@ -185,6 +187,7 @@ fn check(key: &str, l: &Lease, own: &Scope) -> Check {
         key: key.to_owned(),
         node: l.value.node_name.clone(),
         routes,
+        mtu: l.value.mtu,
     };
     Ok((l.created, peer))
 }
@@ -239,7 +242,7 @@ fn route(
     }
     not_taken(dst, own.view)?;
     next_hop(dst, via, own)?;
-    Ok(HostRoute { dst, via })
+    Ok(HostRoute::via(dst, via))
 }
 
 /// A next hop must be a unicast node address of the right family, outside every pod

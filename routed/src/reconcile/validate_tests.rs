@@ -16,6 +16,7 @@ fn lease(subnet: &str, ip: &str, created: i64) -> Decoded {
             backend_type: "host-gw".into(),
             node_name: format!("n-{}", ip.replace([':', '.'], "-")),
             ipv6_subnet: None,
+            mtu: None,
         },
         created,
     })

@@ -1,0 +1,103 @@
+//! A full pool: waited out with backoff, and taken the moment a subnet is released.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
+
+use super::*;
+use crate::etcd::fake::FakeStore;
+
+/// Four /24 subnets (SubnetMin given: flannel's default skips the first).
+const CFG: &str = r#"{"Network":"198.18.0.0/22","SubnetLen":24,"SubnetMin":"198.18.0.0"}"#;
+
+fn me(node: &str, ip: &str) -> Me {
+    Me {
+        node: node.into(),
+        public_ip: Some(ip.parse().unwrap()),
+        public_ipv6: None,
+        last: None,
+        mtu: None,
+    }
+}
+
+/// The four /24 of the /22, each held by another node on its own lease.
+fn full_pool(s: &FakeStore) {
+    for i in 0..4 {
+        let l = s.grant_lease();
+        let v = value_of(&me(&format!("n{i}"), &format!("198.19.0.{}", 10 + i)), None);
+        let v = String::from_utf8(lease::encode(&v)).unwrap();
+        s.put(&format!("/p/subnets/198.18.{i}.0-24"), &v, l);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_pool_is_waited_out_and_a_release_taken_at_once() {
+    let s = FakeStore::new();
+    let cfg = NetConfig::parse(CFG.as_bytes()).unwrap();
+    full_pool(&s);
+    let flag = Arc::new(AtomicI64::new(-1));
+    let task = {
+        let (s, cfg, flag) = (s.clone(), cfg.clone(), flag.clone());
+        tokio::spawn(async move {
+            let keys = Keys::new("/p");
+            let fifth = me("n4", "198.19.0.14");
+            let c = Claim {
+                keys: &keys,
+                cfg: &cfg,
+                me: &fifth,
+                ttl: 60,
+                prefer: None,
+            };
+            let got = acquire_waiting(&s, &c, |e| flag.store(i64::from(e), Ordering::SeqCst));
+            got.await
+        })
+    };
+    // A minute of retries: still waiting (not an exit), and saying so.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!task.is_finished());
+    assert_eq!(flag.load(Ordering::SeqCst), 1);
+    let lists = s.count("list /p/subnets/");
+    assert!(
+        (3..=12).contains(&lists),
+        "backoff, not a hot loop: {lists} lists"
+    );
+    // One node releases: the waiting node takes that subnet without waiting out its backoff
+    // (by now up to 30 s).
+    let released = tokio::time::Instant::now();
+    s.delete("/p/subnets/198.18.2.0-24");
+    let own = task.await.unwrap().unwrap();
+    assert!(
+        released.elapsed() < Duration::from_millis(10),
+        "{:?}",
+        released.elapsed()
+    );
+    assert_eq!(own.subnet.to_string(), "198.18.2.0/24");
+    assert_eq!(flag.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_lease_frees_its_subnet_for_the_waiting_node() {
+    let s = FakeStore::new();
+    let cfg = NetConfig::parse(CFG.as_bytes()).unwrap();
+    full_pool(&s);
+    let keys = Keys::new("/p");
+    let fifth = me("n4", "198.19.0.14");
+    let c = Claim {
+        keys: &keys,
+        cfg: &cfg,
+        me: &fifth,
+        ttl: 60,
+        prefer: None,
+    };
+    let lease = s.value("/p/subnets/198.18.3.0-24").unwrap().lease;
+    let expire = async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        s.expire(lease);
+    };
+    let (got, ()) = tokio::join!(acquire_waiting(&s, &c, |_| {}), expire);
+    assert_eq!(got.unwrap().subnet.to_string(), "198.18.3.0/24");
+}
