@@ -54,10 +54,13 @@ fn check_nft(c: &Cluster, i: usize) -> Result<()> {
             .args(["list", "table", "inet", "hostgw"]),
     )?;
     ensure!(table.contains("ip6 saddr fd18:18::/48 accept"), "{table}");
-    ensure!(
-        table.contains("ip6 saddr fd18:18::/48 ip6 daddr != fd18:18::/48 masquerade"),
-        "{table}"
-    );
+    for rule in [
+        "ip6 saddr fd18:18::/48 ip6 daddr fd18:18::/48 return",
+        "ip6 saddr fd18:18::/48 ip6 daddr @nodes6 return",
+        "ip6 saddr fd18:18::/48 masquerade",
+    ] {
+        ensure!(table.contains(rule), "no {rule:?} in {table}");
+    }
     ensure!(
         !table.contains("ip saddr") && !table.contains("ip daddr"),
         "{table}"
