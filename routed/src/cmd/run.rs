@@ -280,6 +280,9 @@ async fn tasks(
         sd.clone(),
     );
     let kick = Arc::new(Notify::new());
+    let dp_cfg = s.cfg.clone();
+    let datapath =
+        crate::datapath::run(&args, &dp_cfg, s.me.public_ip, metrics.clone(), sd.clone());
     let rec = Reconciler::new(ReconcilerConfig {
         table: s.table,
         cfg: s.cfg.clone(),
@@ -298,6 +301,7 @@ async fn tasks(
         events::listen(kick, sd.clone()),
         follow,
         rules,
+        datapath,
         async {
             shutdown.await;
             info!("shutting down");

@@ -1,0 +1,266 @@
+//! The task that keeps the fast path on the node's links: one pass on start, on every link
+//! event (a new pod's veth, a deleted one) and every few seconds (the counters for /metrics).
+//! A failed attach never touches a pod: its packets take the stack until the next pass.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use hostgw_ebpf::{BIG_TCP_SIZE, FastPathOps};
+use rtnetlink::Handle;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{
+    links,
+    plan::{self, LinkInfo},
+};
+use crate::metrics::{Metrics, ReasonLabel};
+
+/// Counters are read this often when no link event comes.
+const REFRESH: Duration = Duration::from_secs(5);
+
+/// BIG TCP on a link, behind a seam for the unit tests: `netnsid` names the namespace of a
+/// pod's end of the veth as the node sees it (None: the node's own).
+pub trait Tuning {
+    fn big_tcp(&self, netnsid: Option<i32>, ifindex: u32) -> Result<(), String>;
+}
+
+pub struct NetlinkTuning;
+
+impl Tuning for NetlinkTuning {
+    fn big_tcp(&self, netnsid: Option<i32>, ifindex: u32) -> Result<(), String> {
+        hostgw_ebpf::set_gso_gro_max_in(netnsid, ifindex, BIG_TCP_SIZE).map_err(|e| e.to_string())
+    }
+}
+
+pub struct Keeper<F, T> {
+    /// None: plain routes (the keeper then only sets BIG TCP, if asked).
+    pub fp: Option<F>,
+    pub tuning: T,
+    pub big_tcp: bool,
+    pub uplink: u32,
+    pub metrics: Metrics,
+    /// ifindex -> whether BIG TCP took, so each link is tuned once (and a refusal logged once).
+    pub tuned: BTreeMap<u32, bool>,
+}
+
+impl<F: FastPathOps, T: Tuning> Keeper<F, T> {
+    pub fn new(fp: Option<F>, tuning: T, big_tcp: bool, uplink: u32, metrics: Metrics) -> Self {
+        Keeper {
+            fp,
+            tuning,
+            big_tcp,
+            uplink,
+            metrics,
+            tuned: BTreeMap::new(),
+        }
+    }
+
+    /// One pass over a fresh link list: attach what lacks the fast path, drop stale pins, tune,
+    /// and export the counters.
+    pub fn pass(&mut self, links: &[LinkInfo]) {
+        if self.big_tcp {
+            self.tune(links);
+        }
+        let Some(fp) = &self.fp else { return };
+        let pinned = match fp.status() {
+            Ok(p) => p,
+            Err(e) => return warn!(error = %e, "reading the fast path's links failed"),
+        };
+        let p = plan::plan(links, self.uplink, &pinned);
+        if p.attach_uplink {
+            match fp.attach_uplink(self.uplink) {
+                Ok(how) => info!(ifindex = self.uplink, ?how, "fast path on the uplink"),
+                Err(e) => warn!(error = %e, "attaching the fast path to the uplink failed"),
+            }
+        }
+        for &i in &p.attach_pods {
+            match fp.attach_pod(i) {
+                Ok(how) => info!(
+                    ifindex = i,
+                    veth = name(links, i),
+                    ?how,
+                    "fast path on a pod"
+                ),
+                Err(e) => warn!(error = %e, ifindex = i, "attaching the fast path to a pod failed"),
+            }
+        }
+        for &i in &p.detach {
+            match fp.detach(i) {
+                Ok(_) => info!(ifindex = i, "fast path pin of a gone interface removed"),
+                Err(e) => warn!(error = %e, ifindex = i, "removing a fast path pin failed"),
+            }
+        }
+        self.export(fp);
+    }
+
+    fn tune(&mut self, links: &[LinkInfo]) {
+        self.tuned
+            .retain(|i, _| links.iter().any(|l| l.ifindex == *i));
+        for l in links {
+            let uplink = l.ifindex == self.uplink;
+            if (!uplink && !l.is_routed_pod()) || self.tuned.contains_key(&l.ifindex) {
+                continue;
+            }
+            // Both ends of a pod's veth: the host end, and the pod's end through its netnsid.
+            let mut r = self.tuning.big_tcp(None, l.ifindex);
+            if let (Ok(()), false, Some((peer, nsid))) = (&r, uplink, l.peer) {
+                r = self.tuning.big_tcp(nsid, peer);
+            }
+            match &r {
+                Ok(()) => info!(link = %l.name, size = BIG_TCP_SIZE, "BIG TCP on"),
+                Err(e) => warn!(link = %l.name, error = %e, "BIG TCP not available on this link"),
+            }
+            self.tuned.insert(l.ifindex, r.is_ok());
+        }
+    }
+
+    fn export(&self, fp: &F) {
+        if let Ok(st) = fp.status() {
+            let pods = st.iter().filter(|a| a.attached && a.ifindex != self.uplink);
+            self.metrics.ebpf_pods_attached.set(pods.count() as i64);
+        }
+        let Ok(counters) = fp.counters() else { return };
+        for (reason, count) in counters.0 {
+            let label = ReasonLabel {
+                reason: reason.label().into(),
+            };
+            // The BPF counters are totals; a Prometheus counter only goes up, by the difference.
+            for (family, now) in [
+                (&self.metrics.ebpf_packets, count.packets),
+                (&self.metrics.ebpf_bytes, count.bytes),
+            ] {
+                let c = family.get_or_create(&label);
+                c.inc_by(now.saturating_sub(c.get()));
+            }
+        }
+    }
+
+    pub async fn run(mut self, handle: Handle, sd: CancellationToken) {
+        let kick = Arc::new(Notify::new());
+        let watch = links::watch(kick.clone(), sd.clone());
+        let work = async {
+            loop {
+                match links::list(&handle).await {
+                    Ok(l) => self.pass(&l),
+                    Err(e) => warn!(error = %e, "listing links for the fast path failed"),
+                }
+                tokio::select! {
+                    _ = sd.cancelled() => return,
+                    _ = kick.notified() => {
+                        // A pod ADD is a burst of link events: take them in one pass.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    _ = tokio::time::sleep(REFRESH) => {}
+                }
+            }
+        };
+        tokio::join!(watch, work);
+    }
+}
+
+fn name(links: &[LinkInfo], ifindex: u32) -> &str {
+    links
+        .iter()
+        .find(|l| l.ifindex == ifindex)
+        .map_or("?", |l| l.name.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use hostgw_ebpf::{Count, Counters, FakeFastPath, IfaceKind, Reason};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct FakeTuning {
+        calls: Mutex<Vec<(Option<i32>, u32)>>,
+        refuse: Option<u32>,
+    }
+
+    impl Tuning for FakeTuning {
+        fn big_tcp(&self, netnsid: Option<i32>, ifindex: u32) -> Result<(), String> {
+            self.calls.lock().unwrap().push((netnsid, ifindex));
+            match self.refuse == Some(ifindex) {
+                true => Err("tso_max_size 65536".into()),
+                false => Ok(()),
+            }
+        }
+    }
+
+    fn link(ifindex: u32, name: &str, peer: Option<(u32, Option<i32>)>) -> LinkInfo {
+        LinkInfo {
+            ifindex,
+            name: name.into(),
+            master: None,
+            peer,
+        }
+    }
+
+    #[test]
+    fn start_new_pod_and_del_follow_the_links() {
+        let fp = FakeFastPath::default();
+        *fp.counters.lock().unwrap() = Counters(vec![(
+            Reason::FwdRedirect,
+            Count {
+                packets: 5,
+                bytes: 500,
+            },
+        )]);
+        let m = Metrics::new();
+        let mut k = Keeper::new(Some(fp), FakeTuning::default(), false, 2, m.clone());
+        let mut links = vec![link(2, "eth0", None), link(7, "hgw5f27bec41cf4", None)];
+        k.pass(&links);
+        let kinds = |k: &Keeper<FakeFastPath, FakeTuning>| -> Vec<(u32, Option<IfaceKind>)> {
+            let st = k.fp.as_ref().unwrap().status().unwrap();
+            st.iter().map(|a| (a.ifindex, a.kind)).collect()
+        };
+        assert_eq!(
+            kinds(&k),
+            [(2, Some(IfaceKind::Uplink)), (7, Some(IfaceKind::Pod))]
+        );
+        links.push(link(9, "hgw000000000009", None));
+        k.pass(&links);
+        assert_eq!(kinds(&k).len(), 3, "the new pod's veth");
+        links.retain(|l| l.ifindex != 7);
+        k.pass(&links);
+        assert_eq!(
+            kinds(&k),
+            [(2, Some(IfaceKind::Uplink)), (9, Some(IfaceKind::Pod))]
+        );
+        let text = m.encode();
+        assert!(
+            text.contains("hostgw_ebpf_packets_total{reason=\"fwd_redirect\"} 5"),
+            "{text}"
+        );
+        assert!(text.contains("hostgw_ebpf_bytes_total{reason=\"fwd_redirect\"} 500"));
+        assert!(text.contains("hostgw_ebpf_pods_attached 1"), "{text}");
+        // Counters are exported as totals, not summed on every pass.
+        k.pass(&links);
+        assert!(
+            m.encode()
+                .contains("hostgw_ebpf_packets_total{reason=\"fwd_redirect\"} 5")
+        );
+    }
+
+    #[test]
+    fn big_tcp_goes_on_both_veth_ends_and_the_uplink_once() {
+        let t = FakeTuning {
+            refuse: Some(2),
+            ..FakeTuning::default()
+        };
+        let mut k = Keeper::<FakeFastPath, _>::new(None, t, true, 2, Metrics::new());
+        let links = [
+            link(2, "eth0", None),
+            link(7, "hgw5f27bec41cf4", Some((3, Some(4)))),
+            link(8, "lo", None),
+        ];
+        k.pass(&links);
+        k.pass(&links);
+        let calls = k.tuning.calls.lock().unwrap().clone();
+        assert_eq!(calls, [(None, 2), (None, 7), (Some(4), 3)]);
+        assert_eq!(k.tuned, BTreeMap::from([(2, false), (7, true)]));
+    }
+}
