@@ -24,20 +24,12 @@ pub const LEGACY_GSO_SIZE: u32 = 65_536;
 /// Sets the four GSO/GRO maximums of `ifindex` (in the caller's netns) to `size` and reads them
 /// back: a kernel that silently ignores an attribute it does not know is reported, not trusted.
 pub fn set_gso_gro_max(ifindex: u32, size: u32) -> Result<()> {
-    set_gso_gro_max_in(None, ifindex, size)
-}
-
-/// [`set_gso_gro_max`] on a link of another namespace, named by the caller's netnsid for it
-/// (`IFLA_TARGET_NETNSID`, as a veth's `IFLA_LINK_NETNSID` names its peer's namespace): the
-/// daemon sets both ends of a pod's veth without entering the pod.
-pub fn set_gso_gro_max_in(netnsid: Option<i32>, ifindex: u32, size: u32) -> Result<()> {
     let err = |what, source| Error::Netlink {
         what,
         ifindex,
         source,
     };
     let sock = open().map_err(|e| err("open a netlink socket", e))?;
-    let target: Vec<LinkAttribute> = netnsid.map(LinkAttribute::IfNetnsId).into_iter().collect();
     let mut m = LinkMessage::default();
     m.header.index = ifindex;
     m.attributes = vec![
@@ -46,7 +38,6 @@ pub fn set_gso_gro_max_in(netnsid: Option<i32>, ifindex: u32, size: u32) -> Resu
         LinkAttribute::GsoIpv4MaxSize(size),
         LinkAttribute::GroIpv4MaxSize(size),
     ];
-    m.attributes.extend(target.iter().cloned());
     request(
         &sock,
         RouteNetlinkMessage::SetLink(m),
@@ -55,7 +46,6 @@ pub fn set_gso_gro_max_in(netnsid: Option<i32>, ifindex: u32, size: u32) -> Resu
     .map_err(|e| err("set GSO/GRO max sizes", e))?;
     let mut get = LinkMessage::default();
     get.header.index = ifindex;
-    get.attributes = target;
     let got = match request(&sock, RouteNetlinkMessage::GetLink(get), NLM_F_REQUEST)
         .map_err(|e| err("read the link back", e))?
     {

@@ -20,7 +20,7 @@ mod ops;
 mod probe;
 mod sys;
 
-pub use big_tcp::{BIG_TCP_SIZE, LEGACY_GSO_SIZE, set_gso_gro_max, set_gso_gro_max_in};
+pub use big_tcp::{BIG_TCP_SIZE, LEGACY_GSO_SIZE, set_gso_gro_max};
 pub use error::{Error, Result};
 pub use fastpath::{
     Adopted, Attached, Attachment, DEFAULT_PIN_DIR, FastPath, Options, PinnedLink, pinned_links,

@@ -47,10 +47,15 @@ pub fn ipam_dir(c: &Cluster, node: usize) -> PathBuf {
 /// The plugin config a runtime on node `node` hands the plugin: the shipped conflist's
 /// entry, with `subnetFile` and `dataDir` pointed at the node's own files.
 pub fn pod_conf(c: &Cluster, node: usize) -> Value {
-    shipped_plugin_conf(&[
+    let mut keys = vec![
         ("subnetFile", json!(c.nodes[node].subnet_file)),
         ("dataDir", json!(ipam_dir(c, node))),
-    ])
+    ];
+    // BIG TCP on the pod veths is the plugin's (the daemon sets the uplink's).
+    if c.datapath == (crate::routed::Datapath::Ebpf { big_tcp: true }) {
+        keys.push(("bigTcp", json!(true)));
+    }
+    shipped_plugin_conf(&keys)
 }
 
 /// Runs the plugin on node `node` as a runtime does.

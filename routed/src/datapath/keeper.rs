@@ -2,7 +2,7 @@
 //! event (a new pod's veth, a deleted one) and every few seconds (the counters for /metrics).
 //! A failed attach never touches a pod: its packets take the stack until the next pass.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use hostgw_ebpf::{BIG_TCP_SIZE, FastPathOps};
 use rtnetlink::Handle;
@@ -19,17 +19,19 @@ use crate::metrics::{Metrics, ReasonLabel};
 /// Counters are read this often when no link event comes.
 const REFRESH: Duration = Duration::from_secs(5);
 
-/// BIG TCP on a link, behind a seam for the unit tests: `netnsid` names the namespace of a
-/// pod's end of the veth as the node sees it (None: the node's own).
+/// BIG TCP on the uplink, behind a seam for the unit tests. The pod veths get it from the
+/// plugin, in the message that creates them (`"bigTcp": true`): one owner per link. (Setting
+/// a pod's end from here would need its namespace: `IFLA_TARGET_NETNSID` on RTM_SETLINK
+/// *moves* a link into that namespace, it does not address one there.)
 pub trait Tuning {
-    fn big_tcp(&self, netnsid: Option<i32>, ifindex: u32) -> Result<(), String>;
+    fn big_tcp(&self, ifindex: u32) -> Result<(), String>;
 }
 
 pub struct NetlinkTuning;
 
 impl Tuning for NetlinkTuning {
-    fn big_tcp(&self, netnsid: Option<i32>, ifindex: u32) -> Result<(), String> {
-        hostgw_ebpf::set_gso_gro_max_in(netnsid, ifindex, BIG_TCP_SIZE).map_err(|e| e.to_string())
+    fn big_tcp(&self, ifindex: u32) -> Result<(), String> {
+        hostgw_ebpf::set_gso_gro_max(ifindex, BIG_TCP_SIZE).map_err(|e| e.to_string())
     }
 }
 
@@ -40,8 +42,9 @@ pub struct Keeper<F, T> {
     pub big_tcp: bool,
     pub uplink: u32,
     pub metrics: Metrics,
-    /// ifindex -> whether BIG TCP took, so each link is tuned once (and a refusal logged once).
-    pub tuned: BTreeMap<u32, bool>,
+    /// The uplink's ifindex once BIG TCP was tried (and whether it took): tried once per
+    /// link, so a refusal is logged once.
+    pub tuned: Option<(u32, bool)>,
 }
 
 impl<F: FastPathOps, T: Tuning> Keeper<F, T> {
@@ -52,7 +55,7 @@ impl<F: FastPathOps, T: Tuning> Keeper<F, T> {
             big_tcp,
             uplink,
             metrics,
-            tuned: BTreeMap::new(),
+            tuned: None,
         }
     }
 
@@ -94,25 +97,21 @@ impl<F: FastPathOps, T: Tuning> Keeper<F, T> {
         self.export(fp);
     }
 
+    /// What leaves the node is bounded by the uplink's GSO size, and what GRO builds from the
+    /// wire by its GRO size: a NIC needs a driver with a large `tso_max_size` (veth: 524280).
     fn tune(&mut self, links: &[LinkInfo]) {
-        self.tuned
-            .retain(|i, _| links.iter().any(|l| l.ifindex == *i));
-        for l in links {
-            let uplink = l.ifindex == self.uplink;
-            if (!uplink && !l.is_routed_pod()) || self.tuned.contains_key(&l.ifindex) {
-                continue;
-            }
-            // Both ends of a pod's veth: the host end, and the pod's end through its netnsid.
-            let mut r = self.tuning.big_tcp(None, l.ifindex);
-            if let (Ok(()), false, Some((peer, nsid))) = (&r, uplink, l.peer) {
-                r = self.tuning.big_tcp(nsid, peer);
-            }
-            match &r {
-                Ok(()) => info!(link = %l.name, size = BIG_TCP_SIZE, "BIG TCP on"),
-                Err(e) => warn!(link = %l.name, error = %e, "BIG TCP not available on this link"),
-            }
-            self.tuned.insert(l.ifindex, r.is_ok());
+        if self.tuned.is_some_and(|(i, _)| i == self.uplink) {
+            return;
         }
+        let Some(l) = links.iter().find(|l| l.ifindex == self.uplink) else {
+            return;
+        };
+        let r = self.tuning.big_tcp(l.ifindex);
+        match &r {
+            Ok(()) => info!(link = %l.name, size = BIG_TCP_SIZE, "BIG TCP on the uplink"),
+            Err(e) => warn!(link = %l.name, error = %e, "BIG TCP not available on the uplink"),
+        }
+        self.tuned = Some((l.ifindex, r.is_ok()));
     }
 
     fn export(&self, fp: &F) {
@@ -176,13 +175,13 @@ mod tests {
 
     #[derive(Default)]
     struct FakeTuning {
-        calls: Mutex<Vec<(Option<i32>, u32)>>,
+        calls: Mutex<Vec<u32>>,
         refuse: Option<u32>,
     }
 
     impl Tuning for FakeTuning {
-        fn big_tcp(&self, netnsid: Option<i32>, ifindex: u32) -> Result<(), String> {
-            self.calls.lock().unwrap().push((netnsid, ifindex));
+        fn big_tcp(&self, ifindex: u32) -> Result<(), String> {
+            self.calls.lock().unwrap().push(ifindex);
             match self.refuse == Some(ifindex) {
                 true => Err("tso_max_size 65536".into()),
                 false => Ok(()),
@@ -246,7 +245,7 @@ mod tests {
     }
 
     #[test]
-    fn big_tcp_goes_on_both_veth_ends_and_the_uplink_once() {
+    fn big_tcp_is_tried_on_the_uplink_once_and_never_on_pod_veths() {
         let t = FakeTuning {
             refuse: Some(2),
             ..FakeTuning::default()
@@ -259,8 +258,7 @@ mod tests {
         ];
         k.pass(&links);
         k.pass(&links);
-        let calls = k.tuning.calls.lock().unwrap().clone();
-        assert_eq!(calls, [(None, 2), (None, 7), (Some(4), 3)]);
-        assert_eq!(k.tuned, BTreeMap::from([(2, false), (7, true)]));
+        assert_eq!(*k.tuning.calls.lock().unwrap(), [2]);
+        assert_eq!(k.tuned, Some((2, false)));
     }
 }
