@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hostgw_harness::{
-    cluster::{Pod, add_pod, all_reach, del_pod, status_json, tcp_server},
+    cluster::{Pod, add_pod, all_reach, del_pod, echo, echo_servers, status_json, tcp_server},
     require_root,
     routed::{CONFIG_V6, Cluster, Datapath, Spec, metric},
     wait_for,
@@ -216,5 +216,59 @@ fn cluster_fastpath_a_kernel_or_process_that_cant_keeps_routes_and_says_why() ->
         1,
         "logged once:\n{log}"
     );
+    Ok(())
+}
+
+/// Packets node `i`'s programs handed to the stack because conntrack holds their flow as NATed.
+fn ct_nat(c: &Cluster, i: usize) -> Result<f64> {
+    Ok(metric(
+        &c.metrics(i)?,
+        "hostgw_ebpf_packets_total",
+        &["reason=\"ct_nat\""],
+    ))
+}
+
+/// A ClusterIP as kube-proxy's nftables mode writes it (DNAT in a dstnat prerouting chain),
+/// on the client's node, to a pod on the other node. The backend's replies are fast-pathed by
+/// node 1 and must reach the stack on node 0 to be un-DNATed: with the NAT check gone the
+/// client's connected socket would see replies from the pod's address, not the VIP's.
+#[test]
+fn cluster_fastpath_clusterip_dnat_to_a_pod_on_another_node_tcp_and_udp() -> Result<()> {
+    require_root();
+    let c = ebpf_cluster(2, false)?;
+    let pods = [add_pod(&c, 0, "client")?, add_pod(&c, 1, "web")?];
+    all_reach(&pods, None)?;
+    let (client, web) = (&pods[0], &pods[1]);
+    let _servers = echo_servers(web, 8080, 8081)?;
+    // 198.18.0.0/24 is never leased (SubnetMin is the network's second subnet).
+    const VIP: &str = "198.18.0.10";
+    let rules = format!(
+        "table ip hgwt-svc {{\n chain nat-prerouting {{\n  type nat hook prerouting priority dstnat; policy accept;\n  \
+         ip daddr {VIP} tcp dport 80 dnat to {w}:8080\n  ip daddr {VIP} udp dport 81 dnat to {w}:8081\n }}\n}}\n",
+        w = web.ip
+    );
+    let file = c.dir.path().join("svc.nft");
+    std::fs::write(&file, rules)?;
+    hostgw_harness::must(c.nodes[0].ns.cmd("nft").arg("-f").arg(&file))?;
+    let (nat0, fast1) = (ct_nat(&c, 0)?, c.fast_pathed(1)?);
+    for round in 0..3 {
+        assert_eq!(
+            echo(&client.ns, "tcp", VIP, 80, "svc-tcp")?,
+            "svc-tcp",
+            "round {round}"
+        );
+        assert_eq!(
+            echo(&client.ns, "udp", VIP, 81, "svc-udp")?,
+            "svc-udp",
+            "round {round}"
+        );
+    }
+    wait_for(
+        "node 0 handing NATed replies to the stack",
+        Duration::from_secs(10),
+        || (ct_nat(&c, 0).ok()? >= nat0 + 6.0).then_some(()),
+    )
+    .with_context(|| c.logs())?;
+    c.wait_fast_pathed(1, fast1)?;
     Ok(())
 }
