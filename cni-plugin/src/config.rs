@@ -395,6 +395,8 @@ mod tests {
         assert_eq!(c.subnet_file, Path::new(DEFAULT_SUBNET_FILE));
         assert_eq!(c.data_dir, Path::new(DEFAULT_DATA_DIR));
         assert!(c.subnet.is_none() && c.mtu.is_none());
+        assert!(!c.big_tcp);
+        assert!(parse(json!({"bigTcp": true})).unwrap().big_tcp);
     }
 
     #[test]
@@ -541,6 +543,7 @@ mod tests {
             (r#"{"mtu":65536}"#, "mtu", "65536"),
             (r#"{"ipMasq":{"on":true}}"#, "ipMasq", "on"),
             (r#"{"ipMasq":"true"}"#, "ipMasq", "true"),
+            (r#"{"bigTcp":"yes"}"#, "bigTcp", "yes"),
             (r#"{"mode":["ptp"]}"#, "mode", "ptp"),
             (r#"{"mode":"bridge","bridge":5}"#, "bridge", "5"),
             (r#"{"dataDir":""}"#, "dataDir", "\"\""),
