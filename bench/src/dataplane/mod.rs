@@ -211,12 +211,15 @@ pub fn modes_help() -> String {
 
 // === the run ===
 
+/// (mode, partner, streams) of a concurrent A/B series.
+type AbKey = (&'static str, &'static str, u32);
+
 /// Every run of every pair, by mode.
 #[derive(Default)]
 struct Runs {
     tcp: BTreeMap<(&'static str, u32), Vec<Tcp>>,
     /// (mode, partner, streams) -> (partner's run, mode's run) of each concurrent round.
-    ab: BTreeMap<(&'static str, &'static str, u32), Vec<(Tcp, Tcp)>>,
+    ab: BTreeMap<AbKey, Vec<(Tcp, Tcp)>>,
     lat: BTreeMap<&'static str, Vec<Lat>>,
     profiles: BTreeMap<String, report::Profile>,
 }
