@@ -3,7 +3,7 @@
 # namespace's /proc/sys/net that is writable. Run by the DaemonSet's `forwarding` init
 # container, which mounts the host's /proc/sys/net at /host/proc/sys/net: a container's own
 # /proc/sys is read-only, and nothing may be mounted below /proc, so the daemon itself
-# (which runs with NET_ADMIN and NET_RAW only) finds forwarding already on.
+# (which runs with NET_ADMIN, BPF and PERFMON only) finds forwarding already on.
 #
 #   PROC_SYS_NET  writable /proc/sys/net            (default /host/proc/sys/net)
 #   NET_CONF      the network config (net-conf.json) (default /etc/hostgw/net-conf.json);

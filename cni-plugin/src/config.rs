@@ -40,6 +40,8 @@ pub struct NetConf {
     pub subnet: Option<Ipv4Network>,
     pub ipv6_subnet: Option<Ipv6Network>,
     pub mtu: Option<u32>,
+    /// `"bigTcp": true`: GSO/GRO 185000 on both ends of the pod's veth (issue 13).
+    pub big_tcp: bool,
     pub data_dir: PathBuf,
     pub log_file: Option<PathBuf>,
     pub dns: Option<Dns>,
@@ -74,6 +76,7 @@ impl NetConf {
         if let Some(mtu) = mtu {
             validate_mtu(mtu, "mtu")?;
         }
+        let big_tcp = key::<bool>(value, &["bigTcp"])?.unwrap_or(false);
         // Read only by chained plugins, but a wrong type is still a broken config.
         key::<bool>(value, &["ipMasq"])?;
         let subnet = key::<Ipv4Network>(value, &["subnet"])?;
@@ -108,6 +111,7 @@ impl NetConf {
             subnet,
             ipv6_subnet,
             mtu,
+            big_tcp,
             data_dir: absolute_path(value, "dataDir")?.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             log_file: absolute_path(value, "logFile")?,
             dns: key::<Dns>(value, &["dns"])?,
@@ -391,6 +395,8 @@ mod tests {
         assert_eq!(c.subnet_file, Path::new(DEFAULT_SUBNET_FILE));
         assert_eq!(c.data_dir, Path::new(DEFAULT_DATA_DIR));
         assert!(c.subnet.is_none() && c.mtu.is_none());
+        assert!(!c.big_tcp);
+        assert!(parse(json!({"bigTcp": true})).unwrap().big_tcp);
     }
 
     #[test]
@@ -537,6 +543,7 @@ mod tests {
             (r#"{"mtu":65536}"#, "mtu", "65536"),
             (r#"{"ipMasq":{"on":true}}"#, "ipMasq", "on"),
             (r#"{"ipMasq":"true"}"#, "ipMasq", "true"),
+            (r#"{"bigTcp":"yes"}"#, "bigTcp", "yes"),
             (r#"{"mode":["ptp"]}"#, "mode", "ptp"),
             (r#"{"mode":"bridge","bridge":5}"#, "bridge", "5"),
             (r#"{"dataDir":""}"#, "dataDir", "\"\""),

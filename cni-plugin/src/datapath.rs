@@ -29,6 +29,8 @@ pub struct PodSpec {
     pub alias: String,
     pub mode: Mode,
     pub mtu: u32,
+    /// BIG TCP: GSO/GRO maximums of 185000 on both veth ends, set in the creating message.
+    pub big_tcp: bool,
     pub mac: Option<[u8; 6]>,
     pub addrs: Vec<PodAddr>,
 }

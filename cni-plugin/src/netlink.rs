@@ -366,15 +366,23 @@ async fn ensure_bridge(h: &Handle, name: &str, spec: &PodSpec) -> Result<(LinkIn
 /// namespace (IFLA_NET_NS_FD on the main link) and the peer in ours. Nothing is moved
 /// between namespaces afterwards, which would cost an extra rtnl round and a rename.
 async fn create_veth(h: &Handle, spec: &PodSpec, pod_fd: i32) -> Result<(), Error> {
-    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+    let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
         .name(spec.host_veth.clone())
         .mtu(spec.mtu)
         .build();
+    if spec.big_tcp {
+        peer.attributes.extend(big_tcp_attrs());
+    }
     let mut b = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
         .name(spec.ifname.clone())
         .mtu(spec.mtu)
         .setns_by_fd(pod_fd)
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)));
+    if spec.big_tcp {
+        for a in big_tcp_attrs() {
+            b = b.append_extra_attribute(a);
+        }
+    }
     if let Some(mac) = spec.mac {
         b = b.address(mac.to_vec());
     }
@@ -413,6 +421,20 @@ async fn create_veth(h: &Handle, spec: &PodSpec, pod_fd: i32) -> Result<(), Erro
             spec.host_veth, spec.ifname
         ))(e)),
     }
+}
+
+/// BIG TCP's sizes for a veth end (IPv6 and, since Linux 6.3, IPv4), in the creating
+/// RTM_NEWLINK: the kernel applies them in `rtnl_create_link`, before the link exists for
+/// anyone, so no socket of the pod ever caches the 64 KB default. veth's `tso_max_size` is
+/// 524280; a kernel without the IPv4 attributes ignores them (IPv6 BIG TCP still applies).
+fn big_tcp_attrs() -> [LinkAttribute; 4] {
+    const SIZE: u32 = 185_000;
+    [
+        LinkAttribute::GsoMaxSize(SIZE),
+        LinkAttribute::GroMaxSize(SIZE),
+        LinkAttribute::GsoIpv4MaxSize(SIZE),
+        LinkAttribute::GroIpv4MaxSize(SIZE),
+    ]
 }
 
 /// Host end: alias (for GC), up, then ptp's gateway /32 and per-pod route, or bridge port.

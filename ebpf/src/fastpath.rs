@@ -320,6 +320,40 @@ impl FastPath {
     }
 }
 
+/// A pinned link as read without loading anything: what `hostgw-routed status` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedLink {
+    pub ifindex: u32,
+    pub prog_id: u32,
+    /// False once the interface is gone (the kernel detached the link; the pin is stale).
+    pub attached: bool,
+}
+
+/// Every pin under `<pin_dir>/links`, read back from the kernel (needs CAP_BPF to open the
+/// pins, as loading does). A missing pin directory is no links, not an error.
+pub fn pinned_links(pin_dir: &Path) -> Result<Vec<PinnedLink>> {
+    let dir = pin_dir.join("links");
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(Error::PinDir { path: dir, source }),
+    };
+    let mut out: Vec<PinnedLink> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .map(|ifindex: u32| {
+            let link = Link::open(dir.join(ifindex.to_string())).ok();
+            let info = link.as_ref().and_then(|l| l.info().ok());
+            PinnedLink {
+                ifindex,
+                prog_id: info.as_ref().map_or(0, |i| i.prog_id),
+                attached: link.as_ref().and_then(link_ifindex) == Some(ifindex),
+            }
+        })
+        .collect();
+    out.sort_by_key(|l| l.ifindex);
+    Ok(out)
+}
+
 /// The pinned link of `ifindex` if it is still attached there; a stale pin (its interface
 /// deleted, its ifindex maybe reused) is removed.
 fn open_live_link(path: &Path, ifindex: u32) -> Result<Option<Link>> {

@@ -22,7 +22,9 @@ mod sys;
 
 pub use big_tcp::{BIG_TCP_SIZE, LEGACY_GSO_SIZE, set_gso_gro_max};
 pub use error::{Error, Result};
-pub use fastpath::{Adopted, Attached, Attachment, DEFAULT_PIN_DIR, FastPath, Options};
+pub use fastpath::{
+    Adopted, Attached, Attachment, DEFAULT_PIN_DIR, FastPath, Options, PinnedLink, pinned_links,
+};
 pub use maps::{ClusterNetworks, Count, Counters, IfaceKind, Reason};
 pub use ops::{FakeFastPath, FastPathOps};
 pub use probe::{Check, Feature, Probe, probe};

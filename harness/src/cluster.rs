@@ -48,10 +48,15 @@ pub fn ipam_dir(c: &Cluster, node: usize) -> PathBuf {
 /// The plugin config a runtime on node `node` hands the plugin: the shipped conflist's
 /// entry, with `subnetFile` and `dataDir` pointed at the node's own files.
 pub fn pod_conf(c: &Cluster, node: usize) -> Value {
-    shipped_plugin_conf(&[
+    let mut keys = vec![
         ("subnetFile", json!(c.nodes[node].subnet_file)),
         ("dataDir", json!(ipam_dir(c, node))),
-    ])
+    ];
+    // BIG TCP on the pod veths is the plugin's (the daemon sets the uplink's).
+    if c.datapath == (crate::routed::Datapath::Ebpf { big_tcp: true }) {
+        keys.push(("bigTcp", json!(true)));
+    }
+    shipped_plugin_conf(&keys)
 }
 
 /// Runs the plugin on node `node` as a runtime does.
@@ -165,6 +170,57 @@ pub fn tcp_server(pod: &Pod, port: u16) -> Result<Proc> {
         },
     )?;
     Ok(p)
+}
+
+/// Echo servers in `pod` (python3, serving until the pod goes): TCP on `tcp`, UDP on `udp`,
+/// both families. For NAT paths, where the reply's addresses are what is tested.
+pub fn echo_servers(pod: &Pod, tcp: u16, udp: u16) -> Result<[Proc; 2]> {
+    let tcp_src = format!(
+        "import socket\ns=socket.create_server(('::',{tcp}),family=socket.AF_INET6,dualstack_ipv6=True)\n\
+         while True:\n c,_=s.accept()\n c.settimeout(5)\n try: c.sendall(c.recv(100))\n except OSError: pass\n c.close()"
+    );
+    let udp_src = format!(
+        "import socket\ns=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,0)\ns.bind(('::',{udp}))\n\
+         while True:\n d,a=s.recvfrom(100)\n s.sendto(d,a)"
+    );
+    let spawn = |src: String| {
+        let mut c = pod.ns.cmd("python3");
+        c.args(["-c", &src]).stdout(Stdio::null());
+        Proc::spawn(c)
+    };
+    let servers = [spawn(tcp_src)?, spawn(udp_src)?];
+    wait_for(
+        &format!("{} echoing on {tcp}/tcp and {udp}/udp", pod.name),
+        Duration::from_secs(10),
+        || {
+            let out = pod.ns.sh("ss -Hlntu").ok()?;
+            (out.contains(&format!(":{tcp} ")) && out.contains(&format!(":{udp} "))).then_some(())
+        },
+    )?;
+    Ok(servers)
+}
+
+/// Sends `msg` to `ip:port` over `proto` ("tcp" or "udp") from `from` with a connected
+/// socket (a reply from any other address is not taken) and returns the answer.
+pub fn echo(from: &Netns, proto: &str, ip: &str, port: u16, msg: &str) -> Result<String> {
+    let kind = if proto == "tcp" {
+        "SOCK_STREAM"
+    } else {
+        "SOCK_DGRAM"
+    };
+    let fam = if ip.contains(':') {
+        "AF_INET6"
+    } else {
+        "AF_INET"
+    };
+    let src = format!(
+        "import socket\ns=socket.socket(socket.{fam},socket.{kind})\ns.settimeout(3)\n\
+         s.connect(('{ip}',{port}))\ns.send(b'{msg}')\nprint(s.recv(100).decode())"
+    );
+    let out = must(from.cmd("python3").args(["-c", &src]))
+        .with_context(|| format!("{proto} echo to {ip}:{port}"))?;
+    Ok(out.trim().to_owned())
 }
 
 /// Connects to `ip:port` from `from` and returns what the server said.

@@ -3,16 +3,20 @@
 //! ([`crate::routed::Cluster`]) also its uplink addresses and its `hostgw-routed`. The CNI
 //! fixtures (run the plugin in it, read what it holds) are in [`crate::pod`].
 
-use std::path::PathBuf;
+use std::{path::PathBuf, process::Command, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tempfile::TempDir;
 
-use crate::{Netns, Proc, bin};
+use crate::{Netns, Proc, bin, must, wait_for};
 
 pub struct Node {
     /// Declared before `ns`: the daemon ends before its namespace goes.
     pub daemon: Option<Proc>,
+    /// A process holding a mount namespace of its own with a private bpffs on /sys/fs/bpf,
+    /// for a daemon on the eBPF datapath: its pins outlive a daemon restart (as on a node)
+    /// and go with this process, never touching the host's bpffs.
+    pub bpffs: Option<Proc>,
     pub ns: Netns,
     /// `node-<i>` in a cluster; the namespace's name otherwise.
     pub name: String,
@@ -40,6 +44,7 @@ impl Node {
         let tmp = tempfile::tempdir()?;
         Ok(Node {
             daemon: None,
+            bpffs: None,
             name: ns.name().to_owned(),
             ns,
             ip: String::new(),
@@ -59,6 +64,7 @@ impl Node {
         let tmp = tempfile::Builder::new().prefix("hgwt-node").tempdir()?;
         Ok(Node {
             daemon: None,
+            bpffs: None,
             ns,
             name,
             ip,
@@ -69,6 +75,48 @@ impl Node {
             plugin: bin("hostgw"),
             tmp,
         })
+    }
+
+    /// Starts the bpffs holder once (inside the node's netns, so the namespace's Drop and
+    /// cleanup.sh end it with everything else) and waits for its mount.
+    pub fn ensure_bpffs(&mut self) -> Result<()> {
+        if self.bpffs.is_some() {
+            return Ok(());
+        }
+        let mut c = self.ns.cmd("unshare");
+        c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount -t bpf hgwt-bpffs /sys/fs/bpf && exec sleep 2147483647");
+        let p = Proc::spawn(c)?;
+        let mnt = format!("--mount=/proc/{}/ns/mnt", p.pid());
+        self.bpffs = Some(p);
+        wait_for("the node's private bpffs", Duration::from_secs(10), || {
+            let out = must(Command::new("nsenter").args([
+                mnt.as_str(),
+                "stat",
+                "-f",
+                "-c",
+                "%T",
+                "/sys/fs/bpf",
+            ]))
+            .ok()?;
+            (out.trim() == "bpf_fs").then_some(())
+        })
+        .context("mount bpffs in the node's mount namespace")
+    }
+
+    /// A command in this node: its netns, and its bpffs holder's mount namespace if it has one.
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match &self.bpffs {
+            None => self.ns.cmd(program),
+            Some(h) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--mount=/proc/{}/ns/mnt", h.pid()))
+                    .arg(format!("--net={}", self.ns.path().display()))
+                    .arg("--")
+                    .arg(program);
+                c
+            }
+        }
     }
 
     /// The plugin's `dataDir` on this node: one IPAM store per node.

@@ -30,8 +30,45 @@ pub const ETCD_IP6: &str = "fd19:19::2";
 
 pub use crate::node::Node;
 
+/// The datapath of the cluster's daemons. [`Cluster::new`] takes it from
+/// `HOSTGW_TEST_DATAPATH` (`routes`, the default; `ebpf`; `ebpf-bigtcp`), so a whole suite can
+/// run on the fast path; the fast-path scenarios set it with [`Cluster::set_datapath`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Datapath {
+    Routes,
+    Ebpf { big_tcp: bool },
+}
+
+impl Datapath {
+    pub fn from_env() -> Result<Datapath> {
+        match std::env::var("HOSTGW_TEST_DATAPATH").as_deref() {
+            Err(_) | Ok("") | Ok("routes") => Ok(Datapath::Routes),
+            Ok("ebpf") => Ok(Datapath::Ebpf { big_tcp: false }),
+            Ok("ebpf-bigtcp") => Ok(Datapath::Ebpf { big_tcp: true }),
+            Ok(other) => anyhow::bail!(
+                "HOSTGW_TEST_DATAPATH={other:?}: expected routes, ebpf or ebpf-bigtcp"
+            ),
+        }
+    }
+
+    /// The daemon's flags for it.
+    pub fn args(self) -> Vec<String> {
+        match self {
+            Datapath::Routes => vec![],
+            Datapath::Ebpf { big_tcp } => {
+                let mut a = vec!["--datapath".to_owned(), "ebpf".to_owned()];
+                if big_tcp {
+                    a.push("--big-tcp".to_owned());
+                }
+                a
+            }
+        }
+    }
+}
+
 pub struct Cluster {
     pub nodes: Vec<Node>,
+    pub datapath: Datapath,
     pub etcd: Etcd,
     pub etcd_ns: Netns,
     pub sw: Netns,
@@ -95,6 +132,7 @@ impl Cluster {
         let dir = tempfile::tempdir()?;
         let mut c = Cluster {
             nodes: vec![],
+            datapath: Datapath::from_env()?,
             etcd,
             etcd_ns,
             sw,
@@ -145,14 +183,24 @@ impl Cluster {
         a
     }
 
+    /// The datapath of every daemon started from now on.
+    pub fn set_datapath(&mut self, d: Datapath) {
+        self.datapath = d;
+    }
+
     pub fn start(&mut self, i: usize) -> Result<()> {
         let mut args = vec!["run".to_owned()];
         args.extend(self.common_args(i));
         args.extend(["--metrics-addr".to_owned(), "127.0.0.1:9475".to_owned()]);
+        args.extend(self.datapath.args());
+        let ebpf = self.datapath != Datapath::Routes;
         let n = &mut self.nodes[i];
+        if ebpf {
+            n.ensure_bpffs()?;
+        }
         args.extend(n.extra_args.iter().cloned());
         let log = File::options().create(true).append(true).open(&n.log)?;
-        let mut cmd = n.ns.cmd(bin("hostgw-routed"));
+        let mut cmd = n.cmd(bin("hostgw-routed"));
         cmd.args(&args)
             .stdout(Stdio::null())
             .stderr(log)
@@ -167,7 +215,7 @@ impl Cluster {
 
     /// Runs `hostgw-routed <sub> <common args> EXTRA` in node `i`; must succeed.
     pub fn cli(&self, i: usize, sub: &str, extra: &[&str]) -> Result<String> {
-        let mut cmd = self.nodes[i].ns.cmd(bin("hostgw-routed"));
+        let mut cmd = self.nodes[i].cmd(bin("hostgw-routed"));
         cmd.arg(sub)
             .args(self.common_args(i))
             .args(extra)
@@ -237,6 +285,35 @@ impl Cluster {
         let mut c = self.nodes[i].ns.cmd("curl");
         c.args(["-sf", "--max-time", "5", "http://127.0.0.1:9475/metrics"]);
         must(&mut c)
+    }
+
+    /// Packets node `i`'s fast path forwarded past the stack (both programs), from /metrics.
+    pub fn fast_pathed(&self, i: usize) -> Result<f64> {
+        let m = self.metrics(i)?;
+        Ok(
+            metric(&m, "hostgw_ebpf_packets_total", &["reason=\"fwd_peer\""])
+                + metric(
+                    &m,
+                    "hostgw_ebpf_packets_total",
+                    &["reason=\"fwd_redirect\""],
+                ),
+        )
+    }
+
+    /// Waits until node `i` runs the eBPF datapath and has fast-pathed more than `above`
+    /// packets (the counters reach /metrics within 5 s): proof that traffic took the fast path.
+    pub fn wait_fast_pathed(&self, i: usize, above: f64) -> Result<f64> {
+        wait_for(
+            &format!("node {i} fast-pathing more than {above} packets"),
+            Duration::from_secs(15),
+            || {
+                let m = self.metrics(i).ok()?;
+                let on = metric(&m, "hostgw_datapath", &["mode=\"ebpf\""]) == 1.0;
+                let n = self.fast_pathed(i).ok()?;
+                (on && n > above).then_some(n)
+            },
+        )
+        .with_context(|| self.logs())
     }
 
     /// HTTP status of `/readyz` on node `i`.
@@ -383,6 +460,7 @@ impl Cluster {
             sw,
             certs: None,
             dir: tempfile::tempdir()?,
+            datapath: Datapath::from_env()?,
         };
         for i in 0..nodes {
             let host = 10 + i as u32;

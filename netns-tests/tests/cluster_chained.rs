@@ -16,10 +16,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use hostgw_harness::{
     Netns, Proc,
-    cluster::{Pod, ipam_dir, result_addrs, tcp, tcp_get, tcp_server},
+    cluster::{Pod, echo, echo_servers, ipam_dir, result_addrs, tcp, tcp_get, tcp_server},
     manifests::shipped_conflist,
     must, require_root,
-    routed::{Cluster, Spec},
+    routed::{Cluster, Datapath, Spec, metric},
     run_timeout,
 };
 use serde_json::{Value, json};
@@ -126,10 +126,15 @@ impl<'c> Runtime<'c> {
 }
 
 fn cluster() -> Result<Cluster> {
+    cluster_on(Datapath::from_env()?)
+}
+
+fn cluster_on(dp: Datapath) -> Result<Cluster> {
     let mut c = Cluster::new(Spec {
         nodes: 2,
         ..Spec::default()
     })?;
+    c.set_datapath(dp);
     c.start_all()?;
     c.wait_converged(Duration::from_secs(20))?;
     Ok(c)
@@ -187,6 +192,52 @@ fn cluster_chained_hostport_answers_on_the_node_ip_from_a_pod_and_a_node_and_del
         !matches!(&after, Ok(s) if s == "web"),
         "node A:8080 still answers after DEL: {after:?}"
     );
+    b.del(&client, &json!({}))?;
+    Ok(())
+}
+
+/// A hostPort through the real portmap plugin, TCP and UDP, with the daemons' eBPF fast path
+/// on: the web pod's replies are in the cluster network, but conntrack on its node holds them
+/// as DNATed, so its pod program hands them to the stack, which restores the node's address.
+#[test]
+fn cluster_fastpath_chained_hostport_through_portmap_works_tcp_and_udp() -> Result<()> {
+    require_root();
+    let c = cluster_on(Datapath::Ebpf { big_tcp: false })?;
+    let (a, b) = (Runtime::new(&c, 0)?, Runtime::new(&c, 1)?);
+    let caps = json!({"portMappings": [
+        {"hostPort": HOST_PORT, "containerPort": POD_PORT, "protocol": "tcp"},
+        {"hostPort": HOST_PORT, "containerPort": POD_PORT, "protocol": "udp"}
+    ]});
+    let (web, _) = a.add("web", &caps)?;
+    let _servers = echo_servers(&web, POD_PORT, POD_PORT)?;
+    let (client, _) = b.add("client", &json!({}))?;
+    let node_a = c.nodes[0].ip.clone();
+    let ct_nat = || -> Result<f64> {
+        Ok(metric(
+            &c.metrics(0)?,
+            "hostgw_ebpf_packets_total",
+            &["reason=\"ct_nat\""],
+        ))
+    };
+    let nat0 = ct_nat()?;
+    for proto in ["tcp", "udp"] {
+        for (from, who) in [(&client.ns, "pod on node B"), (&c.nodes[1].ns, "node B")] {
+            let got = echo(from, proto, &node_a, HOST_PORT, "hostport")
+                .with_context(|| format!("{proto} {who} -> node A:{HOST_PORT}"))?;
+            assert_eq!(got, "hostport", "{proto} from {who}");
+        }
+    }
+    hostgw_harness::wait_for(
+        "NATed replies counted on node A",
+        Duration::from_secs(10),
+        || (ct_nat().ok()? >= nat0 + 4.0).then_some(()),
+    )
+    .with_context(|| c.logs())?;
+    // Pod-to-pod traffic beside it is still fast-pathed.
+    let _web_tcp = tcp_server(&client, 7001)?;
+    tcp(&web.ns, &client.ip, 7001, "client")?;
+    c.wait_fast_pathed(0, 0.0)?;
+    a.del(&web, &caps)?;
     b.del(&client, &json!({}))?;
     Ok(())
 }

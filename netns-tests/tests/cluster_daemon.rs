@@ -11,15 +11,16 @@ use hostgw_harness::{
         subnet6, time_until,
     },
     require_root,
-    routed::{CONFIG_V6, Cluster, Spec, metric},
+    routed::{CONFIG_V6, Cluster, Datapath, Spec, metric},
     wait_for,
 };
 
-fn dual_cluster() -> Result<Cluster> {
+fn dual_cluster(dp: Datapath) -> Result<Cluster> {
     let mut c = Cluster::new(Spec {
         config: CONFIG_V6,
         ..Spec::default()
     })?;
+    c.set_datapath(dp);
     c.start_all()?;
     c.wait_converged(Duration::from_secs(20))?;
     Ok(c)
@@ -50,9 +51,28 @@ fn owned_dsts(c: &Cluster) -> Result<Vec<String>> {
 #[test]
 fn cluster_daemon_sigkill_and_restart_changes_no_route_and_loses_no_packet() -> Result<()> {
     require_root();
-    let mut c = dual_cluster()?;
+    sigkill_and_restart(Datapath::from_env()?)
+}
+
+/// The same on the eBPF datapath: the pinned tcx links keep forwarding while no daemon runs,
+/// and the new daemon's load replaces their programs in place (the upgrade path).
+#[test]
+fn cluster_fastpath_daemon_sigkill_and_restart_changes_no_route_and_loses_no_packet() -> Result<()>
+{
+    require_root();
+    sigkill_and_restart(Datapath::Ebpf { big_tcp: false })
+}
+
+fn sigkill_and_restart(dp: Datapath) -> Result<()> {
+    let mut c = dual_cluster(dp)?;
     let pods = [add_pod(&c, 0, "pod-a")?, add_pod(&c, 1, "pod-b")?];
     all_reach(&pods, None)?;
+    let ebpf = dp != Datapath::Routes;
+    let fast_before = if ebpf {
+        c.wait_fast_pathed(1, 0.0)?
+    } else {
+        0.0
+    };
     let dsts: Vec<String> = owned_dsts(&c)?
         .into_iter()
         .chain(pods.iter().flat_map(|p| p.addrs()).map(|a| format!("{a} ")))
@@ -140,15 +160,47 @@ fn cluster_daemon_sigkill_and_restart_changes_no_route_and_loses_no_packet() -> 
         "{}",
         c.log(1)
     );
+    if ebpf {
+        fast_path_survived(&c, fast_before)?;
+    }
+    Ok(())
+}
+
+/// The restarted daemon adopted node 1's uplink and pod-b's veth (its load replaced their
+/// programs), and the ping kept being fast-pathed (the counters live in pinned maps).
+fn fast_path_survived(c: &Cluster, before: f64) -> Result<()> {
+    let log = c.log(1);
+    assert!(
+        log.contains("pinned links adopted replaced=2 pruned=0"),
+        "{log}"
+    );
+    let after = c.wait_fast_pathed(1, before + 700.0)?;
+    eprintln!("node 1 fast-pathed {before} packets before the kill, {after} at the end");
     Ok(())
 }
 
 #[test]
 fn cluster_route_deleted_by_hand_is_back_within_a_second() -> Result<()> {
     require_root();
-    let c = dual_cluster()?;
+    route_deleted_by_hand(Datapath::from_env()?)
+}
+
+/// The same on the eBPF datapath: the programs ask the FIB for every packet, so the repaired
+/// route is the fast path's again at once.
+#[test]
+fn cluster_fastpath_route_deleted_by_hand_is_back_within_a_second() -> Result<()> {
+    require_root();
+    route_deleted_by_hand(Datapath::Ebpf { big_tcp: false })
+}
+
+fn route_deleted_by_hand(dp: Datapath) -> Result<()> {
+    let c = dual_cluster(dp)?;
     let pods = [add_pod(&c, 0, "pod-a")?, add_pod(&c, 1, "pod-b")?];
     all_reach(&pods, None)?;
+    let fast_before = match dp {
+        Datapath::Routes => None,
+        Datapath::Ebpf { .. } => Some(c.wait_fast_pathed(0, 0.0)?),
+    };
     let sub1 = c.subnet(1).unwrap();
     let sub1_6 = subnet6(&c, 1).context("IPv6 subnet of node 1")?;
     for (dst, via, to) in [
@@ -191,13 +243,17 @@ fn cluster_route_deleted_by_hand_is_back_within_a_second() -> Result<()> {
     wait_for("repairs counted", Duration::from_secs(2), || {
         (metric(&c.metrics(0).ok()?, "hostgw_routes_repaired_total", &[]) >= 2.0).then_some(())
     })?;
+    if let Some(before) = fast_before {
+        // 300 pings went out on node 0's fast path, less what the gaps cost.
+        c.wait_fast_pathed(0, before + 200.0)?;
+    }
     Ok(())
 }
 
 #[test]
 fn cluster_route_of_a_node_removed_while_down_is_pruned_at_start() -> Result<()> {
     require_root();
-    let mut c = dual_cluster()?;
+    let mut c = dual_cluster(Datapath::from_env()?)?;
     let pods = [add_pod(&c, 0, "pod-a")?, add_pod(&c, 1, "pod-b")?];
     let gone = add_pod(&c, 2, "pod-c")?;
     all_reach(&pods, None)?;

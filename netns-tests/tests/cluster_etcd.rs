@@ -15,14 +15,19 @@ use hostgw_harness::{
     },
     etcd::EtcdCluster,
     require_root,
-    routed::{CONFIG, Cluster, PREFIX, Spec, lease_json, metric, subnet_key},
+    routed::{CONFIG, Cluster, Datapath, PREFIX, Spec, lease_json, metric, subnet_key},
     wait_for,
 };
 
 const PORT: u16 = 7000;
 
 fn cluster() -> Result<Cluster> {
+    cluster_on(Datapath::from_env()?)
+}
+
+fn cluster_on(dp: Datapath) -> Result<Cluster> {
     let mut c = Cluster::new(Spec::default())?;
+    c.set_datapath(dp);
     c.start_all()?;
     c.wait_converged(Duration::from_secs(20))?;
     Ok(c)
@@ -107,7 +112,18 @@ fn lease_after_return(c: &mut Cluster, down: Instant) -> Result<(String, Vec<Dur
 #[test]
 fn cluster_heavy_etcd_down_60s_keeps_routes_and_pods_talking_then_resumes() -> Result<()> {
     require_root();
-    let mut c = cluster()?;
+    etcd_down_60s(Datapath::from_env()?)
+}
+
+/// The same on the eBPF datapath: etcd is no part of the fast path, which keeps forwarding.
+#[test]
+fn cluster_heavy_fastpath_etcd_down_60s_keeps_routes_and_pods_talking_then_resumes() -> Result<()> {
+    require_root();
+    etcd_down_60s(Datapath::Ebpf { big_tcp: false })
+}
+
+fn etcd_down_60s(dp: Datapath) -> Result<()> {
+    let mut c = cluster_on(dp)?;
     let pods = [
         add_pod(&c, 0, "pod-a")?,
         add_pod(&c, 1, "pod-b")?,
@@ -172,6 +188,10 @@ fn cluster_heavy_etcd_down_60s_keeps_routes_and_pods_talking_then_resumes() -> R
     }
     all_reach(&pods, Some(PORT))?;
     assert!(failures.is_empty(), "{}\n{}", failures.join("\n"), c.logs());
+    if dp != Datapath::Routes {
+        // 330 pings pod-a -> pod-c, fast-pathed out of node 0.
+        c.wait_fast_pathed(0, 300.0)?;
+    }
     Ok(())
 }
 

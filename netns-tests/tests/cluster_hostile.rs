@@ -12,7 +12,7 @@ use hostgw_harness::{
         status_json, tcp_server,
     },
     require_root,
-    routed::{Cluster, Spec, lease_json, metric, subnet_key},
+    routed::{Cluster, Datapath, Spec, lease_json, metric, subnet_key},
     wait_for,
 };
 
@@ -218,7 +218,19 @@ fn assert_cleared(
 #[test]
 fn cluster_hostile_leases_route_nothing_and_are_reported_everywhere() -> Result<()> {
     require_root();
+    hostile_leases(Datapath::from_env()?)
+}
+
+/// The same on the eBPF datapath: a hostile lease that routes nothing fast-paths nothing.
+#[test]
+fn cluster_fastpath_hostile_leases_route_nothing_and_are_reported_everywhere() -> Result<()> {
+    require_root();
+    hostile_leases(Datapath::Ebpf { big_tcp: false })
+}
+
+fn hostile_leases(dp: Datapath) -> Result<()> {
     let mut c = Cluster::new(Spec::default())?;
+    c.set_datapath(dp);
     c.start_all()?;
     c.wait_converged(Duration::from_secs(20))?;
     let pods = [
@@ -255,5 +267,8 @@ fn cluster_hostile_leases_route_nothing_and_are_reported_everywhere() -> Result<
     let s = run.finish(Duration::from_secs(20))?;
     assert_eq!(s.lost(), 0, "pod traffic disturbed:\n{}", s.text);
     all_reach(&pods, Some(PORT))?;
+    if dp != Datapath::Routes {
+        c.wait_fast_pathed(0, 250.0)?;
+    }
     assert_cleared(&c, &h, monitors, &before)
 }

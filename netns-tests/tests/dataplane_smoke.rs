@@ -35,11 +35,23 @@ fn dataplane_heavy_smoke() {
             "{id}: ratio"
         );
     }
+    // Issue 5's 3 targets × 2 hostgw modes, then issue 13's: 3 concurrent A/B targets per
+    // partner (ebpf: native; ebpf-bigtcp: native and native-bigtcp) + 1 latency target each.
     assert_eq!(
         json["targets"].as_array().map(Vec::len),
-        Some(6),
-        "3 targets × 2 hostgw modes"
+        Some(6 + (3 + 1) + (3 * 2 + 1)),
+        "every target checked"
     );
+    for id in ["hostgw-ptp-ebpf", "hostgw-ptp-ebpf-bigtcp"] {
+        let m = json["modes"]
+            .as_array()
+            .and_then(|v| v.iter().find(|m| m["id"] == id))
+            .unwrap();
+        let ab = m["concurrent"].as_array().map(Vec::len).unwrap_or(0);
+        assert!(ab >= 2, "{id}: concurrent A/B figures: {m}");
+    }
+    let ab = dataplane::concurrent_table(&report);
+    assert!(ab.contains("| hostgw-ptp-ebpf | native | 1 |"), "{ab}");
 
     let svg = std::fs::read_to_string(out.path().join("dataplane.svg")).unwrap();
     assert!(svg.starts_with("<svg"), "SVG starts with <svg");

@@ -1,7 +1,7 @@
 //! The image is tested, not only written: `manifests/build-image.sh` assembles it from the
 //! built binaries, containerd (inside a node namespace, in a private mount namespace) runs
 //! its three containers the way the DaemonSet does — the install-cni and forwarding init
-//! containers, then `hostgw-routed` with host networking and only NET_ADMIN + NET_RAW — and
+//! containers, then `hostgw-routed` with host networking and only NET_ADMIN + BPF + PERFMON — and
 //! it must program routes exactly like the bare binary on the other node. Pods on both
 //! nodes are then wired with the shipped conflist (`manifests/10-hostgw.conflist`, the one
 //! the ConfigMap carries) and the plugin the image installed, and reach each other.
@@ -37,8 +37,8 @@ fn rw(p: impl Into<PathBuf>, dst: impl Into<PathBuf>) -> (PathBuf, PathBuf, bool
 }
 
 /// What the DaemonSet's containers get: no capability for install-cni, NET_ADMIN for the
-/// forwarding init container (the kernel wants it for net sysctls), NET_ADMIN and NET_RAW
-/// for the daemon.
+/// forwarding init container (the kernel wants it for net sysctls), NET_ADMIN, BPF and
+/// PERFMON for the daemon.
 fn caps(add: &[&str]) -> RunOpts {
     RunOpts {
         cap_drop: s(&["ALL"]),
@@ -185,10 +185,10 @@ impl Deploy<'_> {
         Ok(())
     }
 
-    /// The daemon: host network, NET_ADMIN + NET_RAW, read-only /proc/sys.
+    /// The daemon: host network, NET_ADMIN + BPF + PERFMON, read-only /proc/sys.
     fn start_daemon(&self) -> Result<()> {
         let (subnet_dir, certs) = self.daemon_dirs()?;
-        let mut o = caps(&["NET_ADMIN", "NET_RAW"]);
+        let mut o = caps(&["NET_ADMIN", "BPF", "PERFMON"]);
         o.host_net = true;
         o.args = s(&["/usr/local/bin/hostgw-routed", "run"]);
         o.args.extend(self.cluster.common_args(1));
@@ -247,8 +247,8 @@ impl Deploy<'_> {
         Ok((s0, s1))
     }
 
-    /// The image's nft made the table; the daemon runs with exactly NET_ADMIN (12) and
-    /// NET_RAW (13), as the DaemonSet grants.
+    /// The image's nft made the table; the daemon runs with exactly NET_ADMIN (12), PERFMON
+    /// (38) and BPF (39), as the DaemonSet grants.
     fn runs_as_granted(&self) -> Result<()> {
         let node1 = &self.cluster.nodes[1].ns;
         let table = must(node1.cmd("nft").args(["list", "table", "inet", "hostgw"]))?;
@@ -263,7 +263,7 @@ impl Deploy<'_> {
             .trim()
             .to_owned();
         ensure!(
-            u64::from_str_radix(&cap_eff, 16)? == (1 << 12) | (1 << 13),
+            u64::from_str_radix(&cap_eff, 16)? == (1 << 12) | (1 << 38) | (1 << 39),
             "the daemon's effective capabilities are {cap_eff}"
         );
         Ok(())

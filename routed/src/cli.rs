@@ -73,6 +73,9 @@ pub struct Common {
     pub etcd_certfile: Option<PathBuf>,
     #[arg(long, env = "HOSTGW_ETCD_KEYFILE", requires = "etcd_certfile")]
     pub etcd_keyfile: Option<PathBuf>,
+    /// Where the eBPF fast path pins its links and maps (a directory on bpffs).
+    #[arg(long, env = "HOSTGW_BPF_PIN_DIR", default_value = hostgw_ebpf::DEFAULT_PIN_DIR)]
+    pub bpf_pin_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -105,6 +108,12 @@ pub struct RunArgs {
     /// Backstop resync of the kernel against the last known leases, in seconds.
     #[arg(long, env = "HOSTGW_RESYNC_SECS", default_value_t = 300)]
     pub resync_secs: u64,
+    /// `ebpf`: the fast path beside the routes (when the kernel can; else routes, saying why).
+    #[arg(long, env = "HOSTGW_DATAPATH", value_enum, default_value_t = crate::datapath::Datapath::Routes)]
+    pub datapath: crate::datapath::Datapath,
+    /// BIG TCP (GSO/GRO 185000) on both ends of every pod veth and on the uplink.
+    #[arg(long, env = "HOSTGW_BIG_TCP")]
+    pub big_tcp: bool,
 }
 
 #[derive(Debug, Clone, Args)]

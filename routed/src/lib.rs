@@ -12,6 +12,7 @@ pub mod backoff;
 pub mod cli;
 pub(crate) mod cmd;
 pub mod config;
+pub mod datapath;
 pub mod error;
 pub(crate) mod etcd;
 pub(crate) mod http;

@@ -18,6 +18,11 @@ pub struct CauseLabel {
     pub cause: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabel {
+    pub mode: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Arc<Registry>,
@@ -35,6 +40,10 @@ pub struct Metrics {
     pub node_name_conflicts: Gauge,
     pub config_mismatch: Gauge,
     pub subnet_pool_exhausted: Gauge,
+    pub datapath: Family<ModeLabel, Gauge>,
+    pub ebpf_packets: Family<ReasonLabel, Counter>,
+    pub ebpf_bytes: Family<ReasonLabel, Counter>,
+    pub ebpf_pods_attached: Gauge,
 }
 
 impl Default for Metrics {
@@ -64,6 +73,10 @@ impl Metrics {
             node_name_conflicts: Gauge::default(),
             config_mismatch: Gauge::default(),
             subnet_pool_exhausted: Gauge::default(),
+            datapath: Family::default(),
+            ebpf_packets: Family::default(),
+            ebpf_bytes: Family::default(),
+            ebpf_pods_attached: Gauge::default(),
         };
         r.register(
             "routes_installed",
@@ -104,6 +117,7 @@ impl Metrics {
             m.routes_repaired.clone(),
         );
         m.register_etcd(&mut r);
+        m.register_datapath(&mut r);
         Metrics {
             registry: Arc::new(r),
             ..m
@@ -139,6 +153,38 @@ impl Metrics {
         );
     }
 
+    /// The eBPF fast path (issue 13): which datapath runs, and the programs' counters.
+    fn register_datapath(&self, r: &mut Registry) {
+        r.register(
+            "datapath",
+            "1 for the datapath this daemon runs (mode=\"ebpf\" or \"routes\"), 0 for the other",
+            self.datapath.clone(),
+        );
+        r.register(
+            "ebpf_packets",
+            "Packets the fast path's programs saw, by outcome: fwd_peer/fwd_redirect skipped the stack, every other reason went to it",
+            self.ebpf_packets.clone(),
+        );
+        r.register(
+            "ebpf_bytes",
+            "Bytes the fast path's programs saw, by outcome (a GSO packet counts once in packets)",
+            self.ebpf_bytes.clone(),
+        );
+        r.register(
+            "ebpf_pods_attached",
+            "Pod host veths with the fast path attached",
+            self.ebpf_pods_attached.clone(),
+        );
+    }
+
+    pub fn set_datapath(&self, mode: &str) {
+        for m in ["ebpf", "routes"] {
+            self.datapath
+                .get_or_create(&ModeLabel { mode: m.into() })
+                .set(i64::from(m == mode));
+        }
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
@@ -160,6 +206,7 @@ mod tests {
             })
             .set(2);
         m.reconcile.inc();
+        m.set_datapath("routes");
         let text = m.encode();
         for name in [
             "hostgw_routes_installed ",
@@ -175,6 +222,8 @@ mod tests {
             "hostgw_node_name_conflicts ",
             "hostgw_config_mismatch ",
             "hostgw_subnet_pool_exhausted ",
+            "hostgw_datapath{mode=\"routes\"} 1",
+            "hostgw_datapath{mode=\"ebpf\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }

@@ -197,7 +197,20 @@ fn manifest_daemonset_keeps_its_promises() {
     assert_eq!(sc["privileged"], false);
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
-    assert_eq!(sc["capabilities"]["add"], json!(["NET_ADMIN", "NET_RAW"]));
+    assert_eq!(
+        sc["capabilities"]["add"],
+        json!(["NET_ADMIN", "BPF", "PERFMON"])
+    );
+    // The fast path's pins live on the host's bpffs.
+    let bpffs = main["volumeMounts"]
+        .as_array()
+        .and_then(|v| v.iter().find(|m| m["mountPath"] == "/sys/fs/bpf"))
+        .expect("/sys/fs/bpf mounted");
+    let vol = pod["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|x| x["name"] == bpffs["name"]))
+        .expect("its volume");
+    assert_eq!(vol["hostPath"]["path"], "/sys/fs/bpf");
     assert_eq!(main["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(main["livenessProbe"]["httpGet"]["path"], "/healthz");
     for probe in ["readinessProbe", "livenessProbe"] {
@@ -255,7 +268,8 @@ fn manifest_daemonset_keeps_its_promises() {
             "/etc/cni/net.d",
             "/opt/cni/bin",
             "/proc/sys/net",
-            "/run/hostgw"
+            "/run/hostgw",
+            "/sys/fs/bpf"
         ])
     );
 }
@@ -318,7 +332,7 @@ fn manifest_env_vars_are_ones_the_daemon_reads() {
 }
 
 #[test]
-fn manifest_systemd_unit_verifies_and_keeps_only_net_admin_and_net_raw() {
+fn manifest_systemd_unit_verifies_and_keeps_only_net_admin_bpf_and_perfmon() {
     let unit = read("systemd/hostgw-routed.service");
     let keys: Vec<(&str, &str)> = unit
         .lines()
@@ -331,8 +345,9 @@ fn manifest_systemd_unit_verifies_and_keeps_only_net_admin_and_net_raw() {
     assert_eq!(get("EnvironmentFile"), Some("/etc/default/hostgw-routed"));
     assert_eq!(
         get("CapabilityBoundingSet"),
-        Some("CAP_NET_ADMIN CAP_NET_RAW")
+        Some("CAP_NET_ADMIN CAP_BPF CAP_PERFMON")
     );
+    assert_eq!(get("ReadWritePaths"), Some("/run/hostgw /sys/fs/bpf"));
     assert_eq!(get("NoNewPrivileges"), Some("yes"));
     // The daemon writes net.ipv4.ip_forward: /proc/sys must stay writable.
     assert_eq!(get("ProtectKernelTunables"), None);

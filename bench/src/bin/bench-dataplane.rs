@@ -107,6 +107,7 @@ fn render(path: PathBuf) -> Result<()> {
     dataplane::rederive(&mut report);
     std::fs::write(path.with_extension("svg"), dataplane::report::svg(&report))?;
     print!("{}", dataplane::table(&report));
+    print!("\n{}", dataplane::concurrent_table(&report));
     Ok(())
 }
 

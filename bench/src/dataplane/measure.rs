@@ -94,14 +94,19 @@ struct IperfCpu {
     remote_total: Option<f64>,
 }
 
-fn iperf_once(p: &Pair, streams: u32, secs: u32) -> Result<Tcp> {
+/// A one-shot iperf3 server of the pair, on CPU 1, listening once this returns.
+fn iperf_server(p: &Pair) -> Result<Proc> {
     let mut s = on_cpu(&p.server, p.pin, 1, "iperf3");
     s.args(["-s", "-1", "-B", &p.server_ip, "-p", IPERF_PORT])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    let mut server = Proc::spawn(s)?;
+    let server = Proc::spawn(s)?;
     wait_listening(&p.server, "-Hltn", &p.server_ip, IPERF_PORT)?;
-    let before = proc_stat();
+    Ok(server)
+}
+
+/// The pair's iperf3 client, on CPU 0.
+fn iperf_client(p: &Pair, streams: u32, secs: u32) -> Command {
     let mut c = on_cpu(&p.client, p.pin, 0, "iperf3");
     c.args([
         "-c",
@@ -116,13 +121,57 @@ fn iperf_once(p: &Pair, streams: u32, secs: u32) -> Result<Tcp> {
         "3000",
         "-J",
     ]);
+    c
+}
+
+fn iperf_once(p: &Pair, streams: u32, secs: u32) -> Result<Tcp> {
+    let mut server = iperf_server(p)?;
+    let before = proc_stat();
+    let mut c = iperf_client(p, streams, secs);
     let out = run_timeout(&mut c, Duration::from_secs(u64::from(secs) + 20))?;
     let after = proc_stat();
     let _ = wait_for("iperf3 server exit", Duration::from_secs(3), || {
         server.exited()
     });
     drop(server);
-    let text = String::from_utf8_lossy(&out.stdout);
+    parse_iperf(p, streams, secs, &out.stdout, (before, after))
+}
+
+/// Native and `p` at the same time (issue 13's steadier method): both clients on CPU 0, both
+/// servers on CPU 1, so the scheduler gives both senders the same CPU and `p / native` is the
+/// inverse ratio of their CPU cost per byte; a slow phase of the machine hits both at once.
+pub(super) fn iperf_concurrent(
+    native: &Pair,
+    p: &Pair,
+    streams: u32,
+    secs: u32,
+) -> Result<(Tcp, Tcp)> {
+    let mut servers = [iperf_server(native)?, iperf_server(p)?];
+    let running = vec![
+        hostgw_harness::proc::launch(&mut iperf_client(native, streams, secs), &[])?,
+        hostgw_harness::proc::launch(&mut iperf_client(p, streams, secs), &[])?,
+    ];
+    let done =
+        hostgw_harness::proc::finish_all(running, Duration::from_secs(u64::from(secs) + 20))?;
+    for s in &mut servers {
+        let _ = wait_for("iperf3 server exit", Duration::from_secs(3), || s.exited());
+    }
+    let mut outs = done.into_iter().map(|f| f.into_output().stdout);
+    let (a, b) = (
+        outs.next().unwrap_or_default(),
+        outs.next().unwrap_or_default(),
+    );
+    Ok((
+        parse_iperf(native, streams, secs, &a, (None, None))?,
+        parse_iperf(p, streams, secs, &b, (None, None))?,
+    ))
+}
+
+type Jiffies = (Option<(u64, u64)>, Option<(u64, u64)>);
+
+fn parse_iperf(p: &Pair, streams: u32, secs: u32, stdout: &[u8], stat: Jiffies) -> Result<Tcp> {
+    let (before, after) = stat;
+    let text = String::from_utf8_lossy(stdout);
     let v: Iperf = serde_json::from_str(&text)
         .with_context(|| format!("{}: iperf3 output is not the JSON expected: {text}", p.mode))?;
     if let Some(e) = v.error {

@@ -44,11 +44,12 @@ pub mod report;
 mod topology;
 
 pub use measure::parse_sockperf;
-use measure::{Lat, Tcp, iperf, profile, sockperf};
+use measure::{Lat, Tcp, iperf, iperf_concurrent, profile, sockperf};
 use report::{
-    Latency, Mode, Params, Stats, TcpStats, Tune, loadavg, machine, median_opt, round, sh,
+    Concurrent, Latency, Mode, Params, Stats, TcpStats, Tune, loadavg, machine, median_opt, round,
+    sh,
 };
-pub use report::{Report, profile_table, rederive, table};
+pub use report::{Report, concurrent_table, profile_table, rederive, table};
 use topology::{Topology, all_namespaces, build, explain, node_state, topo_pin};
 
 /// The daemon's network: leases only from 198.18.1.0/24 to 198.18.99.0/24, so that the
@@ -66,6 +67,16 @@ pub const MODES: &[(&str, &str, &str)] = &[
         "hostgw-ptp",
         "hostgw ptp",
         "pod → veth → node0 (route via node1) → switch → node1 (/32 route) → veth → pod",
+    ),
+    (
+        "hostgw-ptp-ebpf",
+        "hostgw ptp + eBPF",
+        "pod → veth (tcx: FIB lookup, bpf_redirect) → node2 uplink → switch → node3 uplink (tcx: bpf_redirect_peer) → pod; nodes 2 and 3 run --datapath ebpf",
+    ),
+    (
+        "hostgw-ptp-ebpf-bigtcp",
+        "hostgw ptp + eBPF + BIG TCP",
+        "as hostgw-ptp-ebpf on nodes 4 and 5, with BIG TCP (185000) on the pod veths (plugin \"bigTcp\"), the uplinks (--big-tcp) and their switch ports",
     ),
     (
         "hostgw-bridge",
@@ -86,6 +97,11 @@ pub const MODES: &[(&str, &str, &str)] = &[
         "same-node",
         "same node (ptp)",
         "pod → veth → node1 (/32 route) → veth → pod",
+    ),
+    (
+        "native-bigtcp",
+        "native + BIG TCP",
+        "node6 eth0 → switch → node7 eth0, BIG TCP (185000) on both uplinks and their switch ports (no daemon)",
     ),
 ];
 
@@ -195,10 +211,15 @@ pub fn modes_help() -> String {
 
 // === the run ===
 
+/// (mode, partner, streams) of a concurrent A/B series.
+type AbKey = (&'static str, &'static str, u32);
+
 /// Every run of every pair, by mode.
 #[derive(Default)]
 struct Runs {
     tcp: BTreeMap<(&'static str, u32), Vec<Tcp>>,
+    /// (mode, partner, streams) -> (partner's run, mode's run) of each concurrent round.
+    ab: BTreeMap<AbKey, Vec<(Tcp, Tcp)>>,
     lat: BTreeMap<&'static str, Vec<Lat>>,
     profiles: BTreeMap<String, report::Profile>,
 }
@@ -248,6 +269,7 @@ fn measure_all(opts: &Options, topo: &Topology, log: &mut dyn FnMut(&str)) -> Re
             }
         }
     }
+    measure_concurrent(opts, topo, &mut runs, log)?;
     for round in 0..opts.lat_runs {
         for p in &topo.pairs {
             let r = sockperf(p, opts.lat_secs).map_err(|e| explain(topo, e))?;
@@ -273,6 +295,77 @@ fn measure_all(opts: &Options, topo: &Topology, log: &mut dyn FnMut(&str)) -> Re
         }
     }
     Ok(runs)
+}
+
+/// Which partner flows each mode runs beside: native always, and the BIG TCP fast path also
+/// beside native with BIG TCP (its fair comparison).
+fn partners(mode: &str) -> &'static [&'static str] {
+    match mode {
+        "native" | "native-bigtcp" => &[],
+        "hostgw-ptp-ebpf-bigtcp" => &["native", "native-bigtcp"],
+        _ => &["native"],
+    }
+}
+
+/// The concurrent A/B rounds (issue 13's figure of record), interleaved like the others.
+fn measure_concurrent(
+    opts: &Options,
+    topo: &Topology,
+    runs: &mut Runs,
+    log: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let find = |id: &str| topo.pairs.iter().find(|p| p.mode == id);
+    for &streams in &opts.streams {
+        for round in 0..opts.runs {
+            for p in &topo.pairs {
+                for &partner in partners(p.mode) {
+                    let Some(q) = find(partner) else { continue };
+                    let (a, b) =
+                        iperf_concurrent(q, p, streams, opts.secs).map_err(|e| explain(topo, e))?;
+                    log(&format!(
+                        "a/b -P {streams} run {}/{} {:<22} {:>6.2} beside {partner} {:>6.2} Gbit/s: {:.3}",
+                        round + 1,
+                        opts.runs,
+                        p.mode,
+                        b.gbps,
+                        a.gbps,
+                        if a.gbps > 0.0 { b.gbps / a.gbps } else { 0.0 }
+                    ));
+                    runs.ab
+                        .entry((p.mode, q.mode, streams))
+                        .or_default()
+                        .push((a, b));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn concurrent_figures(mode: &str, runs: &Runs) -> Vec<Concurrent> {
+    runs.ab
+        .iter()
+        .filter(|((m, ..), _)| *m == mode)
+        .map(|((_, partner, streams), v)| {
+            let ratios: Vec<f64> = v
+                .iter()
+                .filter(|(a, _)| a.gbps > 0.0)
+                .map(|(a, b)| b.gbps / a.gbps)
+                .collect();
+            let ratio = Stats::of(&ratios);
+            Concurrent {
+                partner: (*partner).into(),
+                streams: *streams,
+                cpu_per_gbit_ratio: ratio
+                    .as_ref()
+                    .filter(|r| r.median > 0.0)
+                    .map(|r| round(1.0 / r.median, 3)),
+                ratio,
+                gbps: Stats::of(&v.iter().map(|(_, b)| b.gbps).collect::<Vec<_>>()),
+                partner_gbps: Stats::of(&v.iter().map(|(a, _)| a.gbps).collect::<Vec<_>>()),
+            }
+        })
+        .collect()
 }
 
 fn tcp_stats(runs: Option<&Vec<Tcp>>) -> Option<TcpStats> {
@@ -308,6 +401,7 @@ fn mode_figures(mode: &'static str, mtu: u32, runs: &Runs) -> Mode {
             avg: median_opt(&l.iter().map(|r| r.avg_us).collect::<Vec<_>>()),
         },
         ratio_to_native: None,
+        concurrent: concurrent_figures(mode, runs),
     }
 }
 
@@ -345,6 +439,7 @@ fn write_outputs(
     let svg_path = opts.out.join("dataplane.svg");
     std::fs::write(&svg_path, report::svg(report))?;
     log(&format!("\n{}", table(report)));
+    log(&format!("\n{}", concurrent_table(report)));
     if opts.perf {
         log(&format!("\n{}", profile_table(report)));
     }
@@ -387,7 +482,10 @@ pub fn run(opts: &Options, log: &mut dyn FnMut(&str)) -> Result<Report> {
         },
         params: params(opts),
         node_state,
-        targets: report::targets(&modes),
+        targets: report::targets(&modes)
+            .into_iter()
+            .chain(report::fast_path_targets(&modes))
+            .collect(),
         modes,
         profile: opts.perf.then(|| std::mem::take(&mut runs.profiles)),
         elapsed_s: round(t0.elapsed().as_secs_f64(), 1),

@@ -97,6 +97,23 @@ pub struct Mode {
     pub latency_us: Latency,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ratio_to_native: Option<Ratios>,
+    /// The concurrent A/B runs against a partner (native, and for the BIG TCP mode also
+    /// native-bigtcp): the figure of record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub concurrent: Vec<Concurrent>,
+}
+
+/// This mode's flow and `partner`'s at the same time, clients on CPU 0, servers on CPU 1.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Concurrent {
+    pub partner: String,
+    pub streams: u32,
+    /// This mode's Gbit/s ÷ the partner's in the same run, over the rounds.
+    pub ratio: Option<Stats>,
+    pub gbps: Option<Stats>,
+    pub partner_gbps: Option<Stats>,
+    /// CPU per Gbit ÷ the partner's: the inverse of `ratio` (both senders share one CPU).
+    pub cpu_per_gbit_ratio: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -316,11 +333,103 @@ pub fn targets(modes: &[Mode]) -> Vec<Target> {
     out
 }
 
+/// Issue 13's targets for the fast-path modes, from the concurrent A/B runs against native
+/// (single stream ≥ 0.97, 4 streams ≥ 0.95, CPU per Gbit ≤ 1.05) and the sequential paired
+/// latency ratio (p50 ≤ 1.05).
+pub fn fast_path_targets(modes: &[Mode]) -> Vec<Target> {
+    let mut out = Vec::new();
+    for m in modes.iter().filter(|m| m.id.contains("ebpf")) {
+        let ab = |partner: &str, streams: u32| {
+            m.concurrent
+                .iter()
+                .find(|c| c.partner == partner && c.streams == streams)
+        };
+        let mut check = |target: String, value: Option<f64>, goal: &str, met: bool| {
+            out.push(Target {
+                mode: m.id.clone(),
+                target,
+                value,
+                goal: goal.into(),
+                met: value.map(|_| met),
+            })
+        };
+        for partner in ["native", "native-bigtcp"] {
+            let (Some(c1), c4) = (ab(partner, 1), ab(partner, 4)) else {
+                continue;
+            };
+            let r1 = c1.ratio.as_ref().map(|s| s.median);
+            let r4 = c4.and_then(|c| c.ratio.as_ref()).map(|s| s.median);
+            let cpu = c1.cpu_per_gbit_ratio;
+            let t = |what: &str| format!("{what} vs {partner} (concurrent A/B)");
+            check(
+                t("single-stream TCP"),
+                r1,
+                ">= 0.97",
+                r1.is_some_and(|r| r >= 0.97),
+            );
+            check(
+                t("4-stream TCP"),
+                r4,
+                ">= 0.95",
+                r4.is_some_and(|r| r >= 0.95),
+            );
+            check(
+                t("CPU per Gbit/s"),
+                cpu,
+                "<= 1.05",
+                cpu.is_some_and(|r| r <= 1.05),
+            );
+        }
+        let p50 = m.ratio_to_native.as_ref().and_then(|r| r.latency_p50);
+        check(
+            "latency p50 vs native (sequential, paired)".into(),
+            p50,
+            "<= 1.05",
+            p50.is_some_and(|r| r <= 1.05),
+        );
+    }
+    out
+}
+
+/// The concurrent A/B table (the figure of record for issue 13).
+pub fn concurrent_table(report: &Report) -> String {
+    let mut s = String::from(
+        "| mode | partner | streams | mode ÷ partner, same run (min–max) | mode Gbit/s | partner Gbit/s | CPU/Gbit ÷ partner |\n|---|---|---|---|---|---|---|\n",
+    );
+    let mut any = false;
+    for m in &report.modes {
+        for c in &m.concurrent {
+            any = true;
+            let stats = |x: &Option<Stats>| match x {
+                Some(st) => format!("{:.3} ({:.3}–{:.3})", st.median, st.min, st.max),
+                None => "-".into(),
+            };
+            let g = |x: &Option<Stats>| {
+                x.as_ref()
+                    .map_or("-".into(), |s| format!("{:.2}", s.median))
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                m.id,
+                c.partner,
+                c.streams,
+                stats(&c.ratio),
+                g(&c.gbps),
+                g(&c.partner_gbps),
+                fmt_opt(c.cpu_per_gbit_ratio, 3)
+            );
+        }
+    }
+    if any { s } else { String::new() }
+}
+
 /// Recomputes the ratios and the target checks of a report from its runs (for `--render`
 /// of a report written by an older version).
 pub fn rederive(report: &mut Report) {
     add_ratios(&mut report.modes);
     report.targets = targets(&report.modes);
+    report.targets.extend(fast_path_targets(&report.modes));
 }
 
 // === the machine ===

@@ -13,7 +13,7 @@ use hostgw_harness::{
     Netns, Proc, bin,
     cni::{Call, invoke},
     must,
-    routed::{Cluster, Spec},
+    routed::{Cluster, Datapath, Spec, metric},
     wait_for,
 };
 use serde_json::{Value, json};
@@ -184,6 +184,68 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// The fast-path modes: a node pair of their own per mode (so the uplink programs never
+    /// see native's traffic), daemons on `--datapath ebpf`; BIG TCP on the pods' veths (the
+    /// plugin), the uplinks (the daemon) and the uplinks' switch ports (the wire).
+    fn ebpf(&mut self) -> Result<()> {
+        for (mode, big_tcp) in [("hostgw-ptp-ebpf", false), ("hostgw-ptp-ebpf-bigtcp", true)] {
+            if !self.opts.wants(mode) {
+                continue;
+            }
+            let (a, b) = (self.cluster.add_node()?, self.cluster.add_node()?);
+            self.cluster.set_datapath(Datapath::Ebpf { big_tcp });
+            for i in [a, b] {
+                self.cluster.start(i)?;
+                if big_tcp {
+                    big_tcp_on(&self.cluster.sw.path(), &format!("p{i}"))?;
+                }
+            }
+            self.cluster.wait_converged(Duration::from_secs(20))?;
+            let conf = |b: &Self, i: usize| {
+                json!({"cniVersion": "1.0.0", "name": "podnet", "type": "hostgw", "mode": "ptp",
+                       "subnetFile": b.cluster.nodes[i].subnet_file, "bigTcp": big_tcp,
+                       "dataDir": b.tmp.path().join(format!("ipam-{i}"))})
+            };
+            let (client, _) = self.add_ours(a, &conf(self, a))?;
+            let server = self.add_ours(b, &conf(self, b))?;
+            for i in [a, b] {
+                wait_for(
+                    &format!("the fast path on node {i}'s pod veth"),
+                    Duration::from_secs(15),
+                    || {
+                        let m = self.cluster.metrics(i).ok()?;
+                        (metric(&m, "hostgw_ebpf_pods_attached", &[]) >= 1.0).then_some(())
+                    },
+                )
+                .with_context(|| self.cluster.logs())?;
+            }
+            self.pair(mode, client, server, 1500);
+        }
+        self.cluster.set_datapath(Datapath::Routes);
+        Ok(())
+    }
+
+    /// Native between two more nodes with BIG TCP on their uplinks and switch ports, for
+    /// the BIG TCP mode's fair comparison (no daemon: node to node needs none).
+    fn native_big_tcp(&mut self) -> Result<()> {
+        if !self.opts.wants("native-bigtcp") {
+            return Ok(());
+        }
+        let (a, b) = (self.cluster.add_node()?, self.cluster.add_node()?);
+        for i in [a, b] {
+            big_tcp_on(&self.cluster.nodes[i].ns.path(), "eth0")?;
+            big_tcp_on(&self.cluster.sw.path(), &format!("p{i}"))?;
+        }
+        let server = (self.cluster.nodes[b].ns.path(), self.node_ip(b));
+        self.pair(
+            "native-bigtcp",
+            self.cluster.nodes[a].ns.path(),
+            server,
+            1500,
+        );
+        Ok(())
+    }
+
     /// Node `i`'s half of flannel's vxlan backend by hand: vxlan0 with 198.18.21i.0/32,
     /// the peer's subnet routed via its VTEP address (onlink), with a permanent neighbour
     /// entry (VTEP MAC) and an FDB entry (node IP).
@@ -279,6 +341,23 @@ impl Builder<'_> {
     }
 }
 
+/// BIG TCP on `dev` in namespace `ns`: the IPv4 sizes need netlink, from a thread that
+/// enters the namespace and dies with it.
+fn big_tcp_on(ns: &Path, dev: &str) -> Result<()> {
+    let file = std::fs::File::open(ns).with_context(|| format!("open {}", ns.display()))?;
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<()> {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let ifindex = nix::net::if_::if_nametoindex(dev)?;
+            hostgw_ebpf::set_gso_gro_max(ifindex, hostgw_ebpf::BIG_TCP_SIZE)?;
+            Ok(())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("BIG TCP thread panicked"))?
+    })
+    .with_context(|| format!("BIG TCP on {dev} in {}", ns.display()))
+}
+
 /// The two-node cluster with routes from `hostgw-routed`.
 fn start_cluster(log: &mut dyn FnMut(&str)) -> Result<Cluster> {
     let mut cluster = Cluster::new(Spec {
@@ -331,6 +410,8 @@ pub(super) fn build(opts: &Options, log: &mut dyn FnMut(&str)) -> Result<Topolog
     let native_server = (b.cluster.nodes[1].ns.path(), b.node_ip(1));
     b.pair("native", b.cluster.nodes[0].ns.path(), native_server, 1500);
     b.hostgw()?;
+    b.ebpf()?;
+    b.native_big_tcp()?;
     b.overlay()?;
     b.reference()?;
     b.pairs

@@ -88,6 +88,7 @@ fn plan(conf: &NetConf, req: &Attach, dp: &dyn Datapath) -> Result<Plan, Error> 
         alias,
         mode: conf.mode.clone(),
         mtu,
+        big_tcp: conf.big_tcp,
         mac: conf.mac.or(req.args.mac),
         addrs: Vec::new(),
     };

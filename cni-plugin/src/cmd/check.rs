@@ -49,6 +49,7 @@ pub fn check(conf: &NetConf, req: &Attach, dp: &dyn Datapath) -> Result<(), Erro
         alias: req.alias(conf),
         mode: conf.mode.clone(),
         mtu: 0,
+        big_tcp: false,
         mac: None,
         addrs,
     };

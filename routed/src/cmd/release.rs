@@ -47,5 +47,10 @@ pub async fn release(c: &Common) -> Result<String, Error> {
         nft::TABLE,
         routes.len()
     );
+    // The fast path goes with the node: each tcx link is held by its pin alone.
+    let links = crate::datapath::unpin_all(&c.bpf_pin_dir)
+        .map_err(|e| Error::Io(format!("remove pins under {}", c.bpf_pin_dir.display()), e))?;
+    let _ = std::fs::remove_file(crate::datapath::state_path(&c.subnet_file));
+    report += &format!("detached the fast path from {links} links\n");
     Ok(report)
 }

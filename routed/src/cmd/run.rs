@@ -311,6 +311,10 @@ async fn tasks(
         sd.clone(),
     );
     let kick = Arc::new(Notify::new());
+    let dp_cfg = s.cfg.clone();
+    // The uplink holds our public address of either family (an IPv6-only node has no IPv4).
+    let uplink_ip = s.me.public_ip.or(s.me.public_ipv6);
+    let datapath = crate::datapath::run(&args, &dp_cfg, uplink_ip, metrics.clone(), sd.clone());
     let rec = Reconciler::new(ReconcilerConfig {
         table: s.table,
         cfg: s.cfg.clone(),
@@ -330,6 +334,7 @@ async fn tasks(
         events::listen(kick, sd.clone()),
         follow,
         rules,
+        datapath,
         async {
             shutdown.await;
             info!("shutting down");

@@ -34,6 +34,68 @@ pub struct Status {
     pub peers: Vec<PeerStatus>,
     pub drift: Drift,
     pub rejected: Vec<Rejected>,
+    pub datapath: DatapathView,
+}
+
+/// The datapath the daemon runs (from its state file) and, with the fast path, each pod's host
+/// veth and whether the program is attached there (read from the pins and the kernel).
+#[derive(Debug, Default, Serialize)]
+pub struct DatapathView {
+    /// ebpf | routes | unknown (no state file: the daemon has not started)
+    pub mode: String,
+    pub requested: String,
+    pub reason: String,
+    pub big_tcp: bool,
+    pub note: Option<&'static str>,
+    pub pods: Vec<PodPath>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PodPath {
+    pub veth: String,
+    pub ifindex: u32,
+    pub fast_path: bool,
+}
+
+const FILTER_NOTE: &str = "nftables forward rules (ours, or a NetworkPolicy enforcer's) do not see \
+     fast-pathed pod-to-pod packets; input to the node, NATed flows and traffic leaving the \
+     cluster networks still pass through them";
+
+async fn datapath_view(table: &NetlinkRoutes, c: &Common) -> DatapathView {
+    use crate::datapath::{Datapath, State, links, state_path};
+    let Some(st) = State::read(&state_path(&c.subnet_file)) else {
+        return DatapathView {
+            mode: "unknown".into(),
+            reason: "no datapath state next to the subnet file (daemon not started?)".into(),
+            ..DatapathView::default()
+        };
+    };
+    let mut v = DatapathView {
+        mode: st.mode.as_str().into(),
+        requested: st.requested.as_str().into(),
+        reason: st.reason.clone(),
+        big_tcp: st.big_tcp,
+        note: (st.mode == Datapath::Ebpf).then_some(FILTER_NOTE),
+        pods: vec![],
+    };
+    let pinned = match st.mode {
+        Datapath::Ebpf => hostgw_ebpf::pinned_links(&st.pin_dir).unwrap_or_else(|e| {
+            v.reason += &format!(" (reading the pins failed: {e})");
+            vec![]
+        }),
+        Datapath::Routes => vec![],
+    };
+    let all = links::list(table.handle()).await.unwrap_or_default();
+    v.pods = all
+        .into_iter()
+        .filter(|l| l.is_routed_pod())
+        .map(|l| PodPath {
+            fast_path: pinned.iter().any(|p| p.ifindex == l.ifindex && p.attached),
+            veth: l.name,
+            ifindex: l.ifindex,
+        })
+        .collect();
+    v
 }
 
 /// The network config in etcd against the one the daemon runs with (from its subnet file:
@@ -224,6 +286,7 @@ pub async fn status(args: &StatusArgs) -> Result<String, Error> {
             extra: p.remove,
         },
         rejected: computed.rejected,
+        datapath: datapath_view(&table, c).await,
     };
     Ok(if args.json {
         text::escape_json(&serde_json::to_string_pretty(&status).unwrap_or_default()) + "\n"
@@ -334,7 +397,44 @@ pub fn render(s: &Status) -> String {
             text::escape(&r.detail)
         );
     }
+    render_datapath(&mut o, &s.datapath);
     o
+}
+
+fn render_datapath(o: &mut String, d: &DatapathView) {
+    let asked = match d.requested.is_empty() {
+        true => String::new(),
+        false => format!(" (asked: {})", d.requested),
+    };
+    let big = if d.big_tcp { ", BIG TCP" } else { "" };
+    let loud = if d.mode != d.requested { " (!)" } else { "" };
+    let reason = text::escape(&d.reason);
+    let _ = writeln!(o, "\ndatapath: {}{asked}{big}{loud}: {reason}", d.mode);
+    if let Some(n) = d.note {
+        let _ = writeln!(o, "  note: {n}");
+    }
+    if d.mode != "ebpf" {
+        return;
+    }
+    let on = d.pods.iter().filter(|p| p.fast_path).count();
+    let _ = writeln!(
+        o,
+        "  pod veths ({}, {on} with the fast path):",
+        d.pods.len()
+    );
+    for p in &d.pods {
+        let state = if p.fast_path {
+            "attached"
+        } else {
+            "NOT attached"
+        };
+        let _ = writeln!(
+            o,
+            "    {:<16} ifindex {:<6} {state}",
+            text::escape(&p.veth),
+            p.ifindex
+        );
+    }
 }
 
 #[cfg(test)]
@@ -368,12 +468,61 @@ mod tests {
                 reason: Reason::Overlap,
                 detail: format!("overlaps the older lease {evil}"),
             }],
+            datapath: DatapathView::default(),
         };
         let out = render(&s);
-        assert_eq!(out.lines().count(), 10, "{out}");
+        assert_eq!(out.lines().count(), 12, "{out}");
         assert!(!out.contains("\n  node-9"), "{out}");
         assert!(out.chars().all(|c| c == '\n' || !c.is_control()), "{out:?}");
         let json = text::escape_json(&serde_json::to_string_pretty(&s).unwrap());
         assert!(json.chars().all(|c| c == '\n' || !c.is_control()), "{json}");
+    }
+
+    #[test]
+    fn datapath_section_shows_each_pod_veth_and_the_filter_note() {
+        let mut o = String::new();
+        render_datapath(
+            &mut o,
+            &DatapathView {
+                mode: "ebpf".into(),
+                requested: "ebpf".into(),
+                reason: "probe passed".into(),
+                big_tcp: true,
+                note: Some(FILTER_NOTE),
+                pods: vec![
+                    PodPath {
+                        veth: "hgw5f27bec41cf4".into(),
+                        ifindex: 7,
+                        fast_path: true,
+                    },
+                    PodPath {
+                        veth: "hgw000000000009".into(),
+                        ifindex: 9,
+                        fast_path: false,
+                    },
+                ],
+            },
+        );
+        assert!(
+            o.contains("datapath: ebpf (asked: ebpf), BIG TCP: probe passed"),
+            "{o}"
+        );
+        assert!(o.contains("do not see"), "{o}");
+        assert!(o.contains("pod veths (2, 1 with the fast path)"), "{o}");
+        assert!(
+            o.contains("hgw000000000009  ifindex 9      NOT attached"),
+            "{o}"
+        );
+        let mut o = String::new();
+        render_datapath(
+            &mut o,
+            &DatapathView {
+                mode: "routes".into(),
+                requested: "ebpf".into(),
+                reason: "Tcx: old kernel".into(),
+                ..DatapathView::default()
+            },
+        );
+        assert_eq!(o, "\ndatapath: routes (asked: ebpf) (!): Tcx: old kernel\n");
     }
 }

@@ -13,7 +13,7 @@ use ipnetwork::IpNetwork;
 use serde::Serialize;
 
 pub mod batch;
-mod dump;
+pub(crate) mod dump;
 pub mod events;
 #[cfg(test)]
 pub mod fake;
