@@ -375,3 +375,72 @@ fn cluster_chained_hostport_with_masquerade_on_still_answers() -> Result<()> {
     b.del(&client, &json!({}))?;
     Ok(())
 }
+
+/// A ClusterIP as kube-proxy's nftables mode writes it (DNAT at prerouting dstnat) on the
+/// client's node, to a pod on the other node, with `--ip-masq` on both nodes: the Service
+/// answers over TCP and UDP, and the backend sees the client pod's own address (the DNATed
+/// destination is a pod, so our postrouting chain returns before masquerading).
+#[test]
+fn cluster_clusterip_dnat_with_masquerade_on_answers_and_keeps_the_pod_source() -> Result<()> {
+    use hostgw_harness::cluster::{add_pod, all_reach};
+    require_root();
+    let mut c = Cluster::new(Spec {
+        nodes: 2,
+        ..Spec::default()
+    })?;
+    for n in &mut c.nodes {
+        n.extra_args = vec!["--ip-masq".into()];
+    }
+    c.start_all()?;
+    c.wait_converged(Duration::from_secs(20))?;
+    let pods = [add_pod(&c, 0, "client")?, add_pod(&c, 1, "web")?];
+    all_reach(&pods, None)?;
+    let (client, web) = (&pods[0], &pods[1]);
+    let _echo = echo_servers(web, 8080, 8081)?;
+    let mut who = web.ns.cmd("python3");
+    who.args(["-c", WHO])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _who = Proc::spawn(who)?;
+    hostgw_harness::wait_for("web listening", Duration::from_secs(5), || {
+        web.ns.sh("ss -Hltn").ok()?.contains(":80 ").then_some(())
+    })?;
+    // 198.18.0.0/24 is never leased (SubnetMin is the network's second subnet).
+    const VIP: &str = "198.18.0.10";
+    let rules = format!(
+        "table ip hgwt-svc {{\n chain nat-prerouting {{\n  type nat hook prerouting priority dstnat; policy accept;\n  \
+         ip daddr {VIP} tcp dport 80 dnat to {w}:8080\n  ip daddr {VIP} udp dport 81 dnat to {w}:8081\n  \
+         ip daddr {VIP} tcp dport 82 dnat to {w}:80\n }}\n}}\n",
+        w = web.ip
+    );
+    let file = c.dir.path().join("svc.nft");
+    std::fs::write(&file, rules)?;
+    must(c.nodes[0].ns.cmd("nft").arg("-f").arg(&file))?;
+    for round in 0..3 {
+        assert_eq!(
+            echo(&client.ns, "tcp", VIP, 80, "svc-tcp")?,
+            "svc-tcp",
+            "round {round}"
+        );
+        assert_eq!(
+            echo(&client.ns, "udp", VIP, 81, "svc-udp")?,
+            "svc-udp",
+            "round {round}"
+        );
+    }
+    assert_eq!(
+        tcp_get(&client.ns, VIP, 82)?,
+        client.ip,
+        "the backend must see the client pod, not node 0's address"
+    );
+    // The masquerade rule exists and is live: a pod reaching outside the cluster would be
+    // masqueraded (checked in routed_masq); here it must not have matched the Service flow.
+    let table = must(
+        c.nodes[0]
+            .ns
+            .cmd("nft")
+            .args(["list", "table", "inet", "hostgw"]),
+    )?;
+    assert!(table.contains("masquerade"), "{table}");
+    Ok(())
+}
