@@ -8,7 +8,7 @@ use ipnetwork::IpNetwork;
 use tracing::{info, warn};
 
 use super::{
-    Entry, EtcdError, Keys,
+    Entry, EtcdError, Keys, Snapshot,
     codec::{self as lease, Lease, LeaseValue},
     store::Store,
     subnet::{self, Taken},
@@ -39,10 +39,31 @@ pub enum ClaimError {
 /// Claims until it succeeds: etcd errors are retried with backoff (the caller bounds
 /// this with shutdown); lost races are retried at once with another subnet.
 pub async fn acquire<S: Store>(store: &S, c: &Claim<'_>) -> Result<OwnLease, ClaimError> {
+    acquire_from(store, c, None).await.map(|(own, _)| own)
+}
+
+/// [`acquire`], deciding first on `first` (the start's one read) when given; returns the
+/// snapshot the winning try decided on, which the watcher then follows from: a lost race
+/// or an error reads again, so a start costs one range read plus one per lost race.
+pub async fn acquire_from<S: Store>(
+    store: &S,
+    c: &Claim<'_>,
+    mut first: Option<Snapshot>,
+) -> Result<(OwnLease, Snapshot), ClaimError> {
     let mut backoff = Backoff::etcd();
     loop {
-        match try_claim(store, c).await {
-            Ok(Some(l)) => return Ok(l),
+        let snap = match first.take() {
+            Some(s) => Ok(s),
+            None => Snapshot::take(store, c.keys).await,
+        };
+        let tried = match snap {
+            Ok(snap) => try_claim(store, c, &snap)
+                .await
+                .map(|r| r.map(|l| (l, snap))),
+            Err(e) => Err(e.into()),
+        };
+        match tried {
+            Ok(Some(won)) => return Ok(won),
             Ok(None) => info!("lost the race for a subnet, choosing another"),
             Err(ClaimError::Exhausted(n)) => return Err(ClaimError::Exhausted(n)),
             Err(e) => {
@@ -126,8 +147,12 @@ fn report_conflicts(entries: &BTreeMap<String, Entry>, c: &Claim) {
     }
 }
 
-async fn try_claim<S: Store>(store: &S, c: &Claim<'_>) -> Result<Option<OwnLease>, ClaimError> {
-    let (_, entries) = super::list(store, c.keys).await?;
+async fn try_claim<S: Store>(
+    store: &S,
+    c: &Claim<'_>,
+    snap: &Snapshot,
+) -> Result<Option<OwnLease>, ClaimError> {
+    let entries = snap.entries(c.keys);
     if let Some((name, entry, lease)) = find_own(&entries, c) {
         return adopt(store, c, &entries, name, entry, lease).await;
     }
