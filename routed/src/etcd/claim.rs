@@ -43,28 +43,38 @@ pub async fn acquire<S: Store>(store: &S, c: &Claim<'_>) -> Result<OwnLease, Cla
 }
 
 /// [`acquire`], deciding first on `first` (the start's one read) when given; returns the
-/// snapshot the winning try decided on, which the watcher then follows from: a lost race
-/// or an error reads again, so a start costs one range read plus one per lost race.
+/// snapshot the winning try decided on, which the watcher then follows from. A lost create
+/// race is retried on the same snapshot with the lost subnet marked taken (the guarded
+/// create keeps it correct, and the watch from the snapshot's revision still misses
+/// nothing), up to [`RETRIES_ON_ONE_READ`] times; an error or a lost adoption reads again.
+/// So a start costs etcd one range read, whatever the races.
 pub async fn acquire_from<S: Store>(
     store: &S,
     c: &Claim<'_>,
-    mut first: Option<Snapshot>,
+    mut snap: Option<Snapshot>,
 ) -> Result<(OwnLease, Snapshot), ClaimError> {
     let mut backoff = Backoff::etcd();
+    let mut lost = Vec::new();
     loop {
-        let snap = match first.take() {
+        let read = match snap.take() {
             Some(s) => Ok(s),
-            None => Snapshot::take(store, c.keys).await,
+            None => {
+                lost.clear();
+                Snapshot::take(store, c.keys).await
+            }
         };
-        let tried = match snap {
-            Ok(snap) => try_claim(store, c, &snap)
-                .await
-                .map(|r| r.map(|l| (l, snap))),
+        let tried = match read {
+            Ok(read) => try_claim(store, c, &read, &lost).await.map(|t| (t, read)),
             Err(e) => Err(e.into()),
         };
         match tried {
-            Ok(Some(won)) => return Ok(won),
-            Ok(None) => info!("lost the race for a subnet, choosing another"),
+            Ok((Tried::Won(own), read)) => return Ok((own, read)),
+            Ok((Tried::LostCreate(subnet), read)) if lost.len() < RETRIES_ON_ONE_READ => {
+                info!(%subnet, "lost the race for a subnet, choosing another");
+                lost.push(subnet);
+                snap = Some(read);
+            }
+            Ok(_) => info!("lost the race for a subnet, reading again"),
             Err(ClaimError::Exhausted(n)) => return Err(ClaimError::Exhausted(n)),
             Err(e) => {
                 warn!(error = %e, "claiming a subnet failed, retrying");
@@ -72,6 +82,19 @@ pub async fn acquire_from<S: Store>(
             }
         }
     }
+}
+
+/// Lost creates retried on one read before reading again (a read that stale has likely
+/// missed more claims than the ones we ran into).
+pub const RETRIES_ON_ONE_READ: usize = 3;
+
+/// What one try came to.
+enum Tried {
+    Won(OwnLease),
+    /// Someone created this subnet's key first.
+    LostCreate(IpNetwork),
+    /// Our key changed between the read and the guarded write.
+    LostAdopt,
 }
 
 fn value(c: &Claim, ipv6_subnet: Option<IpNetwork>) -> LeaseValue {
@@ -151,15 +174,20 @@ async fn try_claim<S: Store>(
     store: &S,
     c: &Claim<'_>,
     snap: &Snapshot,
-) -> Result<Option<OwnLease>, ClaimError> {
+    lost: &[IpNetwork],
+) -> Result<Tried, ClaimError> {
     let entries = snap.entries(c.keys);
     if let Some((name, entry, lease)) = find_own(&entries, c) {
-        return adopt(store, c, &entries, name, entry, lease).await;
+        let own = adopt(store, c, &entries, name, entry, lease).await?;
+        return Ok(own.map_or(Tried::LostAdopt, Tried::Won));
     }
-    report_conflicts(&entries, c);
+    if lost.is_empty() {
+        report_conflicts(&entries, c);
+    }
     let taken: Vec<IpNetwork> = entries
         .keys()
         .filter_map(|k| lease::parse_key_name(k).ok())
+        .chain(lost.iter().copied())
         .collect();
     let subnet = subnet::choose(
         &c.cfg.v4,
@@ -180,14 +208,14 @@ async fn try_claim<S: Store>(
     .await?
     {
         info!(%subnet, ipv6_subnet = ?v6, lease = id, "claimed a new subnet");
-        return Ok(Some(OwnLease {
+        return Ok(Tried::Won(OwnLease {
             name,
             subnet,
             ipv6_subnet: v6,
             lease_id: id,
         }));
     }
-    Ok(None)
+    Ok(Tried::LostCreate(subnet))
 }
 
 fn choose_v6(
