@@ -223,6 +223,17 @@ pub fn log_events(f: &Fleet, since: f64) -> BTreeMap<&'static str, usize> {
     out
 }
 
+/// How many of the first `n` nodes logged a line containing `needle` at or after `since`.
+pub fn nodes_logged(f: &Fleet, n: usize, since: f64, needle: &str) -> usize {
+    (0..n.min(f.nodes.len()))
+        .filter(|&i| {
+            f.log(i)
+                .lines()
+                .any(|l| l.contains(needle) && line_time(l).is_some_and(|t| t >= since))
+        })
+        .count()
+}
+
 /// p50, p99 and max of `v` (in its unit); zeros when empty.
 pub fn percentiles(v: &mut [f64]) -> [f64; 3] {
     if v.is_empty() {

@@ -672,10 +672,7 @@ pub fn compaction(f: &mut Fleet, n: usize) -> Result<Relist> {
     }
     let broke = wait_for("every watch broken", Duration::from_secs(60), || {
         std::thread::sleep(Duration::from_secs(1));
-        let k = log_events(f, t_block)
-            .get("watch broke")
-            .copied()
-            .unwrap_or(0);
+        let k = measure::nodes_logged(f, n, t_block, "lease watch broke");
         (k >= n).then_some(k)
     });
     if broke.is_err() {
@@ -691,7 +688,7 @@ pub fn compaction(f: &mut Fleet, n: usize) -> Result<Relist> {
     unblock(f);
     let all = wait_for("every daemon re-listed", Duration::from_secs(120), || {
         std::thread::sleep(Duration::from_millis(500));
-        let k = log_events(f, t_open).get("lists").copied().unwrap_or(0);
+        let k = measure::nodes_logged(f, n, t_open, "listed leases");
         (k >= n).then(|| start.elapsed().as_secs_f64())
     })?;
     std::thread::sleep(Duration::from_secs(5));
