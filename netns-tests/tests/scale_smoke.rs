@@ -15,7 +15,7 @@ fn bench_scale_heavy_smoke() {
         nodes: 5,
         etcd_members: 1,
         steady: Duration::from_secs(10),
-        churn: 2,
+        churn: std::env::var("SCALE_SMOKE_CHURN").map_or(2, |v| v.parse().unwrap()),
         event_gap: Duration::from_millis(500),
         outages: true,
         out: None,

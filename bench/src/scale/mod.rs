@@ -92,10 +92,16 @@ pub fn run(o: &Options) -> Result<Report> {
     } else {
         None
     };
+    // The last two phases break etcd on purpose: one that fails is reported, and the
+    // figures gathered so far are still written.
     let (outage, relist) = if o.outages {
         (
-            Some(phases::outage(&mut f, o.nodes)?),
-            Some(phases::compaction(&mut f, o.nodes)?),
+            phases::outage(&mut f, o.nodes)
+                .inspect_err(|e| eprintln!("outage phase: {e:#}"))
+                .ok(),
+            phases::compaction(&mut f, o.nodes)
+                .inspect_err(|e| eprintln!("compaction phase: {e:#}"))
+                .ok(),
         )
     } else {
         (None, None)

@@ -656,7 +656,7 @@ pub struct Relist {
     pub until_all_listed_secs: f64,
 }
 
-const BLOCK: &str = "table inet hgwbench {\n chain in {\n  type filter hook input priority 0; policy accept;\n  iifname \"eth0\" tcp dport 2379 drop\n }\n}\n";
+const BLOCK: &str = "table inet hgwbench {\n chain in {\n  type filter hook input priority 0; policy accept;\n  iifname \"eth0\" tcp dport 2379 reject with tcp reset\n }\n}\n";
 
 /// etcd's clients are cut off (a firewall rule in each member's namespace) until every
 /// daemon's watch has broken, the store is written once and compacted, and the clients
@@ -680,7 +680,10 @@ pub fn compaction(f: &mut Fleet, n: usize) -> Result<Relist> {
         bail!("not every watch broke within 60 s");
     }
     let m = &f.etcd.members[0];
+    // etcd keeps the compacted revision itself: two writes put the daemons' next revision
+    // (last seen + 1) below it.
     m.put(&format!("{PREFIX}/bench-tick"), "1")?;
+    m.put(&format!("{PREFIX}/bench-tick"), "2")?;
     m.compact_now()?;
     let before = EtcdCounters::read(f)?;
     let t_open = now_of_day();
@@ -690,7 +693,8 @@ pub fn compaction(f: &mut Fleet, n: usize) -> Result<Relist> {
         std::thread::sleep(Duration::from_millis(500));
         let k = measure::nodes_logged(f, n, t_open, "listed leases");
         (k >= n).then(|| start.elapsed().as_secs_f64())
-    })?;
+    })
+    .with_context(|| format!("node-0's log:\n{}", tail(&f.log(0), 30)))?;
     std::thread::sleep(Duration::from_secs(5));
     let delta = EtcdCounters::read(f)?.since(&before);
     let (per_node, times) = lists_since(f, n, t_open);
@@ -752,4 +756,9 @@ fn lists_since(f: &Fleet, n: usize, t: f64) -> (usize, (f64, f64)) {
         }
     }
     (most, (first.min(last), last))
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
