@@ -8,3 +8,4 @@ pub mod chart;
 pub mod cni;
 pub mod dataplane;
 pub mod routed;
+pub mod scale;

@@ -236,6 +236,11 @@ impl Etcd {
         self.proc.pid()
     }
 
+    /// Its data directory (removed on Drop; a sweep after a signal needs the name).
+    pub fn data_dir(&self) -> &Path {
+        self._data.path()
+    }
+
     /// The TLS flags a client needs (`--etcd-cafile …`), empty without TLS.
     pub fn client_flags(&self) -> Vec<String> {
         match &self.tls {

@@ -23,6 +23,7 @@ pub mod cluster;
 pub mod cni;
 pub mod containerd;
 pub mod etcd;
+pub mod fleet;
 pub mod manifests;
 pub mod netns;
 pub mod node;

@@ -22,7 +22,7 @@ use crate::{
     config::NetConfig,
     error::Error,
     etcd::{
-        self, EtcdError, Keys,
+        self, EtcdError, Keys, Snapshot,
         claim::{self, Claim},
         keepalive::KeepAlive,
         store::EtcdStore,
@@ -43,6 +43,8 @@ struct Started {
     me: Me,
     mtu: u32,
     own: OwnLease,
+    /// The one read of the start, which the watcher follows from.
+    snap: Snapshot,
 }
 
 pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
@@ -116,7 +118,7 @@ async fn start(args: &RunArgs, ready: &Ready, metrics: &Metrics) -> Result<Start
     let table = NetlinkRoutes::connect()?;
     let (me, mtu) = super::me(&table, c).await?;
     let keys = Keys::new(&c.etcd_prefix);
-    let (store, cfg) = connect_and_read_config(c, &keys).await?;
+    let (store, cfg, snap) = connect_and_read_config(c, &keys).await?;
     let me = me.for_config(&cfg);
     check_public_ips(&cfg, &me)?;
     check_network_vs_links(&cfg, &me, &table.local_view().await?)?;
@@ -131,7 +133,7 @@ async fn start(args: &RunArgs, ready: &Ready, metrics: &Metrics) -> Result<Start
     let exhausted = |e: bool| {
         metrics.subnet_pool_exhausted.set(i64::from(e));
     };
-    let own = claim::acquire_waiting(&store, &claim, exhausted).await?;
+    let (own, snap) = claim::acquire_waiting(&store, &claim, Some(snap), exhausted).await?;
     write_subnet_file(c, &cfg, mtu, &own)?;
     ready.subnet_file.store(true, Ordering::Relaxed);
     hostgw_common::sysctl::ensure_forwarding(cfg.v4.is_some(), cfg.v6.is_some())
@@ -151,20 +153,23 @@ async fn start(args: &RunArgs, ready: &Ready, metrics: &Metrics) -> Result<Start
         me,
         mtu,
         own,
+        snap,
     })
 }
 
-/// etcd being unreachable at start is retried; a missing or invalid config is not.
+/// etcd being unreachable at start is retried; a missing or invalid config is not. The
+/// config comes from the one read of the whole prefix the claim and the watcher use too.
 async fn connect_and_read_config(
     c: &crate::cli::Common,
     keys: &Keys,
-) -> Result<(EtcdStore, NetConfig), Error> {
+) -> Result<(EtcdStore, NetConfig, Snapshot), Error> {
     let mut backoff = Backoff::etcd();
     loop {
         let r = async {
             let store = etcd::connect(c).await?;
-            let cfg = etcd::read_config(&store, keys).await?;
-            Ok::<_, EtcdError>((store, cfg))
+            let snap = Snapshot::take(&store, keys).await?;
+            let cfg = snap.config(keys)?;
+            Ok::<_, EtcdError>((store, cfg, snap))
         }
         .await;
         match r {
@@ -287,6 +292,7 @@ async fn tasks(
         me: s.me.clone(),
         own: own_rx.clone(),
         check_own: check_own.clone(),
+        seed: Some(s.snap),
     };
     let keeper = KeepAlive {
         store: s.store.clone(),

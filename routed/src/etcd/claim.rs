@@ -8,7 +8,7 @@ use ipnetwork::IpNetwork;
 use tracing::{info, warn};
 
 use super::{
-    Entry, EtcdError, Keys,
+    Entry, EtcdError, Keys, Snapshot,
     codec::{self as lease, Lease, LeaseValue},
     store::{Event, Store, WatchMsg, WatchStream},
     subnet::{self, Taken},
@@ -39,12 +39,44 @@ pub enum ClaimError {
 
 /// Claims until it succeeds: etcd errors are retried with backoff (the caller bounds
 /// this with shutdown); lost races are retried at once with another subnet.
+#[cfg(test)]
 pub async fn acquire<S: Store>(store: &S, c: &Claim<'_>) -> Result<OwnLease, ClaimError> {
+    acquire_from(store, c, None).await.map(|(own, _)| own)
+}
+
+/// [`acquire`], deciding first on `first` (the start's one read) when given; returns the
+/// snapshot the winning try decided on, which the watcher then follows from. A lost create
+/// race is retried on the same snapshot with the lost subnet marked taken (the guarded
+/// create keeps it correct, and the watch from the snapshot's revision still misses
+/// nothing), up to [`RETRIES_ON_ONE_READ`] times; an error or a lost adoption reads again.
+/// So a start costs etcd one range read, whatever the races.
+pub async fn acquire_from<S: Store>(
+    store: &S,
+    c: &Claim<'_>,
+    mut snap: Option<Snapshot>,
+) -> Result<(OwnLease, Snapshot), ClaimError> {
     let mut backoff = Backoff::etcd();
+    let mut lost = Vec::new();
     loop {
-        match try_claim(store, c).await {
-            Ok(Some(l)) => return Ok(l),
-            Ok(None) => info!("lost the race for a subnet, choosing another"),
+        let read = match snap.take() {
+            Some(s) => Ok(s),
+            None => {
+                lost.clear();
+                Snapshot::take(store, c.keys).await
+            }
+        };
+        let tried = match read {
+            Ok(read) => try_claim(store, c, &read, &lost).await.map(|t| (t, read)),
+            Err(e) => Err(e.into()),
+        };
+        match tried {
+            Ok((Tried::Won(own), read)) => return Ok((own, read)),
+            Ok((Tried::LostCreate(subnet), read)) if lost.len() < RETRIES_ON_ONE_READ => {
+                info!(%subnet, "lost the race for a subnet, choosing another");
+                lost.push(subnet);
+                snap = Some(read);
+            }
+            Ok(_) => info!("lost the race for a subnet, reading again"),
             Err(e @ ClaimError::Exhausted(..)) => return Err(e),
             Err(e) => {
                 warn!(error = %e, "claiming a subnet failed, retrying");
@@ -54,7 +86,7 @@ pub async fn acquire<S: Store>(store: &S, c: &Claim<'_>) -> Result<OwnLease, Cla
     }
 }
 
-/// As [`acquire`], but a full pool is waited out, never returned: `exhausted(true)` is
+/// As [`acquire_from`], but a full pool is waited out, never returned: `exhausted(true)` is
 /// called, and the next try comes as soon as a key under `subnets/` is deleted (released,
 /// or its lease expired: watched from the revision of the list that found the pool full,
 /// so a release in between is not missed) or after the backoff (200 ms doubling to 30 s),
@@ -62,15 +94,16 @@ pub async fn acquire<S: Store>(store: &S, c: &Claim<'_>) -> Result<OwnLease, Cla
 pub async fn acquire_waiting<S: Store>(
     store: &S,
     c: &Claim<'_>,
+    mut first: Option<Snapshot>,
     exhausted: impl Fn(bool),
-) -> Result<OwnLease, ClaimError> {
+) -> Result<(OwnLease, Snapshot), ClaimError> {
     let mut backoff = Backoff::etcd();
     let mut said = false;
     loop {
-        match acquire(store, c).await {
-            Ok(l) => {
+        match acquire_from(store, c, first.take()).await {
+            Ok(won) => {
                 exhausted(false);
-                return Ok(l);
+                return Ok(won);
             }
             Err(ClaimError::Exhausted(n, rev)) => {
                 if !said {
@@ -103,6 +136,19 @@ async fn released<S: Store>(store: &S, keys: &Keys, rev: i64, limit: std::time::
         _ = deleted => {}
         _ = tokio::time::sleep(limit) => {}
     }
+}
+
+/// Lost creates retried on one read before reading again (a read that stale has likely
+/// missed more claims than the ones we ran into).
+pub const RETRIES_ON_ONE_READ: usize = 3;
+
+/// What one try came to.
+enum Tried {
+    Won(OwnLease),
+    /// Someone created this subnet's key first.
+    LostCreate(IpNetwork),
+    /// Our key changed between the read and the guarded write.
+    LostAdopt,
 }
 
 fn value(c: &Claim, ipv6_subnet: Option<IpNetwork>) -> LeaseValue {
@@ -193,15 +239,26 @@ fn report_conflicts(entries: &BTreeMap<String, Entry>, c: &Claim) {
     }
 }
 
-async fn try_claim<S: Store>(store: &S, c: &Claim<'_>) -> Result<Option<OwnLease>, ClaimError> {
-    let (header, entries) = super::list(store, c.keys).await?;
-    let exhausted = |n| ClaimError::Exhausted(n, header.revision);
+async fn try_claim<S: Store>(
+    store: &S,
+    c: &Claim<'_>,
+    snap: &Snapshot,
+    lost: &[IpNetwork],
+) -> Result<Tried, ClaimError> {
+    let entries = snap.entries(c.keys);
+    let exhausted = |n| ClaimError::Exhausted(n, snap.header.revision);
     if let Some((name, entry, lease)) = find_own(&entries, c) {
-        return adopt(store, c, &entries, name, entry, lease).await;
+        let own = adopt(store, c, &entries, name, entry, lease).await?;
+        return Ok(own.map_or(Tried::LostAdopt, Tried::Won));
     }
-    report_conflicts(&entries, c);
+    if lost.is_empty() {
+        report_conflicts(&entries, c);
+    }
     let pool = c.cfg.primary();
-    let taken = taken(&entries);
+    let taken: Vec<IpNetwork> = taken(&entries)
+        .into_iter()
+        .chain(lost.iter().copied())
+        .collect();
     let subnet = subnet::choose(
         pool,
         &Taken::new(pool, &taken),
@@ -225,14 +282,14 @@ async fn try_claim<S: Store>(store: &S, c: &Claim<'_>) -> Result<Option<OwnLease
     .await?
     {
         info!(%subnet, ipv6_subnet = ?v6, lease = id, "claimed a new subnet");
-        return Ok(Some(OwnLease {
+        return Ok(Tried::Won(OwnLease {
             name,
             subnet,
             ipv6_subnet: v6,
             lease_id: id,
         }));
     }
-    Ok(None)
+    Ok(Tried::LostCreate(subnet))
 }
 
 /// Every subnet a key holds, of both families: a decoded lease's subnets, or what the key

@@ -52,7 +52,7 @@ async fn a_full_pool_is_waited_out_and_a_release_taken_at_once() {
                 ttl: 60,
                 prefer: None,
             };
-            let got = acquire_waiting(&s, &c, |e| flag.store(i64::from(e), Ordering::SeqCst));
+            let got = acquire_waiting(&s, &c, None, |e| flag.store(i64::from(e), Ordering::SeqCst));
             got.await
         })
     };
@@ -60,7 +60,7 @@ async fn a_full_pool_is_waited_out_and_a_release_taken_at_once() {
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(!task.is_finished());
     assert_eq!(flag.load(Ordering::SeqCst), 1);
-    let lists = s.count("list /p/subnets/");
+    let lists = s.count("list /p/");
     assert!(
         (3..=12).contains(&lists),
         "backoff, not a hot loop: {lists} lists"
@@ -75,7 +75,7 @@ async fn a_full_pool_is_waited_out_and_a_release_taken_at_once() {
         "{:?}",
         released.elapsed()
     );
-    assert_eq!(own.subnet.to_string(), "198.18.2.0/24");
+    assert_eq!(own.0.subnet.to_string(), "198.18.2.0/24");
     assert_eq!(flag.load(Ordering::SeqCst), 0);
 }
 
@@ -98,6 +98,6 @@ async fn an_expired_lease_frees_its_subnet_for_the_waiting_node() {
         tokio::time::sleep(Duration::from_secs(5)).await;
         s.expire(lease);
     };
-    let (got, ()) = tokio::join!(acquire_waiting(&s, &c, |_| {}), expire);
-    assert_eq!(got.unwrap().subnet.to_string(), "198.18.3.0/24");
+    let (got, ()) = tokio::join!(acquire_waiting(&s, &c, None, |_| {}), expire);
+    assert_eq!(got.unwrap().0.subnet.to_string(), "198.18.3.0/24");
 }

@@ -182,9 +182,9 @@ impl<S: Store> KeepAlive<S> {
         let got = tokio::select! {
             _ = shutdown.cancelled() => return None,
             // A full pool (someone took our subnet meanwhile) is waited out, as at start.
-            r = claim::acquire_waiting(&self.store, &claim, |e| {
+            r = claim::acquire_waiting(&self.store, &claim, None, |e| {
                 self.metrics.subnet_pool_exhausted.set(i64::from(e));
-            }) => r,
+            }) => r.map(|(own, _)| own),
         };
         match got {
             Ok(new) => {

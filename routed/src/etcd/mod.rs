@@ -158,18 +158,50 @@ impl Entry {
     }
 }
 
+/// One read of everything under the prefix at one revision: the config, every subnet key,
+/// and the revision a watch resumes after. A start takes exactly one (the claim decides on
+/// it and the watcher follows from it), so a cold start costs etcd one range read per
+/// node, plus one per lost create race.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub header: Header,
+    pub kvs: Vec<Kv>,
+}
+
+impl Snapshot {
+    pub async fn take<S: Store>(store: &S, keys: &Keys) -> Result<Snapshot, EtcdError> {
+        let (header, kvs) = store.list(&keys.prefix_dir()).await?;
+        Ok(Snapshot { header, kvs })
+    }
+
+    /// The network config it holds (as [`read_config`] reads it).
+    pub fn config(&self, keys: &Keys) -> Result<NetConfig, EtcdError> {
+        let key = keys.config();
+        let kv = self.kvs.iter().find(|k| k.key == key);
+        let kv = kv.ok_or(EtcdError::NoConfig(key))?;
+        Ok(NetConfig::parse(&kv.value)?)
+    }
+
+    /// Its subnet keys by name.
+    pub fn entries(&self, keys: &Keys) -> BTreeMap<String, Entry> {
+        entries(keys, &self.kvs)
+    }
+}
+
+fn entries(keys: &Keys, kvs: &[Kv]) -> BTreeMap<String, Entry> {
+    kvs.iter()
+        .filter_map(|kv| {
+            keys.name(kv.key.as_bytes())
+                .map(|n| (n.to_owned(), Entry::of(n, kv)))
+        })
+        .collect()
+}
+
 /// Lists every subnet key at one revision.
 pub async fn list<S: Store>(
     store: &S,
     keys: &Keys,
 ) -> Result<(Header, BTreeMap<String, Entry>), EtcdError> {
     let (header, kvs) = store.list(&keys.subnets()).await?;
-    let out = kvs
-        .iter()
-        .filter_map(|kv| {
-            keys.name(kv.key.as_bytes())
-                .map(|n| (n.to_owned(), Entry::of(n, kv)))
-        })
-        .collect();
-    Ok((header, out))
+    Ok((header, entries(keys, &kvs)))
 }

@@ -9,7 +9,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Keys,
+    Keys, Snapshot,
     claim::{self, Claim},
     codec::{self, LeaseValue},
     fake::{FakeStore, Op, State},
@@ -96,9 +96,25 @@ struct Daemon {
 }
 
 impl Daemon {
-    /// Claims, then runs the watcher and the keeper as `run` does.
+    /// Reads once, claims, then runs the watcher and the keeper as `run` does.
     async fn start(s: &FakeStore, me: Me) -> Daemon {
-        let own = acquire(s, &me, me.last.map(|l| l.0.to_string()).as_deref()).await;
+        let (k, c) = (keys(), cfg());
+        // `run` retries its first read as long as etcd is unreachable.
+        let snap = loop {
+            match Snapshot::take(s, &k).await {
+                Ok(snap) => break snap,
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        };
+        assert_eq!(snap.config(&k).unwrap(), c);
+        let claim = Claim {
+            keys: &k,
+            cfg: &c,
+            me: &me,
+            ttl: 60,
+            prefer: me.last,
+        };
+        let (own, seed) = claim::acquire_from(s, &claim, Some(snap)).await.unwrap();
         let (own_tx, own_rx) = watch::channel(own);
         let (tx, leases) = watch::channel(None);
         let (metrics, stop, check) = (
@@ -115,6 +131,7 @@ impl Daemon {
             me: me.clone(),
             own: own_rx.clone(),
             check_own: check.clone(),
+            seed: Some(seed),
         };
         let keeper = KeepAlive {
             store: s.clone(),
@@ -186,8 +203,8 @@ async fn a_lost_create_race_is_retried_on_another_subnet() {
     assert_eq!(s.count("create"), 2, "{:?}", s.calls());
     assert_eq!(
         s.count("list"),
-        2,
-        "re-listed before the second try: {:?}",
+        1,
+        "the second try decides on the same read, the lost subnet marked taken: {:?}",
         s.calls()
     );
     assert_eq!(s.count("revoke"), 1, "the lease of the lost try is revoked");
@@ -609,4 +626,202 @@ async fn a_member_lagging_behind_is_not_taken_for_a_restored_etcd() {
     );
     assert_eq!(d.names().len(), 2);
     d.stop().await;
+}
+
+// === request counts (issue 11: what a daemon costs etcd) ===
+
+/// Every recorded call that reads a range (`get` or `list`).
+fn reads(s: &FakeStore) -> usize {
+    s.count("get ") + s.count("list ")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cold_start_lists_once() {
+    let s = store();
+    for i in 1..=20 {
+        peer(
+            &s,
+            &format!("198.18.{i}.0-24"),
+            &format!("n{i}"),
+            &format!("198.19.1.{i}"),
+        );
+    }
+    let d = Daemon::start(&s, me("a", "198.19.0.1")).await;
+    assert_eq!(
+        reads(&s),
+        1,
+        "config, claim and watch share one read: {:?}",
+        s.calls()
+    );
+    assert_eq!(exactly(&s, "list /p/"), 1, "{:?}", s.calls());
+    assert_eq!(s.count("watch"), 1, "{:?}", s.calls());
+    assert_eq!(
+        d.names().len(),
+        21,
+        "every peer and our own key: {:?}",
+        d.names()
+    );
+    d.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_node_of_an_empty_cluster_lists_once() {
+    let s = store();
+    let d = Daemon::start(&s, me("a", "198.19.0.1")).await;
+    assert_eq!(reads(&s), 1, "an empty seed is no error: {:?}", s.calls());
+    assert_eq!(
+        d.names(),
+        vec!["198.18.100.0-24".to_owned()],
+        "our key came by the watch"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_race_at_start_costs_no_other_read_and_leaves_no_gap() {
+    let s = store();
+    peer(&s, "198.18.1.0-24", "b", "198.19.0.2");
+    // Our preferred subnet is taken between our read and our create.
+    let s2 = s.clone();
+    s.before_next(Op::Create, move |_| {
+        peer(&s2, "198.18.100.0-24", "other", "198.19.0.9");
+    });
+    let d = Daemon::start(&s, me("a", "198.19.0.1")).await;
+    assert_eq!(reads(&s), 1, "{:?}", s.calls());
+    assert_eq!(s.count("create"), 2, "{:?}", s.calls());
+    peer(&s, "198.18.7.0-24", "late", "198.19.0.7");
+    settle().await;
+    let names = d.names();
+    // The winner of our race came after our read: the watch from its revision brings it.
+    for k in ["198.18.1.0-24", "198.18.100.0-24", "198.18.7.0-24"] {
+        assert!(names.contains(&k.to_owned()), "{k} missing: {names:?}");
+    }
+    assert_eq!(names.len(), 4, "and our own: {names:?}");
+    assert_eq!(reads(&s), 1, "{:?}", s.calls());
+    d.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_between_the_read_and_the_watch_is_not_lost() {
+    let s = store();
+    peer(&s, "198.18.1.0-24", "b", "198.19.0.2");
+    // Another node joins and one leaves while we claim: after our read, before our watch.
+    let s2 = s.clone();
+    s.before_next(Op::Grant, move |_| {
+        peer(&s2, "198.18.2.0-24", "c", "198.19.0.3");
+        s2.delete(&format!("{P}198.18.1.0-24"));
+    });
+    let d = Daemon::start(&s, me("a", "198.19.0.1")).await;
+    let names = d.names();
+    assert!(names.contains(&"198.18.2.0-24".to_owned()), "{names:?}");
+    assert!(!names.contains(&"198.18.1.0-24".to_owned()), "{names:?}");
+    assert_eq!(reads(&s), 1, "{:?}", s.calls());
+    d.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_steady_state_reads_nothing() {
+    let s = store();
+    peer(&s, "198.18.1.0-24", "b", "198.19.0.2");
+    let d = Daemon::start(&s, me("a", "198.19.0.1")).await;
+    let at_start = reads(&s);
+    for i in 2..30 {
+        peer(
+            &s,
+            &format!("198.18.{i}.0-24"),
+            "x",
+            &format!("198.19.2.{i}"),
+        );
+        s.delete(&format!("{P}198.18.{i}.0-24"));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    assert_eq!(reads(&s), at_start, "{:?}", s.calls());
+    assert!(
+        s.count("keep_alive") >= 1,
+        "renewed meanwhile: {:?}",
+        s.calls()
+    );
+    assert_eq!(s.count("watch"), 1, "{:?}", s.calls());
+    d.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_compaction_relists_each_daemon_once_spread_over_the_window() {
+    let s = store();
+    for i in 1..=50 {
+        peer(
+            &s,
+            &format!("198.18.{i}.0-24"),
+            "x",
+            &format!("198.19.1.{i}"),
+        );
+    }
+    let mut ds = Vec::new();
+    for i in 0..10 {
+        ds.push(Daemon::start(&s, me(&format!("d{i}"), &format!("198.19.3.{i}"))).await);
+    }
+    let before = exactly(&s, "list /p/");
+    s.break_watches();
+    s.delete(&format!("{P}198.18.1.0-24"));
+    s.compact();
+    // 60 leases: a window of 600 ms. Nobody lists at once; all have by its end.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(exactly(&s, "list /p/") - before < 10, "{:?}", s.calls());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(exactly(&s, "list /p/") - before, 10, "{:?}", s.calls());
+    for d in &ds {
+        assert!(!d.names().contains(&"198.18.1.0-24".to_owned()));
+    }
+    for d in ds {
+        d.stop().await;
+    }
+}
+
+#[test]
+fn the_relist_window_grows_with_the_leases_and_is_capped() {
+    use rand::{SeedableRng, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(7);
+    let delays: Vec<Duration> = (0..1000)
+        .map(|_| super::watch::relist_delay(1000, &mut rng))
+        .collect();
+    assert!(delays.iter().all(|d| *d < Duration::from_secs(10)));
+    let early = delays
+        .iter()
+        .filter(|d| **d < Duration::from_secs(1))
+        .count();
+    assert!(
+        (50..150).contains(&early),
+        "about 1 in 10 in the first second: {early}"
+    );
+    let big = super::watch::relist_delay(1_000_000, &mut rng);
+    assert!(big <= Duration::from_secs(60));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_that_loses_every_retry_is_taken_again() {
+    let s = store();
+    // Whatever we try to create, another node has just taken it.
+    for _ in 0..=claim::RETRIES_ON_ONE_READ {
+        let s2 = s.clone();
+        s.before_next(Op::Create, move |st| {
+            let call = st.calls().last().cloned().unwrap_or_default();
+            let key = call
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned();
+            s2.put(&key, &value("other", "198.19.0.9"), 0);
+        });
+    }
+    let got = acquire(&s, &me("a", "198.19.0.1"), None).await;
+    let creates = claim::RETRIES_ON_ONE_READ + 2;
+    assert_eq!(s.count("create"), creates, "{:?}", s.calls());
+    assert_eq!(
+        s.count("list"),
+        2,
+        "one more read after the retries: {:?}",
+        s.calls()
+    );
+    let key = format!("{P}{}", codec::key_name(&got.subnet));
+    assert_eq!(s.value(&key).unwrap().lease, got.lease_id);
 }

@@ -15,7 +15,7 @@ use super::{
 use crate::{
     config::NetConfig,
     etcd::watch::Leases,
-    kernel::{self, KernelError, NextHop, RouteTable},
+    kernel::{self, KernelError, LocalView, NextHop, RouteTable},
     me::OwnLease,
 };
 
@@ -86,10 +86,21 @@ pub async fn compute<R: RouteTable>(
     leases: &Leases,
 ) -> Result<Computed, KernelError> {
     let view = table.local_view().await?;
-    let v = validate::validate(leases, cfg, here.own, &view);
+    Ok(compute_in(table, cfg, here, leases, &view).await)
+}
+
+/// [`compute`] against a view of this node already read.
+pub async fn compute_in<R: RouteTable>(
+    table: &R,
+    cfg: &NetConfig,
+    here: Here<'_>,
+    leases: &Leases,
+    view: &LocalView,
+) -> Computed {
+    let v = validate::validate(leases, cfg, here.own, view);
     // Only peers outside every connected prefix cost a lookup (none on a flat segment).
     let hops = kernel::needs_lookup(
-        &view,
+        view,
         v.peers.iter().flat_map(|p| p.routes.iter().map(|r| &r.via)),
     );
     let mut behind_router: HashMap<IpAddr, Option<IpAddr>> = HashMap::new();
@@ -131,5 +142,5 @@ pub async fn compute<R: RouteTable>(
             mtu_mismatch,
         });
     }
-    Ok(out)
+    out
 }

@@ -429,3 +429,110 @@ async fn rejected_leases_never_change_readiness() {
     assert_eq!(rejected(&g, "bad-next-hop"), 1);
     assert_eq!(rejected(&g, "malformed"), 1);
 }
+
+// === per lease event: no kernel dump once in sync (issue 11) ===
+
+fn lists(g: &Rig) -> usize {
+    g.rec.table.calls().iter().filter(|c| *c == "list").count()
+}
+
+#[tokio::test]
+async fn a_lease_event_in_sync_reads_no_kernel_dump() {
+    let mut g = rig(Some(leases()));
+    assert_eq!(g.rec.pass_with(true).await, 0);
+    assert_eq!(lists(&g), 1);
+    let first = g.rec.table.calls().len();
+    let mut l = leases();
+    l.remove("198.18.3.0-24");
+    l.insert(
+        "198.18.4.0-24".into(),
+        lease("198.18.4.0/24", "198.19.0.4", 9),
+    );
+    g.leases.send_replace(Some(Arc::new(l)));
+    assert_eq!(g.rec.pass_with(false).await, 0);
+    assert_eq!(
+        lists(&g),
+        1,
+        "planned against what it applied: {:?}",
+        g.rec.table.calls()
+    );
+    let routes: Vec<String> = g
+        .rec
+        .table
+        .routes
+        .borrow()
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            "unreachable 198.18.1.0/24",
+            "198.18.2.0/24 via 198.19.0.2",
+            "198.18.4.0/24 via 198.19.0.4"
+        ]
+    );
+    let tail: Vec<String> = g.rec.table.calls().into_iter().skip(first).collect();
+    assert_eq!(
+        tail.iter()
+            .filter(|c| !c.starts_with("lookup"))
+            .collect::<Vec<_>>(),
+        [
+            "delete 198.18.3.0/24 via 198.19.0.3",
+            "create 198.18.4.0/24 via 198.19.0.4"
+        ],
+        "the one change and nothing else"
+    );
+}
+
+#[tokio::test]
+async fn drift_is_still_repaired_by_a_pass_that_reads_the_kernel() {
+    let mut g = rig(Some(leases()));
+    g.rec.pass_with(true).await;
+    g.rec
+        .table
+        .routes
+        .borrow_mut()
+        .remove(&r("198.18.2.0/24", "198.19.0.2"));
+    // A lease event plans from memory: it cannot see the drift (a netlink event would
+    // have asked for a kernel read)...
+    g.rec.pass_with(false).await;
+    assert_eq!(g.rec.metrics.routes_repaired.get(), 0);
+    // ...which the netlink event, or the resync tick, does.
+    g.rec.pass_with(true).await;
+    assert_eq!(g.rec.metrics.routes_repaired.get(), 1);
+    assert!(
+        g.rec
+            .table
+            .routes
+            .borrow()
+            .contains(&r("198.18.2.0/24", "198.19.0.2"))
+    );
+}
+
+#[tokio::test]
+async fn after_a_failed_pass_a_lease_event_reads_the_kernel_again() {
+    let mut g = rig(Some(leases()));
+    g.rec
+        .table
+        .failing
+        .borrow_mut()
+        .insert("198.18.2.0/24".parse().unwrap());
+    assert_eq!(g.rec.pass_with(true).await, 1);
+    g.rec.table.failing.borrow_mut().clear();
+    g.leases.send_replace(Some(Arc::new(leases())));
+    assert_eq!(g.rec.pass_with(false).await, 0);
+    assert_eq!(
+        lists(&g),
+        2,
+        "not in sync: the kernel is read: {:?}",
+        g.rec.table.calls()
+    );
+    assert!(
+        g.rec
+            .table
+            .routes
+            .borrow()
+            .contains(&r("198.18.2.0/24", "198.19.0.2"))
+    );
+}
