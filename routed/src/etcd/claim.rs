@@ -276,7 +276,14 @@ async fn try_claim<S: Store>(
     let id = store.grant(c.ttl).await?;
     if written(
         store,
-        store.create(&key, lease::encode(&value(c, v6)), id).await,
+        store
+            .create_unless(
+                &key,
+                &same_subnet(c.keys, &subnet),
+                lease::encode(&value(c, v6)),
+                id,
+            )
+            .await,
         id,
     )
     .await?
@@ -290,6 +297,18 @@ async fn try_claim<S: Store>(
         }));
     }
     Ok(Tried::LostCreate(subnet))
+}
+
+/// The key ranges that name `subnet` as a key's first part: `<subnet>` itself and every
+/// `<subnet>&<v6>` (flannel's dual-stack form). Two nodes that chose one IPv4 subnet with
+/// different IPv6 ones would otherwise both win their create; with these guards the second
+/// loses the race. (`'` is the character after `&`.)
+fn same_subnet(keys: &Keys, subnet: &IpNetwork) -> Vec<(String, String)> {
+    let base = keys.subnet(&lease::key_name(subnet));
+    vec![
+        (base.clone(), format!("{base}\0")),
+        (format!("{base}&"), format!("{base}'")),
+    ]
 }
 
 /// Every subnet a key holds, of both families: a decoded lease's subnets, or what the key

@@ -101,3 +101,44 @@ async fn an_expired_lease_frees_its_subnet_for_the_waiting_node() {
     let (got, ()) = tokio::join!(acquire_waiting(&s, &c, None, |_| {}), expire);
     assert_eq!(got.unwrap().0.subnet.to_string(), "198.18.3.0/24");
 }
+
+/// Two nodes that chose one IPv4 subnet with different IPv6 subnets: flannel's key form
+/// names both, so the keys differ, and only the guard on the IPv4 part makes the second
+/// create a lost race (as it was when the key named the IPv4 subnet alone).
+#[tokio::test]
+async fn one_ipv4_subnet_is_won_once_whatever_the_ipv6_part_of_the_key() {
+    let s = FakeStore::new();
+    let keys = Keys::new("/p");
+    let a: IpNetwork = "198.18.3.0/24".parse().unwrap();
+    let guard = same_subnet(&keys, &a);
+    let create = |name: &str| {
+        let (s, guard, key) = (&s, &guard, keys.subnet(name));
+        async move {
+            s.create_unless(&key, guard, b"{}".to_vec(), 0)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(create("198.18.3.0-24&fd18:18:0:3::-64").await);
+    assert!(
+        !create("198.18.3.0-24&fd18:18:0:7::-64").await,
+        "same IPv4 subnet, other IPv6"
+    );
+    assert!(
+        !create("198.18.3.0-24").await,
+        "the IPv4-only form of a taken subnet"
+    );
+    // Neighbours whose names share a prefix are not caught by the guard.
+    let other = same_subnet(&keys, &"198.18.30.0/24".parse().unwrap());
+    let key = keys.subnet("198.18.30.0-24&fd18:18:0:30::-64");
+    assert!(
+        s.create_unless(&key, &other, b"{}".to_vec(), 0)
+            .await
+            .unwrap()
+    );
+    // And the other way round: an IPv4-only key blocks a dual-stack claim of its subnet.
+    let b = same_subnet(&keys, &"198.18.4.0/24".parse().unwrap());
+    s.put("/p/subnets/198.18.4.0-24", "{}", 0);
+    let key = keys.subnet("198.18.4.0-24&fd18:18:0:4::-64");
+    assert!(!s.create_unless(&key, &b, b"{}".to_vec(), 0).await.unwrap());
+}

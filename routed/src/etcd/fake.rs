@@ -335,6 +335,23 @@ impl Store for FakeStore {
         Ok(true)
     }
 
+    async fn create_unless(
+        &self,
+        key: &str,
+        absent: &[(String, String)],
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<bool, EtcdError> {
+        self.enter(Op::Create, format!("create {key} lease {lease}"))?;
+        let mut s = self.state();
+        let in_range = |k: &String| absent.iter().any(|(a, b)| k >= a && k < b);
+        if s.kvs.contains_key(key) || s.kvs.keys().any(in_range) {
+            return Ok(false);
+        }
+        s.put(key, value, lease);
+        Ok(true)
+    }
+
     async fn put_if(
         &self,
         key: &str,

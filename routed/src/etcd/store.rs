@@ -73,6 +73,16 @@ pub trait Store: Clone {
         value: Vec<u8>,
         lease: i64,
     ) -> impl Future<Output = Result<bool, EtcdError>>;
+    /// As [`Store::create`], and only if no key lies in any `absent` range `[start, end)`;
+    /// whether it did. One transaction: a subnet claimed under another key form (flannel's
+    /// `<v4>-<len>&<v6>-<len>` next to `<v4>-<len>`) is a lost race, not a second owner.
+    fn create_unless(
+        &self,
+        key: &str,
+        absent: &[(String, String)],
+        value: Vec<u8>,
+        lease: i64,
+    ) -> impl Future<Output = Result<bool, EtcdError>>;
     /// Puts only if `key` is still at `mod_revision`; whether it did.
     fn put_if(
         &self,
@@ -164,6 +174,24 @@ impl Store for EtcdStore {
         let guard = Compare::version(key, CompareOp::Equal, 0);
         let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)));
         self.txn("create transaction", guard, put).await
+    }
+
+    async fn create_unless(
+        &self,
+        key: &str,
+        absent: &[(String, String)],
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<bool, EtcdError> {
+        let mut guards = vec![Compare::version(key, CompareOp::Equal, 0)];
+        guards.extend(absent.iter().map(|(start, end)| {
+            Compare::version(start.as_str(), CompareOp::Equal, 0).with_range(end.as_str())
+        }));
+        let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)));
+        let txn = Txn::new().when(guards).and_then([put]);
+        Ok(timeout("create transaction", self.client.clone().txn(txn))
+            .await?
+            .succeeded())
     }
 
     async fn put_if(
