@@ -289,8 +289,10 @@ impl Fleet {
             ])
             .output()
             .context("ip route show")?;
+        // Routes to peers only: the node's own `unreachable <subnet>` is ours too.
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
+            .filter(|l| !l.starts_with("unreachable"))
             .map(str::to_owned)
             .collect())
     }

@@ -139,9 +139,10 @@ pub fn cold_start(f: &mut Fleet, n: usize) -> Result<ColdStart> {
     }
     let spawn_secs = start.elapsed().as_secs_f64();
     let limit = Duration::from_secs(120 + n as u64 / 2);
+    // N-1 routes to peers plus the node's own `unreachable <subnet>`: the logs count both.
     let done = wait_for("every node's N-1 routes in the logs", limit, || {
         std::thread::sleep(Duration::from_millis(500));
-        converged_at(&all_changes(f), n, n as u64 - 1)
+        converged_at(&all_changes(f), n, n as u64)
     });
     let changes = all_changes(f);
     let last = done.context("cold start did not converge")?;

@@ -245,7 +245,7 @@ impl<R: RouteTable> Reconciler<R> {
             );
         } else {
             for r in &a.removed {
-                info!(route = %r, "route removed");
+                info!(dst = %r.dst, route = %r, "route removed");
             }
             for r in &a.added {
                 let what = if repaired.contains(&r) {
@@ -253,7 +253,7 @@ impl<R: RouteTable> Reconciler<R> {
                 } else {
                     "route added"
                 };
-                info!(route = %r, "{what}");
+                info!(dst = %r.dst, route = %r, "{what}");
             }
         }
         // A route the kernel refused is reported once, as a rejected lease.
