@@ -172,6 +172,44 @@ pub fn tcp_server(pod: &Pod, port: u16) -> Result<Proc> {
     Ok(p)
 }
 
+/// A ClusterIP as kube-proxy's nftables mode writes it: DNAT at prerouting dstnat, in a
+/// table of its own (`hgwt-svc`) on node `node`, from `vip` to `backend`. `ports`:
+/// (protocol, service port, backend port).
+pub fn cluster_ip(
+    c: &Cluster,
+    node: usize,
+    vip: &str,
+    backend: &str,
+    ports: &[(&str, u16, u16)],
+) -> Result<()> {
+    let mut rules = String::from(
+        "table ip hgwt-svc {\n chain nat-prerouting {\n  type nat hook prerouting priority dstnat; policy accept;\n",
+    );
+    for (proto, port, to) in ports {
+        rules += &format!("  ip daddr {vip} {proto} dport {port} dnat to {backend}:{to}\n");
+    }
+    rules += " }\n}\n";
+    let file = c.dir.path().join("svc.nft");
+    std::fs::write(&file, rules)?;
+    must(c.nodes[node].ns.cmd("nft").arg("-f").arg(&file))?;
+    Ok(())
+}
+
+/// `rounds` TCP and UDP exchanges with the [`echo_servers`] behind `ip` (`tcp`, `udp`): each
+/// must come back whole.
+pub fn echo_rounds(from: &Netns, ip: &str, (tcp, udp): (u16, u16), rounds: usize) -> Result<()> {
+    for round in 0..rounds {
+        for (proto, port) in [("tcp", tcp), ("udp", udp)] {
+            let msg = format!("svc-{proto}");
+            let got = echo(from, proto, ip, port, &msg)?;
+            if got != msg {
+                bail!("round {round}: {proto} to {ip}:{port} answered {got:?}, not {msg:?}");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Echo servers in `pod` (python3, serving until the pod goes): TCP on `tcp`, UDP on `udp`,
 /// both families. For NAT paths, where the reply's addresses are what is tested.
 pub fn echo_servers(pod: &Pod, tcp: u16, udp: u16) -> Result<[Proc; 2]> {

@@ -317,9 +317,8 @@ while True:
     c.close()
 ";
 
-#[test]
-fn cluster_chained_hostport_with_masquerade_on_still_answers() -> Result<()> {
-    require_root();
+/// Two nodes whose daemons masquerade (`--ip-masq`), converged.
+fn masq_cluster() -> Result<Cluster> {
     let mut c = Cluster::new(Spec {
         nodes: 2,
         ..Spec::default()
@@ -329,19 +328,32 @@ fn cluster_chained_hostport_with_masquerade_on_still_answers() -> Result<()> {
     }
     c.start_all()?;
     c.wait_converged(Duration::from_secs(20))?;
+    Ok(c)
+}
+
+/// [`WHO`] in `ns`, listening on port 80 before this returns.
+fn who_server(ns: &Netns) -> Result<Proc> {
+    let mut who = ns.cmd("python3");
+    who.args(["-c", WHO])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let server = Proc::spawn(who)?;
+    hostgw_harness::wait_for("web listening", Duration::from_secs(5), || {
+        ns.sh("ss -Hltn").ok()?.contains(":80 ").then_some(())
+    })?;
+    Ok(server)
+}
+
+#[test]
+fn cluster_chained_hostport_with_masquerade_on_still_answers() -> Result<()> {
+    require_root();
+    let c = masq_cluster()?;
     let (a, b) = (Runtime::new(&c, 0)?, Runtime::new(&c, 1)?);
     let caps = json!({"portMappings": [
         {"hostPort": HOST_PORT, "containerPort": POD_PORT, "protocol": "tcp"}
     ]});
     let (web, _) = a.add("web", &caps)?;
-    let mut who = web.ns.cmd("python3");
-    who.args(["-c", WHO])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let _server = Proc::spawn(who)?;
-    hostgw_harness::wait_for("web listening", Duration::from_secs(5), || {
-        web.ns.sh("ss -Hltn").ok()?.contains(":80 ").then_some(())
-    })?;
+    let _server = who_server(&web.ns)?;
     let (client, _) = b.add("client", &json!({}))?;
     let (local, _) = a.add("local", &json!({}))?;
     let node_a = c.nodes[0].ip.clone();
@@ -384,50 +396,17 @@ fn cluster_chained_hostport_with_masquerade_on_still_answers() -> Result<()> {
 fn cluster_clusterip_dnat_with_masquerade_on_answers_and_keeps_the_pod_source() -> Result<()> {
     use hostgw_harness::cluster::{add_pod, all_reach};
     require_root();
-    let mut c = Cluster::new(Spec {
-        nodes: 2,
-        ..Spec::default()
-    })?;
-    for n in &mut c.nodes {
-        n.extra_args = vec!["--ip-masq".into()];
-    }
-    c.start_all()?;
-    c.wait_converged(Duration::from_secs(20))?;
+    let c = masq_cluster()?;
     let pods = [add_pod(&c, 0, "client")?, add_pod(&c, 1, "web")?];
     all_reach(&pods, None)?;
     let (client, web) = (&pods[0], &pods[1]);
     let _echo = echo_servers(web, 8080, 8081)?;
-    let mut who = web.ns.cmd("python3");
-    who.args(["-c", WHO])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let _who = Proc::spawn(who)?;
-    hostgw_harness::wait_for("web listening", Duration::from_secs(5), || {
-        web.ns.sh("ss -Hltn").ok()?.contains(":80 ").then_some(())
-    })?;
+    let _who = who_server(&web.ns)?;
     // 198.18.0.0/24 is never leased (SubnetMin is the network's second subnet).
     const VIP: &str = "198.18.0.10";
-    let rules = format!(
-        "table ip hgwt-svc {{\n chain nat-prerouting {{\n  type nat hook prerouting priority dstnat; policy accept;\n  \
-         ip daddr {VIP} tcp dport 80 dnat to {w}:8080\n  ip daddr {VIP} udp dport 81 dnat to {w}:8081\n  \
-         ip daddr {VIP} tcp dport 82 dnat to {w}:80\n }}\n}}\n",
-        w = web.ip
-    );
-    let file = c.dir.path().join("svc.nft");
-    std::fs::write(&file, rules)?;
-    must(c.nodes[0].ns.cmd("nft").arg("-f").arg(&file))?;
-    for round in 0..3 {
-        assert_eq!(
-            echo(&client.ns, "tcp", VIP, 80, "svc-tcp")?,
-            "svc-tcp",
-            "round {round}"
-        );
-        assert_eq!(
-            echo(&client.ns, "udp", VIP, 81, "svc-udp")?,
-            "svc-udp",
-            "round {round}"
-        );
-    }
+    let ports = [("tcp", 80, 8080), ("udp", 81, 8081), ("tcp", 82, 80)];
+    hostgw_harness::cluster::cluster_ip(&c, 0, VIP, &web.ip, &ports)?;
+    hostgw_harness::cluster::echo_rounds(&client.ns, VIP, (80, 81), 3)?;
     assert_eq!(
         tcp_get(&client.ns, VIP, 82)?,
         client.ip,

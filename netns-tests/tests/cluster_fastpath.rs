@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hostgw_harness::{
-    cluster::{Pod, add_pod, all_reach, del_pod, echo, echo_servers, status_json, tcp_server},
+    cluster::{Pod, add_pod, all_reach, del_pod, echo_servers, status_json, tcp_server},
     require_root,
     routed::{CONFIG_V6, Cluster, Datapath, Spec, metric},
     wait_for,
@@ -242,27 +242,15 @@ fn cluster_fastpath_clusterip_dnat_to_a_pod_on_another_node_tcp_and_udp() -> Res
     let _servers = echo_servers(web, 8080, 8081)?;
     // 198.18.0.0/24 is never leased (SubnetMin is the network's second subnet).
     const VIP: &str = "198.18.0.10";
-    let rules = format!(
-        "table ip hgwt-svc {{\n chain nat-prerouting {{\n  type nat hook prerouting priority dstnat; policy accept;\n  \
-         ip daddr {VIP} tcp dport 80 dnat to {w}:8080\n  ip daddr {VIP} udp dport 81 dnat to {w}:8081\n }}\n}}\n",
-        w = web.ip
-    );
-    let file = c.dir.path().join("svc.nft");
-    std::fs::write(&file, rules)?;
-    hostgw_harness::must(c.nodes[0].ns.cmd("nft").arg("-f").arg(&file))?;
+    hostgw_harness::cluster::cluster_ip(
+        &c,
+        0,
+        VIP,
+        &web.ip,
+        &[("tcp", 80, 8080), ("udp", 81, 8081)],
+    )?;
     let (nat0, fast1) = (ct_nat(&c, 0)?, c.fast_pathed(1)?);
-    for round in 0..3 {
-        assert_eq!(
-            echo(&client.ns, "tcp", VIP, 80, "svc-tcp")?,
-            "svc-tcp",
-            "round {round}"
-        );
-        assert_eq!(
-            echo(&client.ns, "udp", VIP, 81, "svc-udp")?,
-            "svc-udp",
-            "round {round}"
-        );
-    }
+    hostgw_harness::cluster::echo_rounds(&client.ns, VIP, (80, 81), 3)?;
     wait_for(
         "node 0 handing NATed replies to the stack",
         Duration::from_secs(10),
