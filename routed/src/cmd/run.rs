@@ -317,6 +317,7 @@ async fn tasks(
         sd.clone(),
     );
     let kick = Arc::new(Notify::new());
+    let stale = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let dp_cfg = s.cfg.clone();
     // The uplink holds our public address of either family (an IPv6-only node has no IPv4).
     let uplink_ip = s.me.public_ip.or(s.me.public_ipv6);
@@ -329,6 +330,7 @@ async fn tasks(
         leases: leases_rx,
         own: own_rx.clone(),
         kick: kick.clone(),
+        stale: stale.clone(),
         resync: std::time::Duration::from_secs(args.resync_secs.max(1)),
         mtu: s.me.mtu,
     });
@@ -337,7 +339,7 @@ async fn tasks(
         watcher.run(sd.clone()),
         keeper.run(sd.clone()),
         rec.run(sd.clone()),
-        events::listen(kick, sd.clone()),
+        events::listen(kick, stale, sd.clone()),
         follow,
         rules,
         datapath,

@@ -2,7 +2,13 @@
 //! the reachability of a peer kicks the reconciler. Our own route additions are ignored,
 //! so applying a plan does not wake us again.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use futures::StreamExt;
 use rtnetlink::{
@@ -63,6 +69,11 @@ pub fn relevant(m: &RouteNetlinkMessage) -> bool {
     }
 }
 
+/// A route we added (protocol 75): applying a plan changes nothing we don't know.
+fn ours_added(m: &RouteNetlinkMessage) -> bool {
+    matches!(m, RouteNetlinkMessage::NewRoute(r) if r.header.protocol == RouteProtocol::Other(PROTO))
+}
+
 /// Routes no peer is reached by: the local table's entries for addresses, IPv6 link-local
 /// and multicast prefixes, and host routes (/32, /128) that point straight at a link (the
 /// plugin's route to each pod).
@@ -92,7 +103,8 @@ fn pod_plumbing_route(r: &RouteMessage) -> bool {
 
 /// Listens until shutdown; a broken socket (e.g. ENOBUFS after a burst) is reopened, with
 /// a kick, since events may have been lost.
-pub async fn listen(kick: Arc<Notify>, shutdown: CancellationToken) {
+/// Every message but our own additions also sets `stale` (see `ReconcilerConfig::stale`).
+pub async fn listen(kick: Arc<Notify>, stale: Arc<AtomicBool>, shutdown: CancellationToken) {
     loop {
         match rtnetlink::new_multicast_connection(&GROUPS) {
             Ok((conn, _handle, mut msgs)) => {
@@ -105,16 +117,21 @@ pub async fn listen(kick: Arc<Notify>, shutdown: CancellationToken) {
                         }
                         m = msgs.next() => match m {
                             Some((msg, _)) => {
-                                if let NetlinkPayload::InnerMessage(inner) = &msg.payload
-                                    && relevant(inner) {
+                                if let NetlinkPayload::InnerMessage(inner) = &msg.payload {
+                                    if !ours_added(inner) {
+                                        stale.store(true, Ordering::SeqCst);
+                                    }
+                                    if relevant(inner) {
                                         kick.notify_one();
                                     }
+                                }
                             }
                             None => break,
                         }
                     }
                 }
                 task.abort();
+                stale.store(true, Ordering::SeqCst);
                 kick.notify_one();
                 warn!("netlink event socket closed; reopening");
             }

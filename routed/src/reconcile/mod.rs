@@ -4,7 +4,10 @@
 
 use std::{
     collections::BTreeSet,
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -49,6 +52,9 @@ pub struct ReconcilerConfig<R> {
     pub own: watch::Receiver<OwnLease>,
     /// Netlink events notify this (see `kernel::events`).
     pub kick: Arc<Notify>,
+    /// Set by every kernel event, also those too small to wake a pass (a pod's plumbing):
+    /// a lease-event pass then reads the kernel instead of planning on an outdated view.
+    pub stale: Arc<AtomicBool>,
     pub resync: Duration,
     /// This node's uplink MTU (routes to peers with another one carry the smaller).
     pub mtu: Option<u32>,
@@ -62,6 +68,7 @@ pub struct Reconciler<R> {
     leases: LeasesRx,
     own: watch::Receiver<OwnLease>,
     kick: Arc<Notify>,
+    stale: Arc<AtomicBool>,
     resync: Duration,
     mtu: Option<u32>,
     /// What has been reported once already (unreachable peers, rejected leases).
@@ -84,6 +91,7 @@ impl<R: RouteTable> Reconciler<R> {
             leases: c.leases,
             own: c.own,
             kick: c.kick,
+            stale: c.stale,
             resync: c.resync,
             mtu: c.mtu,
             reported: BTreeSet::new(),
@@ -142,7 +150,9 @@ impl<R: RouteTable> Reconciler<R> {
         };
         let own = self.own.borrow_and_update().clone();
         let start = Instant::now();
-        let read_kernel = read_kernel || !self.synced || self.view.is_none();
+        // `swap` before the read: an event during it leaves the flag set for the next pass.
+        let stale = self.stale.swap(false, Ordering::SeqCst);
+        let read_kernel = read_kernel || stale || !self.synced || self.view.is_none();
         let span = info_span!("reconcile", leases = leases.len(), read_kernel);
         let failed = async {
             let view = match self.view.take().filter(|_| !read_kernel) {

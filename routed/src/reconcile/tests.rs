@@ -85,6 +85,7 @@ fn rig(initial: Option<Leases>) -> Rig {
         leases: rx,
         own: own_rx,
         kick: Arc::new(Notify::new()),
+        stale: Default::default(),
         resync: Duration::from_secs(300),
         mtu: None,
     });
@@ -535,4 +536,22 @@ async fn after_a_failed_pass_a_lease_event_reads_the_kernel_again() {
             .borrow()
             .contains(&r("198.18.2.0/24", "198.19.0.2"))
     );
+}
+
+/// A kernel change too small to wake a pass (a local-table entry, a pod's plumbing) still
+/// makes the next lease-event pass read the kernel: it must not validate leases against a
+/// view from before that change.
+#[tokio::test]
+async fn a_kernel_change_that_woke_nothing_makes_the_next_lease_pass_read_the_kernel() {
+    let mut g = rig(Some(leases()));
+    assert_eq!(g.rec.pass_with(true).await, 0);
+    assert_eq!(lists(&g), 1);
+    g.rec.stale.store(true, std::sync::atomic::Ordering::SeqCst);
+    g.leases.send_replace(Some(Arc::new(leases())));
+    assert_eq!(g.rec.pass_with(false).await, 0);
+    assert_eq!(lists(&g), 2, "{:?}", g.rec.table.calls());
+    // And once read, the flag is spent: the next lease event plans in memory again.
+    g.leases.send_replace(Some(Arc::new(leases())));
+    assert_eq!(g.rec.pass_with(false).await, 0);
+    assert_eq!(lists(&g), 2, "{:?}", g.rec.table.calls());
 }
