@@ -2,11 +2,7 @@
 //! namespace with a bridge, an etcd namespace and N node namespaces on that segment
 //! (198.19.0.0/24, fd19:19::/64), each able to run `hostgw-routed`.
 
-use std::{
-    fs::File,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{fs::File, process::Stdio, time::Duration};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -333,38 +329,33 @@ impl Cluster {
     }
 }
 
+/// Our routes (protocol 75) of both families in a namespace, as `ip -j` lists them, with
+/// the family flag each came from; `extra` narrows the listing (e.g. `type unreachable`).
+fn owned_json(ns: &Netns, extra: &[&str]) -> Result<Vec<(&'static str, Value)>> {
+    let mut out = vec![];
+    for fam in ["-4", "-6"] {
+        let args = [&[fam, "route", "show", "proto", "75"], extra].concat();
+        let v = ns.ip_json(&args)?;
+        out.extend(v.as_array().into_iter().flatten().map(|r| (fam, r.clone())));
+    }
+    Ok(out)
+}
+
 /// Owned routes (protocol 75, both families) in a namespace: (dst, gateway).
 pub fn routes_in(ns: &Netns) -> Result<Vec<(String, String)>> {
     let mut out = vec![];
-    for fam in ["-4", "-6"] {
-        let v = must(Command::new("ip").args([
-            "-j",
-            fam,
-            "-n",
-            ns.name(),
-            "route",
-            "show",
-            "proto",
-            "75",
-        ]))?;
-        let v: Value = if v.trim().is_empty() {
-            Value::Array(vec![])
-        } else {
-            serde_json::from_str(&v)?
-        };
-        for r in v.as_array().into_iter().flatten() {
-            // The node's own `unreachable <subnet>` is no route to a peer: see `unreachable_in`.
-            if r["type"].as_str() == Some("unreachable") {
-                continue;
-            }
-            let dst = r["dst"].as_str().unwrap_or_default();
-            let dst = if dst.contains('/') {
-                dst.to_owned()
-            } else {
-                format!("{dst}/{}", if fam == "-4" { 32 } else { 128 })
-            };
-            out.push((dst, r["gateway"].as_str().unwrap_or_default().to_owned()));
+    for (fam, r) in owned_json(ns, &[])? {
+        // The node's own `unreachable <subnet>` is no route to a peer: see `unreachable_in`.
+        if r["type"].as_str() == Some("unreachable") {
+            continue;
         }
+        let dst = r["dst"].as_str().unwrap_or_default();
+        let dst = if dst.contains('/') {
+            dst.to_owned()
+        } else {
+            format!("{dst}/{}", if fam == "-4" { 32 } else { 128 })
+        };
+        out.push((dst, r["gateway"].as_str().unwrap_or_default().to_owned()));
     }
     Ok(out)
 }
@@ -372,27 +363,13 @@ pub fn routes_in(ns: &Netns) -> Result<Vec<(String, String)>> {
 /// The destinations of the owned `unreachable` routes (the node's own subnets) in a
 /// namespace, both families, with their metric.
 pub fn unreachable_in(ns: &Netns) -> Result<Vec<(String, u64)>> {
-    let mut out = vec![];
-    for fam in ["-4", "-6"] {
-        let v = must(Command::new("ip").args([
-            "-j",
-            fam,
-            "-n",
-            ns.name(),
-            "route",
-            "show",
-            "proto",
-            "75",
-            "type",
-            "unreachable",
-        ]))?;
-        let v: Value = serde_json::from_str(if v.trim().is_empty() { "[]" } else { &v })?;
-        for r in v.as_array().into_iter().flatten() {
+    Ok(owned_json(ns, &["type", "unreachable"])?
+        .into_iter()
+        .map(|(_, r)| {
             let dst = r["dst"].as_str().unwrap_or_default().to_owned();
-            out.push((dst, r["metric"].as_u64().unwrap_or(0)));
-        }
-    }
-    Ok(out)
+            (dst, r["metric"].as_u64().unwrap_or(0))
+        })
+        .collect())
 }
 
 /// A lease value as another node would write it.
