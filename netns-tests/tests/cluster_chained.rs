@@ -242,14 +242,36 @@ fn cluster_fastpath_chained_hostport_through_portmap_works_tcp_and_udp() -> Resu
     Ok(())
 }
 
-/// Received bits per second of an iperf3 run of `secs` seconds from `from` to `server`
+/// An iperf3 server on `ip:port` in `pod`'s namespace, listening when this returns.
+fn iperf_server(pod: &Pod, port: u16) -> Result<Proc> {
+    let mut server = pod.ns.cmd("iperf3");
+    server
+        .args(["-s", "-B", &pod.ip, "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let proc = Proc::spawn(server)?;
+    let listening = format!(":{port} ");
+    hostgw_harness::wait_for("iperf3 listening", Duration::from_secs(5), || {
+        let out = pod.ns.sh("ss -Hltn").ok()?;
+        out.contains(&listening).then_some(())
+    })?;
+    Ok(proc)
+}
+
+/// Received bits per second of an iperf3 run of `secs` seconds from `from` to `server:port`
 /// (the first second, TCP's slow start, omitted).
-fn iperf_bps(from: &Netns, server: &str, secs: u32) -> Result<f64> {
-    let out =
-        must(
-            from.cmd("iperf3")
-                .args(["-c", server, "-t", &secs.to_string(), "-O", "1", "-J"]),
-        )?;
+fn iperf_bps(from: &Netns, server: &str, port: u16, secs: u32) -> Result<f64> {
+    let out = must(from.cmd("iperf3").args([
+        "-c",
+        server,
+        "-p",
+        &port.to_string(),
+        "-t",
+        &secs.to_string(),
+        "-O",
+        "1",
+        "-J",
+    ]))?;
     let v: Value = serde_json::from_str(&out)?;
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
@@ -268,19 +290,13 @@ fn cluster_chained_bandwidth_limits_a_pods_egress_to_10_mbit() -> Result<()> {
     assert_result_serves_the_chain(&result, &slow.ns.path());
     let (fast, _) = a.add("fast", &json!({}))?;
     let (sink, _) = b.add("sink", &json!({}))?;
-    let mut server = sink.ns.cmd("iperf3");
-    server
-        .args(["-s", "-B", &sink.ip])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let _server = Proc::spawn(server)?;
-    hostgw_harness::wait_for("iperf3 listening", Duration::from_secs(5), || {
-        let out = sink.ns.sh("ss -Hltn").ok()?;
-        out.contains(":5201 ").then_some(())
-    })?;
+    // One server per run: an iperf3 server still draining the shaped run's last
+    // bytes refuses the next client ("the server is busy running a test").
+    let _limited_server = iperf_server(&sink, 5201)?;
+    let _free_server = iperf_server(&sink, 5202)?;
 
-    let limited = iperf_bps(&slow.ns, &sink.ip, 4)?;
-    let free = iperf_bps(&fast.ns, &sink.ip, 2)?;
+    let limited = iperf_bps(&slow.ns, &sink.ip, 5201, 4)?;
+    let free = iperf_bps(&fast.ns, &sink.ip, 5202, 2)?;
     eprintln!(
         "egress 10 Mbit/s limit: {:.2} Mbit/s; the same path without a limit: {:.0} Mbit/s",
         limited / 1e6,
