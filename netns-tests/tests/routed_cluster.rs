@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use hostgw_harness::{
     require_root,
     routed::{Cluster, Spec, metric},
@@ -25,11 +25,13 @@ fn routed_three_nodes_converge_with_distinct_subnets() -> Result<()> {
         );
         assert_eq!(c.routes(i)?.len(), 2, "node {i}: {:?}", c.routes(i)?);
     }
-    // Forwarding on, our nft table installed, ready.
+    // Forwarding on, no nft table without --ip-masq, ready.
     let fwd = c.nodes[0].ns.sh("cat /proc/sys/net/ipv4/ip_forward")?;
     assert_eq!(fwd.trim(), "1");
-    let nft = c.nodes[0].ns.sh("nft list table inet hostgw")?;
-    assert!(nft.contains("ip saddr 198.18.0.0/16 accept"), "{nft}");
+    assert!(
+        c.nodes[0].ns.sh("nft list table inet hostgw").is_err(),
+        "a table without masquerade"
+    );
     wait_for("readyz 200", Duration::from_secs(5), || {
         (c.readyz(0).ok()? == "200").then_some(())
     })?;
@@ -296,7 +298,7 @@ fn routed_nft_table_removed_by_hand_is_put_back() -> Result<()> {
         nodes: 1,
         ..Spec::default()
     })?;
-    c.nodes[0].extra_args = vec!["--resync-secs".into(), "1".into()];
+    c.nodes[0].extra_args = vec!["--resync-secs".into(), "1".into(), "--ip-masq".into()];
     c.start(0)?;
     let n = &c.nodes[0];
     wait_for("the table installed", Duration::from_secs(20), || {
@@ -310,7 +312,36 @@ fn routed_nft_table_removed_by_hand_is_put_back() -> Result<()> {
     let table = wait_for("the table back", Duration::from_secs(5), || {
         n.ns.sh("nft list table inet hostgw").ok()
     })?;
-    assert!(table.contains("ip saddr 198.18.0.0/16 accept"), "{table}");
+    assert!(
+        table.contains("ip saddr 198.18.0.0/16 masquerade"),
+        "{table}"
+    );
+    Ok(())
+}
+
+/// An earlier version left `inet hostgw` with a forward chain of accepts, which changed no
+/// verdict; without `--ip-masq` the daemon deletes it at start and keeps none.
+#[test]
+fn routed_an_old_forward_only_table_is_deleted_without_masquerade() -> Result<()> {
+    require_root();
+    let mut c = Cluster::new(Spec {
+        nodes: 1,
+        ..Spec::default()
+    })?;
+    let old = "table inet hostgw {\n chain forward {\n  type filter hook forward priority filter; policy accept;\n  ip saddr 198.18.0.0/16 accept\n  ip daddr 198.18.0.0/16 accept\n }\n}\n";
+    c.nodes[0].ns.sh(&format!("printf '{old}' | nft -f -"))?;
+    assert!(c.nodes[0].ns.sh("nft list table inet hostgw").is_ok());
+    c.start(0)?;
+    c.wait_converged(Duration::from_secs(20))?;
+    wait_for("the old table gone", Duration::from_secs(5), || {
+        c.nodes[0].ns.sh("nft list table inet hostgw").is_err().then_some(())
+    })
+    .with_context(|| c.logs())?;
+    assert!(
+        c.logs().contains("nftables table inet hostgw deleted"),
+        "{}",
+        c.logs()
+    );
     Ok(())
 }
 

@@ -164,7 +164,10 @@ fn routed_dual_stack_routes_both_families() -> Result<()> {
             .then_some(())
     })?;
     assert_eq!(c.routes(0)?.len(), 4, "{:?}", c.routes(0)?);
-    let nft = c.nodes[0].ns.sh("nft list table inet hostgw")?;
-    assert!(nft.contains("ip6 saddr fd18:18::/48 accept"), "{nft}");
+    // Without --ip-masq there is no table of ours: nothing in it would change a verdict.
+    assert!(
+        c.nodes[0].ns.sh("nft list table inet hostgw").is_err(),
+        "a table without masquerade"
+    );
     Ok(())
 }

@@ -116,10 +116,6 @@ pub const TUNES: &[(&str, &str)] = &[
         "net.bridge.bridge-nf-call-{iptables,ip6tables,arptables}=0 in nodes and switch",
     ),
     (
-        "no-nft",
-        "the daemon's nftables table (inet hostgw, a forward chain) deleted in nodes",
-    ),
-    (
         "conntrack",
         "an nftables forward rule with `ct state` in nodes, so conntrack tracks every forwarded flow (as with kube-proxy)",
     ),

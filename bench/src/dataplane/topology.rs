@@ -522,11 +522,6 @@ fn apply_tunes(t: &Topology, tunes: &[String], log: &mut dyn FnMut(&str)) -> Res
                     }
                 }
             }
-            "no-nft" => {
-                for ns in &nodes {
-                    must(nsenter(ns, "nft").args(["delete", "table", "inet", "hostgw"]))?;
-                }
-            }
             "conntrack" => {
                 for ns in &nodes {
                     // `nft -f -` reads stdin, which `must` closes: pipe the script through sh.

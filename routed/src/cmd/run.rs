@@ -138,11 +138,12 @@ async fn start(args: &RunArgs, ready: &Ready, metrics: &Metrics) -> Result<Start
     ready.subnet_file.store(true, Ordering::Relaxed);
     hostgw_common::sysctl::ensure_forwarding(cfg.v4.is_some(), cfg.v6.is_some())
         .map_err(|e| Error::Io("enable forwarding".into(), e))?;
-    if nft::ensure(&cfg, &masq(args), &own_ips(&me)).await? {
-        info!(
-            masquerade = args.ip_masq,
-            "nftables table inet hostgw installed"
-        );
+    match nft::ensure(&cfg, &masq(args), &own_ips(&me)).await? {
+        nft::Change::Installed => info!("nftables table inet hostgw (masquerade) installed"),
+        nft::Change::Removed => info!(
+            "nftables table inet hostgw deleted: without --ip-masq there is nothing to put in it"
+        ),
+        nft::Change::None => {}
     }
     ready.rules.store(true, Ordering::Relaxed);
     info!(node = %me.node, public_ip = ?me.public_ip, public_ipv6 = ?me.public_ipv6, subnet = %own.subnet, ipv6_subnet = ?own.ipv6_subnet, "started");
@@ -414,16 +415,20 @@ async fn keep_rules(mut r: Rules, sd: CancellationToken) {
             }
         }
         let ok = match nft::ensure(&r.cfg, &r.masq, &nodes).await {
-            Ok(true) => {
+            Ok(nft::Change::Installed) => {
                 warn!("nftables table inet hostgw was missing or changed; installed it again");
                 stale = false;
                 true
             }
-            Ok(false) if stale => {
+            Ok(nft::Change::Removed) => {
+                warn!("an nftables table inet hostgw appeared without --ip-masq; deleted it");
+                true
+            }
+            Ok(nft::Change::None) if stale => {
                 stale = !write_nodes(&nodes).await;
                 !stale
             }
-            Ok(false) => true,
+            Ok(nft::Change::None) => true,
             Err(e) => {
                 warn!(error = %e, "checking the nftables table failed");
                 false

@@ -57,7 +57,7 @@ pub struct PodPath {
     pub fast_path: bool,
 }
 
-const FILTER_NOTE: &str = "nftables forward rules (ours, or a NetworkPolicy enforcer's) do not see \
+const FILTER_NOTE: &str = "nftables forward rules (a NetworkPolicy enforcer's, a host firewall's) do not see \
      fast-pathed pod-to-pod packets; input to the node, NATed flows and traffic leaving the \
      cluster networks still pass through them";
 
