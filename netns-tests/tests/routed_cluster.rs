@@ -28,10 +28,7 @@ fn routed_three_nodes_converge_with_distinct_subnets() -> Result<()> {
     // Forwarding on, no nft table without --ip-masq, ready.
     let fwd = c.nodes[0].ns.sh("cat /proc/sys/net/ipv4/ip_forward")?;
     assert_eq!(fwd.trim(), "1");
-    assert!(
-        c.nodes[0].ns.sh("nft list table inet hostgw").is_err(),
-        "a table without masquerade"
-    );
+    assert!(our_table(&c).is_err(), "a table without masquerade");
     wait_for("readyz 200", Duration::from_secs(5), || {
         (c.readyz(0).ok()? == "200").then_some(())
     })?;
@@ -289,6 +286,11 @@ fn routed_public_ip_defaults_to_the_default_route_link() -> Result<()> {
     Ok(())
 }
 
+/// `nft list table inet hostgw` in node 0 of `c`: the table as listed, or why not (absent).
+fn our_table(c: &Cluster) -> Result<String> {
+    c.nodes[0].ns.sh("nft list table inet hostgw")
+}
+
 /// A firewall reload that flushes the ruleset takes our table with it: the daemon puts it
 /// back on its next resync (here every second) without a restart.
 #[test]
@@ -300,17 +302,13 @@ fn routed_nft_table_removed_by_hand_is_put_back() -> Result<()> {
     })?;
     c.nodes[0].extra_args = vec!["--resync-secs".into(), "1".into(), "--ip-masq".into()];
     c.start(0)?;
-    let n = &c.nodes[0];
     wait_for("the table installed", Duration::from_secs(20), || {
-        n.ns.sh("nft list table inet hostgw").ok()
+        our_table(&c).ok()
     })?;
-    n.ns.sh("nft flush ruleset")?;
-    assert!(
-        n.ns.sh("nft list table inet hostgw").is_err(),
-        "the flush removed it"
-    );
+    c.nodes[0].ns.sh("nft flush ruleset")?;
+    assert!(our_table(&c).is_err(), "the flush removed it");
     let table = wait_for("the table back", Duration::from_secs(5), || {
-        n.ns.sh("nft list table inet hostgw").ok()
+        our_table(&c).ok()
     })?;
     assert!(
         table.contains("ip saddr 198.18.0.0/16 masquerade"),
@@ -330,11 +328,14 @@ fn routed_an_old_forward_only_table_is_deleted_without_masquerade() -> Result<()
     })?;
     let old = "table inet hostgw {\n chain forward {\n  type filter hook forward priority filter; policy accept;\n  ip saddr 198.18.0.0/16 accept\n  ip daddr 198.18.0.0/16 accept\n }\n}\n";
     c.nodes[0].ns.sh(&format!("printf '{old}' | nft -f -"))?;
-    assert!(c.nodes[0].ns.sh("nft list table inet hostgw").is_ok());
+    assert!(
+        our_table(&c).is_ok(),
+        "the old table stands before the start"
+    );
     c.start(0)?;
     c.wait_converged(Duration::from_secs(20))?;
     wait_for("the old table gone", Duration::from_secs(5), || {
-        c.nodes[0].ns.sh("nft list table inet hostgw").is_err().then_some(())
+        our_table(&c).is_err().then_some(())
     })
     .with_context(|| c.logs())?;
     assert!(
