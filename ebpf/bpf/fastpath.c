@@ -97,6 +97,10 @@ struct flow {
 	__u8 l4proto;
 	__u8 tos;
 	__u32 flowinfo;
+	/* Bytes from the IP header on: the packet's, or of one segment of a GSO packet. */
+	__u32 l3_len;
+	/* The IP header's length (the L4 header starts there). */
+	__u32 l3_hdr;
 };
 
 static __always_inline int count(struct __sk_buff *skb, __u32 reason)
@@ -138,6 +142,22 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct flo
 
 	if ((void *)(l4 + 4) > end)
 		return HGW_PASS_MALFORMED;
+	if (skb->gso_size) {
+		/* What the MTU check must see is one segment: IP and L4 headers plus gso_size, as
+		 * skb_gso_validate_network_len() has it in ip_forward(). */
+		__u32 l4_hdr = 8;
+		if (f->l4proto == IPPROTO_TCP) {
+			if (pull(skb, off + 13))
+				return HGW_PASS_MALFORMED;
+			data = (void *)(long)skb->data;
+			end = (void *)(long)skb->data_end;
+			l4 = data + off;
+			if ((void *)(l4 + 13) > end)
+				return HGW_PASS_MALFORMED;
+			l4_hdr = (l4[12] >> 4) * 4;
+		}
+		f->l3_len = f->l3_hdr + l4_hdr + skb->gso_size;
+	}
 	if (f->l4proto == IPPROTO_ICMP || f->l4proto == IPPROTO_ICMPV6)
 		return icmp_is_echo(f->family, l4[0]) ? -1 : HGW_PASS_ICMP_OTHER;
 	__be16 *ports = (__be16 *)l4;
@@ -178,6 +198,8 @@ static __always_inline int parse_v4(struct __sk_buff *skb, struct hgw_config *cf
 	f->tos = ip->tos;
 	f->tuple.ipv4.saddr = ip->saddr;
 	f->tuple.ipv4.daddr = ip->daddr;
+	f->l3_hdr = sizeof(struct iphdr);
+	f->l3_len = bpf_ntohs(ip->tot_len);
 	return parse_l4(skb, ETH_HLEN + sizeof(struct iphdr), f);
 }
 
@@ -225,6 +247,8 @@ static __always_inline int parse_v6(struct __sk_buff *skb, struct hgw_config *cf
 	f->flowinfo = *(__be32 *)ip6 & bpf_htonl(0x0FFFFFFF);
 	__builtin_memcpy(f->tuple.ipv6.saddr, &ip6->saddr, 16);
 	__builtin_memcpy(f->tuple.ipv6.daddr, &ip6->daddr, 16);
+	f->l3_hdr = sizeof(struct ipv6hdr);
+	f->l3_len = sizeof(struct ipv6hdr) + bpf_ntohs(ip6->payload_len);
 	return parse_l4(skb, ETH_HLEN + sizeof(struct ipv6hdr), f);
 }
 
@@ -273,9 +297,14 @@ static __always_inline int fib(struct __sk_buff *skb, struct flow *f, struct bpf
 {
 	p->family = f->family;
 	p->l4_protocol = f->l4proto;
-	/* tot_len stays 0: with it set, the FIB compares the IP length of a GSO skb (up to 64 KB,
-	 * or more with BIG TCP) with the MTU and answers FRAG_NEEDED; with 0 the helper checks
-	 * is_skb_forwardable() instead, which knows GSO. */
+	/* tot_len is what the route's MTU is checked against: the packet's IP length, or one
+	 * segment's for a GSO packet (the whole GSO skb, up to 64 KB or more with BIG TCP, would
+	 * always exceed it). With tot_len 0 the helper would check the egress device's MTU only
+	 * (is_skb_forwardable()), and a per-peer route mtu (a jumbo node towards a 1500 one)
+	 * would be passed by: a silent black hole. IPv4 honours a route's mtu here only when it
+	 * is locked, which is how the daemon installs it. Too big: FRAG_NEEDED, the stack sends
+	 * the ICMP error. */
+	p->tot_len = f->l3_len;
 	p->ifindex = skb->ingress_ifindex;
 	if (f->family == AF_INET) {
 		p->tos = f->tos;

@@ -16,7 +16,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 use hostgw_harness::{
     Netns, Proc,
-    cluster::{Pod, echo, echo_servers, ipam_dir, result_addrs, tcp, tcp_get, tcp_server},
+    cluster::{
+        Pod, echo, echo_servers, ipam_dir, result_addrs, status_json, tcp, tcp_get, tcp_server,
+    },
     manifests::shipped_conflist,
     must, require_root,
     routed::{Cluster, Datapath, Spec, metric},
@@ -281,8 +283,40 @@ fn iperf_bps(from: &Netns, server: &str, port: u16, secs: u32) -> Result<f64> {
 #[test]
 fn cluster_chained_bandwidth_limits_a_pods_egress_to_10_mbit() -> Result<()> {
     require_root();
-    let c = cluster()?;
-    let (a, b) = (Runtime::new(&c, 0)?, Runtime::new(&c, 1)?);
+    bandwidth_limits_a_pods_egress(&cluster()?)
+}
+
+/// With the fast path on, a tcx redirect on the host veth would pass by the bandwidth
+/// plugin's ingress qdisc (and a peer redirect by its tbf root): the daemon leaves a pod
+/// whose veth carries a qdisc to the stack, says so in `status`, and fast-paths the others.
+#[test]
+fn cluster_fastpath_chained_bandwidth_still_limits_and_the_shaped_pod_takes_the_stack() -> Result<()>
+{
+    require_root();
+    bandwidth_limits_a_pods_egress(&cluster_on(Datapath::Ebpf { big_tcp: false })?)
+}
+
+/// On node 0 with the fast path: exactly the one shaped pod is left to the stack.
+fn check_shaped_pod_left_to_the_stack(c: &Cluster) -> Result<()> {
+    hostgw_harness::wait_for(
+        "the shaped pod off the fast path, the other on it",
+        Duration::from_secs(10),
+        || {
+            let st = status_json(c, 0).ok()?;
+            let pods = st["datapath"]["pods"].as_array()?.clone();
+            let shaped: Vec<_> = pods.iter().filter(|p| p["qdisc"] == "ingress").collect();
+            let ok = pods.len() == 2
+                && shaped.len() == 1
+                && shaped[0]["fast_path"] == false
+                && pods.iter().filter(|p| p["fast_path"] == true).count() == 1;
+            ok.then_some(())
+        },
+    )
+    .with_context(|| format!("{:#}\n{}", status_json(c, 0).unwrap_or_default(), c.logs()))
+}
+
+fn bandwidth_limits_a_pods_egress(c: &Cluster) -> Result<()> {
+    let (a, b) = (Runtime::new(c, 0)?, Runtime::new(c, 1)?);
     // Rate and burst in bits, as the bandwidth plugin reads them. Kubernetes passes an
     // unlimited burst; a 1 Mbit bucket makes a short run measure the rate itself.
     let limit = json!({"bandwidth": {"egressRate": 10_000_000, "egressBurst": 1_000_000}});
@@ -290,6 +324,9 @@ fn cluster_chained_bandwidth_limits_a_pods_egress_to_10_mbit() -> Result<()> {
     assert_result_serves_the_chain(&result, &slow.ns.path());
     let (fast, _) = a.add("fast", &json!({}))?;
     let (sink, _) = b.add("sink", &json!({}))?;
+    if matches!(c.datapath, Datapath::Ebpf { .. }) {
+        check_shaped_pod_left_to_the_stack(c)?;
+    }
     // One server per run: an iperf3 server still draining the shaped run's last
     // bytes refuses the next client ("the server is busy running a test").
     let _limited_server = iperf_server(&sink, 5201)?;

@@ -9,7 +9,7 @@ use hostgw_harness::{
     Netns, Proc,
     cluster::{Pod, add_pod, ping, status_json},
     require_root,
-    routed::{Cluster, Spec, subnet_key},
+    routed::{Cluster, Datapath, Spec, metric, subnet_key},
     run_timeout, wait_for,
 };
 
@@ -77,10 +77,24 @@ fn tcp_transfer(from: &Netns, server: &Netns, to: &str) -> Result<u64> {
 #[test]
 fn routed_jumbo_node_and_1500_node_talk_through_the_route_mtu() -> Result<()> {
     require_root();
+    jumbo_and_1500(Datapath::from_env()?)
+}
+
+/// The fast path checks each packet (each segment of a GSO one) against the route's mtu:
+/// a DF packet too big for the peer goes to the stack, which answers frag-needed, instead
+/// of being redirected into a black hole.
+#[test]
+fn routed_fastpath_jumbo_node_and_1500_node_talk_through_the_route_mtu() -> Result<()> {
+    require_root();
+    jumbo_and_1500(Datapath::Ebpf { big_tcp: false })
+}
+
+fn jumbo_and_1500(dp: Datapath) -> Result<()> {
     let mut c = Cluster::new(Spec {
         nodes: 2,
         ..Spec::default()
     })?;
+    c.set_datapath(dp);
     c.nodes[0].ns.ip(&["link", "set", "eth0", "mtu", "9000"])?;
     c.sw.ip(&["link", "set", "p0", "mtu", "9000"])?;
     c.start_all()?;
@@ -99,12 +113,12 @@ fn routed_jumbo_node_and_1500_node_talk_through_the_route_mtu() -> Result<()> {
     // Node 0's route to node 1 carries 1500; node 1's route to node 0 carries its own 1500.
     let route = wait_for("mtu on the route", Duration::from_secs(5), || {
         let r = c.nodes[0].ns.ip(&["route", "show", "exact", &sub1]).ok()?;
-        r.contains("mtu 1500").then_some(r)
+        r.contains("mtu lock 1500").then_some(r)
     })
     .with_context(|| c.logs())?;
     assert!(route.contains(&format!("via {}", c.nodes[1].ip)), "{route}");
     let back = c.nodes[1].ns.ip(&["route", "show", "exact", &sub0])?;
-    assert!(back.contains("mtu 1500"), "{back}");
+    assert!(back.contains("mtu lock 1500"), "{back}");
     let st = status_json(&c, 0)?;
     let peer = &st["peers"][0];
     assert_eq!(peer["mtu_mismatch"]["own"], 9000, "{st}");
@@ -126,6 +140,13 @@ fn routed_jumbo_node_and_1500_node_talk_through_the_route_mtu() -> Result<()> {
         out.contains("mtu = 1500") || out.contains("mtu=1500"),
         "{out}"
     );
+    if matches!(dp, Datapath::Ebpf { .. }) {
+        // The transfer went the fast path; the too-big packet went to the stack.
+        c.wait_fast_pathed(0, 0.0)?;
+        let m = c.metrics(0)?;
+        let big = metric(&m, "hostgw_ebpf_packets_total", &["reason=\"frag_needed\""]);
+        assert!(big >= 1.0, "frag_needed counted: {m}");
+    }
     black_hole_without_the_mtu(&mut c, &b, &sub1)
 }
 
@@ -164,7 +185,7 @@ fn black_hole_without_the_mtu(c: &mut Cluster, pod_b: &Pod, sub1: &str) -> Resul
     c.start(0)?;
     wait_for("mtu repaired", Duration::from_secs(10), || {
         let r = c.nodes[0].ns.ip(&["route", "show", "exact", sub1]).ok()?;
-        r.contains("mtu 1500").then_some(())
+        r.contains("mtu lock 1500").then_some(())
     })
     .with_context(|| c.logs())
 }

@@ -55,6 +55,8 @@ pub struct PodPath {
     pub veth: String,
     pub ifindex: u32,
     pub fast_path: bool,
+    /// A qdisc on the host veth (bandwidth shaping, tc filters): the pod is left to the stack.
+    pub qdisc: Option<String>,
 }
 
 const FILTER_NOTE: &str = "nftables forward rules (a NetworkPolicy enforcer's, a host firewall's) do not see \
@@ -93,6 +95,7 @@ async fn datapath_view(table: &NetlinkRoutes, c: &Common) -> DatapathView {
             fast_path: pinned.iter().any(|p| p.ifindex == l.ifindex && p.attached),
             veth: l.name,
             ifindex: l.ifindex,
+            qdisc: l.qdisc,
         })
         .collect();
     v
@@ -423,10 +426,13 @@ fn render_datapath(o: &mut String, d: &DatapathView) {
         d.pods.len()
     );
     for p in &d.pods {
-        let state = if p.fast_path {
-            "attached"
-        } else {
-            "NOT attached"
+        let state = match (p.fast_path, &p.qdisc) {
+            (true, _) => "attached".to_owned(),
+            (false, Some(q)) => format!(
+                "not attached: qdisc {} on the veth, the stack carries it",
+                text::escape(q)
+            ),
+            (false, None) => "NOT attached".to_owned(),
         };
         let _ = writeln!(
             o,
@@ -494,11 +500,19 @@ mod tests {
                         veth: "hgw5f27bec41cf4".into(),
                         ifindex: 7,
                         fast_path: true,
+                        qdisc: None,
                     },
                     PodPath {
                         veth: "hgw000000000009".into(),
                         ifindex: 9,
                         fast_path: false,
+                        qdisc: None,
+                    },
+                    PodPath {
+                        veth: "hgw00000000000a".into(),
+                        ifindex: 10,
+                        fast_path: false,
+                        qdisc: Some("ingress".into()),
                     },
                 ],
             },
@@ -508,9 +522,15 @@ mod tests {
             "{o}"
         );
         assert!(o.contains("do not see"), "{o}");
-        assert!(o.contains("pod veths (2, 1 with the fast path)"), "{o}");
+        assert!(o.contains("pod veths (3, 1 with the fast path)"), "{o}");
         assert!(
             o.contains("hgw000000000009  ifindex 9      NOT attached"),
+            "{o}"
+        );
+        assert!(
+            o.contains(
+                "ifindex 10     not attached: qdisc ingress on the veth, the stack carries it"
+            ),
             "{o}"
         );
         let mut o = String::new();

@@ -89,9 +89,19 @@ impl<F: FastPathOps, T: Tuning> Keeper<F, T> {
             }
         }
         for &i in &p.detach {
-            match fp.detach(i) {
-                Ok(_) => info!(ifindex = i, "fast path pin of a gone interface removed"),
-                Err(e) => warn!(error = %e, ifindex = i, "removing a fast path pin failed"),
+            let shaped = links
+                .iter()
+                .find(|l| l.ifindex == i)
+                .and_then(|l| l.qdisc.as_deref());
+            match (fp.detach(i), shaped) {
+                (Ok(_), Some(qdisc)) => info!(
+                    ifindex = i,
+                    veth = name(links, i),
+                    qdisc,
+                    "fast path off for a pod with a qdisc: its packets take the stack, which the qdisc sees"
+                ),
+                (Ok(_), None) => info!(ifindex = i, "fast path pin of a gone interface removed"),
+                (Err(e), _) => warn!(error = %e, ifindex = i, "removing a fast path pin failed"),
             }
         }
         self.export(fp);
@@ -195,6 +205,7 @@ mod tests {
             name: name.into(),
             master: None,
             peer,
+            qdisc: None,
         }
     }
 

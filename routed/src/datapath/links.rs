@@ -1,13 +1,13 @@
 //! The node's links as the fast path needs them, from one netlink dump; and the link events
 //! that wake the keeper (its own multicast socket, so the reconciler's filter stays as it is).
 
-use std::{net::IpAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::{
     Handle, MulticastGroup,
     packet_core::NetlinkPayload,
-    packet_route::{RouteNetlinkMessage, link::LinkAttribute},
+    packet_route::{RouteNetlinkMessage, link::LinkAttribute, tc::TcAttribute},
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +23,8 @@ fn netlink(op: &str) -> impl FnOnce(rtnetlink::Error) -> KernelError + '_ {
     }
 }
 
+/// The node's links, each with the first qdisc on it that is not `noqueue` (one dump of
+/// links, one of qdiscs).
 pub async fn list(h: &Handle) -> Result<Vec<LinkInfo>, KernelError> {
     let msgs: Vec<_> = h
         .link()
@@ -31,6 +33,25 @@ pub async fn list(h: &Handle) -> Result<Vec<LinkInfo>, KernelError> {
         .try_collect()
         .await
         .map_err(netlink("dump links"))?;
+    let qdiscs: Vec<_> = h
+        .qdisc()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(netlink("dump qdiscs"))?;
+    let mut shaped: HashMap<u32, String> = HashMap::new();
+    for q in &qdiscs {
+        let kind = q.attributes.iter().find_map(|a| match a {
+            TcAttribute::Kind(k) => Some(k.as_str()),
+            _ => None,
+        });
+        if let (Ok(i), Some(k)) = (u32::try_from(q.header.index), kind)
+            && k != "noqueue"
+        {
+            shaped.entry(i).or_insert_with(|| k.to_owned());
+        }
+    }
     Ok(msgs
         .iter()
         .filter_map(|m| {
@@ -39,6 +60,7 @@ pub async fn list(h: &Handle) -> Result<Vec<LinkInfo>, KernelError> {
                 name: String::new(),
                 master: None,
                 peer: None,
+                qdisc: shaped.get(&m.header.index).cloned(),
             };
             let (mut peer, mut nsid) = (None, None);
             for a in &m.attributes {
@@ -66,11 +88,12 @@ pub async fn uplink_of(h: &Handle, ip: IpAddr) -> Result<u32, KernelError> {
         .ok_or_else(|| KernelError::Other(format!("no link holds the public IP {ip}")))
 }
 
-/// Kicks on every NEWLINK/DELLINK until shutdown (a new pod's veth, a deleted one, the
-/// uplink re-created); a broken socket is reopened with a kick, events may have been lost.
+/// Kicks on every NEWLINK/DELLINK (a new pod's veth, a deleted one, the uplink re-created)
+/// and every qdisc added or deleted (the bandwidth plugin shaping a pod after our ADD) until
+/// shutdown; a broken socket is reopened with a kick, events may have been lost.
 pub async fn watch(kick: Arc<Notify>, sd: CancellationToken) {
     loop {
-        match rtnetlink::new_multicast_connection(&[MulticastGroup::Link]) {
+        match rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Tc]) {
             Ok((conn, _handle, mut msgs)) => {
                 let task = tokio::spawn(conn);
                 loop {
@@ -80,7 +103,10 @@ pub async fn watch(kick: Arc<Notify>, sd: CancellationToken) {
                             Some((msg, _)) => if matches!(
                                 msg.payload,
                                 NetlinkPayload::InnerMessage(
-                                    RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_)
+                                    RouteNetlinkMessage::NewLink(_)
+                                        | RouteNetlinkMessage::DelLink(_)
+                                        | RouteNetlinkMessage::NewQueueDiscipline(_)
+                                        | RouteNetlinkMessage::DelQueueDiscipline(_)
                                 )
                             ) {
                                 kick.notify_one();

@@ -15,6 +15,9 @@ pub struct LinkInfo {
     pub master: Option<u32>,
     /// A veth's peer: its ifindex and the netnsid it lives in (None: this namespace).
     pub peer: Option<(u32, Option<i32>)>,
+    /// The kind of a qdisc on the link other than `noqueue` (`tbf` at the root, `ingress`,
+    /// `clsact`, ...): the bandwidth plugin's shaping, or someone's tc filters.
+    pub qdisc: Option<String>,
 }
 
 impl LinkInfo {
@@ -23,6 +26,14 @@ impl LinkInfo {
     pub fn is_routed_pod(&self) -> bool {
         is_host_veth_name(&self.name) && self.master.is_none()
     }
+
+    /// A routed pod the fast path may carry. A qdisc on its host veth must see the pod's
+    /// packets: the bandwidth plugin shapes egress with an `ingress` qdisc redirecting to an
+    /// ifb, and ingress with a `tbf` root, and both a tcx redirect and a peer redirect into
+    /// the pod would pass them by. Such a pod's packets take the stack.
+    pub fn is_fast_pod(&self) -> bool {
+        self.is_routed_pod() && self.qdisc.is_none()
+    }
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -30,7 +41,7 @@ pub struct Plan {
     pub attach_uplink: bool,
     pub attach_pods: Vec<u32>,
     /// Pins whose interface is gone or no longer ours (the kernel detached a deleted veth's
-    /// link already; the pin is what is left).
+    /// link already; the pin is what is left), or a pod that gained a qdisc.
     pub detach: Vec<u32>,
 }
 
@@ -48,7 +59,7 @@ pub fn plan(links: &[LinkInfo], uplink: u32, pinned: &[Attachment]) -> Plan {
     };
     let pods: BTreeSet<u32> = links
         .iter()
-        .filter(|l| l.is_routed_pod() && l.ifindex != uplink)
+        .filter(|l| l.is_fast_pod() && l.ifindex != uplink)
         .map(|l| l.ifindex)
         .collect();
     let uplink_exists = links.iter().any(|l| l.ifindex == uplink);
@@ -77,7 +88,39 @@ mod tests {
             name: name.into(),
             master,
             peer: None,
+            qdisc: None,
         }
+    }
+
+    fn shaped(ifindex: u32, name: &str, qdisc: &str) -> LinkInfo {
+        LinkInfo {
+            qdisc: Some(qdisc.into()),
+            ..link(ifindex, name, None)
+        }
+    }
+
+    #[test]
+    fn a_pod_with_a_qdisc_is_left_to_the_stack_and_detached_once_it_gains_one() {
+        let plain = [link(2, "eth0", None), link(7, "hgw5f27bec41cf4", None)];
+        assert_eq!(plan(&plain, 2, &[]).attach_pods, vec![7]);
+        let pinned = [
+            pin(2, IfaceKind::Uplink, true),
+            pin(7, IfaceKind::Pod, true),
+        ];
+        // bandwidth's egress limit (ingress qdisc + ifb) and its ingress limit (tbf root).
+        for kind in ["ingress", "tbf", "clsact"] {
+            let links = [link(2, "eth0", None), shaped(7, "hgw5f27bec41cf4", kind)];
+            let p = plan(&links, 2, &[]);
+            assert!(p.attach_pods.is_empty(), "{kind}: {p:?}");
+            let p = plan(&links, 2, &pinned);
+            assert_eq!(p.detach, vec![7], "{kind}");
+            assert!(!p.attach_uplink);
+        }
+        // The qdisc removed: attached again.
+        assert_eq!(
+            plan(&plain, 2, &[pin(2, IfaceKind::Uplink, true)]).attach_pods,
+            vec![7]
+        );
     }
 
     fn pin(ifindex: u32, kind: IfaceKind, attached: bool) -> Attachment {

@@ -48,26 +48,40 @@ pub fn message(r: &HostRoute, uplink: u32) -> Result<RouteMessage, KernelError> 
             .build(),
     };
     if let Some(mtu) = r.mtu {
-        m.attributes
-            .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+        m.attributes.push(RouteAttribute::Metrics(vec![
+            RouteMetric::Lock(MTU_LOCKED),
+            RouteMetric::Mtu(mtu),
+        ]));
     }
     Ok(m)
 }
+
+/// `RTAX_LOCK`'s bit for `RTAX_MTU` (2): `mtu lock N` in `ip route`. Forwarding honours a
+/// route's mtu either way, but the kernel's BPF FIB lookup (the fast path's MTU check) does
+/// for IPv4 only when it is locked; and a locked mtu is what a per-peer limit is: no PMTU
+/// message should raise or lower it.
+const MTU_LOCKED: u32 = 1 << 2;
 
 /// Destination and gateway of a route message (a default route has no Destination).
 pub fn parse(m: &RouteMessage) -> (Option<IpNetwork>, Option<IpAddr>) {
     (route::dst(m), route::gateway(m))
 }
 
-/// `RTAX_MTU` of a route, if set.
+/// `RTAX_MTU` of a route, if set. An mtu without the lock (an older hostgw's, or one set by
+/// hand) reads as 0, which no route we want carries: the planner replaces it.
 pub fn mtu(m: &RouteMessage) -> Option<u32> {
-    m.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Metrics(ms) => ms.iter().find_map(|x| match x {
-            RouteMetric::Mtu(v) => Some(*v),
-            _ => None,
-        }),
+    let metrics = m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Metrics(ms) => Some(ms),
         _ => None,
-    })
+    })?;
+    let mtu = metrics.iter().find_map(|x| match x {
+        RouteMetric::Mtu(v) => Some(*v),
+        _ => None,
+    })?;
+    let locked = metrics
+        .iter()
+        .any(|x| matches!(x, RouteMetric::Lock(l) if l & MTU_LOCKED != 0));
+    Some(if locked { mtu } else { 0 })
 }
 
 /// One of our routes as listed. An owned unicast route without a gateway can't be wanted:
@@ -129,6 +143,18 @@ mod tests {
             let m = message(&r, 0).unwrap();
             assert_eq!(owned(&m), Some(r), "{r}");
         }
+        // An unlocked mtu is not ours to keep: it never equals a wanted route.
+        let mut m = message(
+            &HostRoute::via(dst, "198.19.0.2".parse().unwrap()).with_mtu(Some(1500)),
+            0,
+        )
+        .unwrap();
+        for a in &mut m.attributes {
+            if let RouteAttribute::Metrics(ms) = a {
+                ms.retain(|x| !matches!(x, RouteMetric::Lock(_)));
+            }
+        }
+        assert_eq!(mtu(&m), Some(0));
         let m = message(&HostRoute::unreachable(dst), 0).unwrap();
         assert_eq!(m.header.kind, RouteType::Unreachable);
         assert!(
