@@ -192,7 +192,8 @@ impl Deploy<'_> {
         o.host_net = true;
         o.args = s(&["/usr/local/bin/hostgw-routed", "run"]);
         o.args.extend(self.cluster.common_args(1));
-        o.args.extend(s(&["--metrics-addr", "127.0.0.1:9475"]));
+        // --ip-masq: the image's nft then has a table to make (without it there is none).
+        o.args.extend(s(&["--metrics-addr", "127.0.0.1:9475", "--ip-masq"]));
         o.env = vec![("RUST_LOG".into(), "info".into())];
         o.mounts = vec![
             rw(&subnet_dir, &subnet_dir),
@@ -252,7 +253,10 @@ impl Deploy<'_> {
     fn runs_as_granted(&self) -> Result<()> {
         let node1 = &self.cluster.nodes[1].ns;
         let table = must(node1.cmd("nft").args(["list", "table", "inet", "hostgw"]))?;
-        ensure!(table.contains("198.18.0.0/16"), "nft table: {table}");
+        ensure!(
+            table.contains("ip saddr 198.18.0.0/16 masquerade"),
+            "nft table: {table}"
+        );
         ensure!(self.ctd.task_status("hostgw-routed").as_deref() == Some("RUNNING"));
         let pid = self.ctd.task_pid("hostgw-routed").context("daemon's pid")?;
         let st = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
