@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use hostgw_ebpf::{ClusterNetworks, FastPath, Options};
+use hostgw_ebpf::{ClusterNetworks, FastPath, Options, Reason};
 use nix::{
     mount::{MsFlags, mount},
     sched::{CloneFlags, setns, unshare},
@@ -244,13 +244,17 @@ impl Node {
         })
     }
 
-    /// Loads the programs with pins under `bpffs/<node>` and attaches uplink and pod veth.
-    pub fn fast_path(&self, bpffs: &Path) -> Result<FastPath> {
-        let opts = Options {
+    /// The loader's options for this node: pins under `bpffs/node<n>`.
+    pub fn options(&self, bpffs: &Path) -> Options {
+        Options {
             pin_dir: bpffs.join(format!("node{}", self.n)),
             networks: networks(),
-        };
-        let fp = FastPath::load(&opts)?;
+        }
+    }
+
+    /// Loads the programs with pins under `bpffs/node<n>` and attaches uplink and pod veth.
+    pub fn fast_path(&self, bpffs: &Path) -> Result<FastPath> {
+        let fp = FastPath::load(&self.options(bpffs))?;
         self.attach(&fp)?;
         Ok(fp)
     }
@@ -268,6 +272,42 @@ impl Node {
 pub struct Cluster {
     pub a: Node,
     pub b: Node,
+}
+
+impl Cluster {
+    /// Both nodes' fast paths, loaded and attached, and pod a reaching pod b over IPv4: the
+    /// first packets resolve the neighbours through the stack, so counting starts after them.
+    pub fn fast_paths(&self, bpffs: &Path) -> Result<(FastPath, FastPath)> {
+        let (fa, fb) = (self.a.fast_path(bpffs)?, self.b.fast_path(bpffs)?);
+        reach(&self.a.pod, &self.b.pod_ip4())?;
+        Ok((fa, fb))
+    }
+
+    /// A TCP transfer, iperf3 from pod a to pod b, 20 MB: every byte the server received
+    /// must have crossed node a's pod program (`fa`) as a redirect. Bytes, not packets: with
+    /// GSO one skb carries up to 64 KB (BIG TCP: 185 KB).
+    pub fn assert_tcp_fast_pathed(&self, fa: &FastPath) -> Result<()> {
+        let _server = self.b.pod.spawn(&["iperf3", "-s", "-1", "-p", "5201"])?;
+        self.b.pod.wait_listen(5201)?;
+        let before = fa.counters()?.get(Reason::FwdRedirect).bytes;
+        let received = iperf_received(&self.a.pod, &self.b.pod_ip4(), "20M")?;
+        assert!(received > 1_000_000, "iperf3 moved only {received} bytes");
+        let grew = fa.counters()?.get(Reason::FwdRedirect).bytes - before;
+        assert!(
+            grew >= received,
+            "the server received {received} bytes, node a fast-pathed {grew}: {:?}",
+            fa.counters()?
+        );
+        Ok(())
+    }
+}
+
+/// The frame of a scenario: root, a fresh two-node cluster, and `f` run on it with a private
+/// bpffs (see [`with_bpffs`]). The namespaces go when `f` returns or panics.
+pub fn on_cluster(f: impl FnOnce(&Cluster, &Path) -> Result<()> + Send) -> Result<()> {
+    require_root();
+    let c = cluster()?;
+    with_bpffs(|bpffs| f(&c, bpffs))
 }
 
 /// Node a (1) and node b (2) on one wire, a pod on each, host-gw routes both ways.
@@ -376,6 +416,17 @@ pub fn ping(from: &Netns, to: &str, count: u32) -> Result<()> {
     .map(drop)
 }
 
+/// `ping -q -c N` (1 s wait, from `src` if given) that may fail: whether it succeeded.
+pub fn pings_answered(from: &Netns, to: &str, count: u32, src: Option<&str>) -> Result<bool> {
+    let count = count.to_string();
+    let mut args = vec!["ping", "-q", "-c", &count, "-i", "0.05", "-W", "1"];
+    if let Some(src) = src {
+        args.extend(["-I", src]);
+    }
+    args.push(to);
+    from.succeeds(&args)
+}
+
 /// Pings until one answer comes back, for at most 10 s: the first packets wait for neighbour
 /// resolution (and IPv6's for the links' DAD), so a warm-up must not count them.
 pub fn reach(from: &Netns, to: &str) -> Result<()> {
@@ -396,4 +447,56 @@ pub fn iperf_received(from: &Netns, to: &str, bytes: &str) -> Result<u64> {
     v["end"]["sum_received"]["bytes"]
         .as_u64()
         .context("iperf3 -J: no end.sum_received.bytes")
+}
+
+// === NAT scenarios ===
+
+/// An nftables table `table` with a DNAT at prerouting dstnat, as kube-proxy's nftables mode
+/// (a ClusterIP) and portmap (a hostPort) write it: `to` TCP `ports.0` and UDP `ports.1` go
+/// to `backend` TCP 8080 and UDP 8081, where [`echo_servers`] listen.
+pub fn dnat_table(table: &str, to: &str, (tcp, udp): (u16, u16), backend: &str) -> String {
+    format!(
+        "table ip {table} {{\n  chain nat-prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    \
+         ip daddr {to} tcp dport {tcp} dnat to {backend}:8080\n    ip daddr {to} udp dport {udp} dnat to {backend}:8081\n  }}\n}}\n"
+    )
+}
+
+/// Loads nftables `rules` in `ns`.
+pub fn load_nft(ns: &Netns, rules: &str) -> Result<()> {
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), rules)?;
+    ns.exec(&["nft", "-f", file.path().to_str().unwrap()])
+        .map(drop)
+}
+
+const TCP_ECHO: &str = "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+s.bind(('0.0.0.0',8080))\ns.listen()\ns.settimeout(30)\nc,_=s.accept()\nc.settimeout(10)\nc.sendall(c.recv(100))\nc.close()";
+const UDP_ECHO: &str = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',8081))\n\
+s.settimeout(30)\nd,a=s.recvfrom(100)\ns.sendto(d,a)";
+
+/// One-shot echo servers in `pod`, TCP 8080 and UDP 8081 (IPv4), listening when this returns.
+pub fn echo_servers(pod: &Netns) -> Result<[Child; 2]> {
+    let servers = [
+        pod.spawn(&["python3", "-c", TCP_ECHO])?,
+        pod.spawn(&["python3", "-c", UDP_ECHO])?,
+    ];
+    pod.wait_listen(8080)?;
+    pod.wait_listen(8081)?;
+    Ok(servers)
+}
+
+/// Sends `msg` from `from` to `to`:`port` over `proto` ("tcp" or "udp") with a connected
+/// socket, so a reply from any other address (one not un-DNATed) is not taken; returns the
+/// answer.
+pub fn echo(from: &Netns, proto: &str, to: &str, port: u16, msg: &str) -> Result<String> {
+    let kind = if proto == "tcp" {
+        "SOCK_STREAM"
+    } else {
+        "SOCK_DGRAM"
+    };
+    let src = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.{kind})\ns.settimeout(5)\n\
+         s.connect(('{to}',{port}))\ns.send(b'{msg}')\nprint(s.recv(100).decode())"
+    );
+    Ok(from.exec(&["python3", "-c", &src])?.trim().to_owned())
 }
