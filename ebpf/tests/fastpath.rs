@@ -266,17 +266,8 @@ fn a_restart_and_upgrade_under_a_ping_flood_lose_no_packet() -> Result<()> {
         // every link's program.
         let mut flood =
             c.a.pod
-                .cmd(&[
-                    "ping",
-                    "-q",
-                    "-c",
-                    "1500",
-                    "-i",
-                    "0.002",
-                    "-W",
-                    "2",
-                    &c.b.pod_ip4(),
-                ])
+                .cmd("ping")
+                .args(["-q", "-c", "1500", "-i", "0.002", "-W", "2", &c.b.pod_ip4()])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()?;
