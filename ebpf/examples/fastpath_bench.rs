@@ -54,10 +54,10 @@ fn main() -> Result<()> {
 
 fn run(c: &Cluster, bpffs: &std::path::Path, secs: u32, rounds: usize) -> Result<()> {
     let fps = [c.a.fast_path(bpffs)?, c.b.fast_path(bpffs)?];
-    let _pod_server = c.b.pod.spawn(&["iperf3", "-s", "-p", "5201"])?;
-    let _node_server = c.b.ns.spawn(&["iperf3", "-s", "-p", "5202"])?;
-    c.b.pod.wait_listen(5201)?;
-    c.b.ns.wait_listen(5202)?;
+    let _pod_server = spawn_quiet(&c.b.pod, "iperf3", &["-s", "-p", "5201"])?;
+    let _node_server = spawn_quiet(&c.b.ns, "iperf3", &["-s", "-p", "5202"])?;
+    wait_listen(&c.b.pod, 5201)?;
+    wait_listen(&c.b.ns, 5202)?;
     reach(&c.a.pod, &c.b.pod_ip4())?;
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); Mode::ALL.len()];
     for round in 1..=rounds {
@@ -126,21 +126,15 @@ fn big_tcp(c: &Cluster, size: u32) -> Result<()> {
 
 fn iperf(c: &Cluster, mode: Mode, secs: u32) -> Result<f64> {
     let t = secs.to_string();
-    let out = if mode == Mode::Native {
-        c.a.ns.exec(&[
-            "iperf3",
-            "-c",
-            &c.b.node_ip4(),
-            "-p",
-            "5202",
-            "-t",
-            &t,
-            "-J",
-        ])?
+    let (from, to, port) = if mode == Mode::Native {
+        (&c.a.ns, c.b.node_ip4(), "5202")
     } else {
-        c.a.pod
-            .exec(&["iperf3", "-c", &c.b.pod_ip4(), "-p", "5201", "-t", &t, "-J"])?
+        (&c.a.pod, c.b.pod_ip4(), "5201")
     };
+    let out = must(
+        from.cmd("iperf3")
+            .args(["-c", &to, "-p", port, "-t", &t, "-J"]),
+    )?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
     let bps = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()

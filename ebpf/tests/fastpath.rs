@@ -21,12 +21,8 @@ fn count(fp: &FastPath, r: Reason) -> u64 {
 
 #[test]
 fn pod_to_pod_across_nodes_is_fast_pathed_ipv4_and_ipv6() -> Result<()> {
-    require_root();
-    let c = cluster()?;
-    with_bpffs(|bpffs| -> Result<()> {
-        let (fa, fb) = (c.a.fast_path(bpffs)?, c.b.fast_path(bpffs)?);
-        // The first packets resolve the neighbours through the stack.
-        reach(&c.a.pod, &c.b.pod_ip4())?;
+    on_cluster(|c, bpffs| {
+        let (fa, fb) = c.fast_paths(bpffs)?;
         reach(&c.a.pod, &c.b.pod_ip6())?;
         let (a0, b0) = (fa.counters()?, fb.counters()?);
         ping(&c.a.pod, &c.b.pod_ip4(), 20)?;
@@ -43,19 +39,7 @@ fn pod_to_pod_across_nodes_is_fast_pathed_ipv4_and_ipv6() -> Result<()> {
                 );
             }
         }
-        // A TCP transfer: iperf3 from pod a to pod b, 20 MB.
-        let _server = c.b.pod.spawn(&["iperf3", "-s", "-1", "-p", "5201"])?;
-        c.b.pod.wait_listen(5201)?;
-        let before = fa.counters()?.get(Reason::FwdRedirect).bytes;
-        let received = iperf_received(&c.a.pod, &c.b.pod_ip4(), "20M")?;
-        assert!(received > 1_000_000, "iperf3 moved only {received} bytes");
-        // Bytes, not packets: with GSO one skb carries up to 64 KB (BIG TCP: 185 KB).
-        let grew = fa.counters()?.get(Reason::FwdRedirect).bytes - before;
-        // Every byte the server received crossed node a's pod program as a redirect.
-        assert!(
-            grew >= received,
-            "the server received {received} bytes, node a fast-pathed {grew}"
-        );
+        c.assert_tcp_fast_pathed(&fa)?;
         // Per-interface status: all four links attached and running this load's program.
         for (fp, node) in [(&fa, &c.a), (&fb, &c.b)] {
             let st = fp.status()?;
@@ -98,29 +82,15 @@ fn pod_to_pod_on_one_node_goes_peer_to_peer() -> Result<()> {
 
 #[test]
 fn withdrawn_route_stops_the_fast_path_at_once_and_a_repair_restores_it() -> Result<()> {
-    require_root();
-    let c = cluster()?;
-    with_bpffs(|bpffs| -> Result<()> {
-        let fa = c.a.fast_path(bpffs)?;
-        let _fb = c.b.fast_path(bpffs)?;
-        reach(&c.a.pod, &c.b.pod_ip4())?;
+    on_cluster(|c, bpffs| {
+        let (fa, _fb) = c.fast_paths(bpffs)?;
         let (redirect0, nofwd0) = (
             count(&fa, Reason::FwdRedirect),
             count(&fa, Reason::NotForwarded),
         );
         c.a.ns.ip(&["route", "del", "198.18.2.0/24"])?;
         // No route in node a's FIB: the program must not forward from a stale view.
-        let ok = c.a.pod.succeeds(&[
-            "ping",
-            "-q",
-            "-c",
-            "3",
-            "-i",
-            "0.05",
-            "-W",
-            "1",
-            &c.b.pod_ip4(),
-        ])?;
+        let ok = pings_answered(&c.a.pod, &c.b.pod_ip4(), 3, None)?;
         assert!(!ok, "ping went through with the route withdrawn");
         assert_eq!(
             count(&fa, Reason::FwdRedirect),
@@ -146,9 +116,7 @@ fn withdrawn_route_stops_the_fast_path_at_once_and_a_repair_restores_it() -> Res
 
 #[test]
 fn destination_outside_the_cluster_network_goes_to_the_stack() -> Result<()> {
-    require_root();
-    let c = cluster()?;
-    with_bpffs(|bpffs| -> Result<()> {
+    on_cluster(|c, bpffs| {
         let fa = c.a.fast_path(bpffs)?;
         let _fb = c.b.fast_path(bpffs)?;
         let (outside0, redirect0) = (count(&fa, Reason::Outside), count(&fa, Reason::FwdRedirect));
@@ -165,35 +133,17 @@ fn destination_outside_the_cluster_network_goes_to_the_stack() -> Result<()> {
 
 #[test]
 fn spoofed_pod_source_is_not_fast_pathed() -> Result<()> {
-    require_root();
-    let c = cluster()?;
-    // An address node a routes elsewhere (nowhere): strict rp_filter would drop it.
-    c.a.pod
-        .ip(&["addr", "add", "198.18.1.99/32", "dev", "eth0"])?;
-    with_bpffs(|bpffs| -> Result<()> {
-        let fa = c.a.fast_path(bpffs)?;
-        let _fb = c.b.fast_path(bpffs)?;
-        reach(&c.a.pod, &c.b.pod_ip4())?;
+    on_cluster(|c, bpffs| {
+        // An address node a routes elsewhere (nowhere): strict rp_filter would drop it.
+        c.a.pod
+            .ip(&["addr", "add", "198.18.1.99/32", "dev", "eth0"])?;
+        let (fa, _fb) = c.fast_paths(bpffs)?;
         let (bad0, redirect0) = (
             count(&fa, Reason::BadSource),
             count(&fa, Reason::FwdRedirect),
         );
-        let args = [
-            "ping",
-            "-q",
-            "-c",
-            "5",
-            "-i",
-            "0.05",
-            "-W",
-            "1",
-            "-I",
-            "198.18.1.99",
-        ];
-        let mut args = args.to_vec();
-        let to = c.b.pod_ip4();
-        args.push(&to);
-        c.a.pod.succeeds(&args)?; // the replies have no way back; only the counters matter
+        // The replies have no way back; only the counters matter.
+        pings_answered(&c.a.pod, &c.b.pod_ip4(), 5, Some("198.18.1.99"))?;
         let bad = count(&fa, Reason::BadSource) - bad0;
         assert!(bad >= 5, "bad_source grew by {bad}, want >= 5");
         assert_eq!(
@@ -207,43 +157,22 @@ fn spoofed_pod_source_is_not_fast_pathed() -> Result<()> {
     })
 }
 
-const TCP_ECHO: &str = "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
-s.bind(('0.0.0.0',8080))\ns.listen()\ns.settimeout(30)\nc,_=s.accept()\nc.settimeout(10)\nc.sendall(c.recv(100))\nc.close()";
-const UDP_ECHO: &str = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',8081))\n\
-s.settimeout(30)\nd,a=s.recvfrom(100)\ns.sendto(d,a)";
-/// Connected sockets: a reply whose source was not un-DNATed back to the VIP is not taken.
-const TCP_CLIENT: &str = "import socket\ns=socket.create_connection(('198.18.200.10',80),timeout=5)\n\
-s.sendall(b'hgw-tcp')\nprint(s.recv(100).decode())";
-const UDP_CLIENT: &str = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(5)\n\
-s.connect(('198.18.200.10',81))\ns.send(b'hgw-udp')\nprint(s.recv(100).decode())";
-
 #[test]
 fn clusterip_dnat_on_the_node_keeps_working_tcp_and_udp() -> Result<()> {
-    require_root();
-    let c = cluster()?;
-    // As kube-proxy's nftables mode does it: DNAT in a dstnat prerouting chain, to a pod on
-    // the other node.
-    let rules = format!(
-        "table ip hgwt-svc {{\n  chain nat-prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    \
-         ip daddr {VIP} tcp dport 80 dnat to {b}:8080\n    ip daddr {VIP} udp dport 81 dnat to {b}:8081\n  }}\n}}\n",
-        b = c.b.pod_ip4()
-    );
-    let file = tempfile::NamedTempFile::new()?;
-    std::fs::write(file.path(), rules)?;
-    c.a.ns.exec(&["nft", "-f", file.path().to_str().unwrap()])?;
-    with_bpffs(|bpffs| -> Result<()> {
-        let fa = c.a.fast_path(bpffs)?;
-        let fb = c.b.fast_path(bpffs)?;
-        reach(&c.a.pod, &c.b.pod_ip4())?;
+    on_cluster(|c, bpffs| {
+        // As kube-proxy's nftables mode does it: DNAT in a dstnat prerouting chain, to a pod
+        // on the other node.
+        load_nft(
+            &c.a.ns,
+            &dnat_table("hgwt-svc", VIP, (80, 81), &c.b.pod_ip4()),
+        )?;
+        let (fa, fb) = c.fast_paths(bpffs)?;
         let (nat0, fastb0) = (count(&fa, Reason::CtNat), fast(&fb));
-        let _tcp = c.b.pod.spawn(&["python3", "-c", TCP_ECHO])?;
-        let _udp = c.b.pod.spawn(&["python3", "-c", UDP_ECHO])?;
-        c.b.pod.wait_listen(8080)?;
-        c.b.pod.wait_listen(8081)?;
-        let tcp = c.a.pod.exec(&["python3", "-c", TCP_CLIENT])?;
-        assert_eq!(tcp.trim(), "hgw-tcp");
-        let udp = c.a.pod.exec(&["python3", "-c", UDP_CLIENT])?;
-        assert_eq!(udp.trim(), "hgw-udp");
+        let _echo = echo_servers(&c.b.pod)?;
+        // Connected sockets: a reply whose source was not un-DNATed back to the VIP is not
+        // taken.
+        assert_eq!(echo(&c.a.pod, "tcp", VIP, 80, "hgw-tcp")?, "hgw-tcp");
+        assert_eq!(echo(&c.a.pod, "udp", VIP, 81, "hgw-udp")?, "hgw-udp");
         // The replies left node b by the fast path and reached node a, where conntrack holds
         // the flow as DNATed: they went to the stack, which un-DNATed them.
         let nat = count(&fa, Reason::CtNat) - nat0;
@@ -256,47 +185,28 @@ fn clusterip_dnat_on_the_node_keeps_working_tcp_and_udp() -> Result<()> {
     })
 }
 
-/// The client side of a hostPort: node b's address, TCP 30080 and UDP 30081.
-fn host_port_client(proto: &str, to: &str) -> String {
-    let (kind, port, msg) = match proto {
-        "tcp" => ("SOCK_STREAM", 30080, "hgw-hostport-tcp"),
-        _ => ("SOCK_DGRAM", 30081, "hgw-hostport-udp"),
-    };
-    format!(
-        "import socket\ns=socket.socket(socket.AF_INET,socket.{kind})\ns.settimeout(5)\n\
-         s.connect(('{to}',{port}))\ns.send(b'{msg}')\nprint(s.recv(100).decode())"
-    )
-}
-
 #[test]
 fn hostport_dnat_on_the_backend_node_keeps_working_tcp_and_udp() -> Result<()> {
-    require_root();
-    let c = cluster()?;
-    // What portmap does for a hostPort, in nftables: DNAT of the node's own address and port
-    // to the pod, on the pod's node (not the portmap plugin itself).
-    let rules = format!(
-        "table ip hgwt-hostport {{\n  chain nat-prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    \
-         ip daddr {n} tcp dport 30080 dnat to {b}:8080\n    ip daddr {n} udp dport 30081 dnat to {b}:8081\n  }}\n}}\n",
-        n = c.b.node_ip4(),
-        b = c.b.pod_ip4()
-    );
-    let file = tempfile::NamedTempFile::new()?;
-    std::fs::write(file.path(), rules)?;
-    c.b.ns.exec(&["nft", "-f", file.path().to_str().unwrap()])?;
-    with_bpffs(|bpffs| -> Result<()> {
-        let _fa = c.a.fast_path(bpffs)?;
-        let fb = c.b.fast_path(bpffs)?;
-        reach(&c.a.pod, &c.b.pod_ip4())?;
+    on_cluster(|c, bpffs| {
+        // What portmap does for a hostPort, in nftables: DNAT of the node's own address and
+        // port to the pod, on the pod's node (not the portmap plugin itself).
+        let rules = dnat_table(
+            "hgwt-hostport",
+            &c.b.node_ip4(),
+            (30080, 30081),
+            &c.b.pod_ip4(),
+        );
+        load_nft(&c.b.ns, &rules)?;
+        let (_fa, fb) = c.fast_paths(bpffs)?;
         let nat0 = count(&fb, Reason::CtNat);
-        let _tcp = c.b.pod.spawn(&["python3", "-c", TCP_ECHO])?;
-        let _udp = c.b.pod.spawn(&["python3", "-c", UDP_ECHO])?;
-        c.b.pod.wait_listen(8080)?;
-        c.b.pod.wait_listen(8081)?;
-        for (proto, want) in [("tcp", "hgw-hostport-tcp"), ("udp", "hgw-hostport-udp")] {
-            let got =
-                c.a.pod
-                    .exec(&["python3", "-c", &host_port_client(proto, &c.b.node_ip4())])?;
-            assert_eq!(got.trim(), want, "{proto}");
+        let _echo = echo_servers(&c.b.pod)?;
+        // The client side of a hostPort: node b's address, TCP 30080 and UDP 30081.
+        for (proto, port, want) in [
+            ("tcp", 30080, "hgw-hostport-tcp"),
+            ("udp", 30081, "hgw-hostport-udp"),
+        ] {
+            let got = echo(&c.a.pod, proto, &c.b.node_ip4(), port, want)?;
+            assert_eq!(got, want, "{proto}");
         }
         // The pod's replies are in the cluster network, but conntrack on node b holds them as
         // DNATed: node b's pod program handed them to the stack, which restored the source.
@@ -308,21 +218,13 @@ fn hostport_dnat_on_the_backend_node_keeps_working_tcp_and_udp() -> Result<()> {
 
 #[test]
 fn restart_keeps_the_links_and_a_new_load_replaces_the_programs_atomically() -> Result<()> {
-    require_root();
-    let c = cluster()?;
-    with_bpffs(|bpffs| -> Result<()> {
-        let _fb = c.b.fast_path(bpffs)?;
-        let first = c.a.fast_path(bpffs)?;
+    on_cluster(|c, bpffs| {
+        let (first, _fb) = c.fast_paths(bpffs)?;
         let old: Vec<u32> = first.status()?.iter().map(|s| s.prog_id).collect();
-        reach(&c.a.pod, &c.b.pod_ip4())?;
         let before = fast(&first);
         drop(first); // the daemon exits; the pinned links stay
         ping(&c.a.pod, &c.b.pod_ip4(), 10)?;
-        let opts = Options {
-            pin_dir: bpffs.join("node1"),
-            networks: networks(),
-        };
-        let second = FastPath::load(&opts)?;
+        let second = FastPath::load(&c.a.options(bpffs))?;
         // The maps are the pinned ones: the old programs kept counting while no loader ran.
         assert!(
             fast(&second) >= before + 10,
@@ -358,37 +260,20 @@ fn restart_keeps_the_links_and_a_new_load_replaces_the_programs_atomically() -> 
 
 #[test]
 fn a_restart_and_upgrade_under_a_ping_flood_lose_no_packet() -> Result<()> {
-    require_root();
-    let c = cluster()?;
-    with_bpffs(|bpffs| -> Result<()> {
-        let _fb = c.b.fast_path(bpffs)?;
-        let first = c.a.fast_path(bpffs)?;
-        reach(&c.a.pod, &c.b.pod_ip4())?;
+    on_cluster(|c, bpffs| {
+        let (first, _fb) = c.fast_paths(bpffs)?;
         // 1500 echoes 2 ms apart (3 s); meanwhile the loader exits, a new one loads and swaps
         // every link's program.
         let mut flood =
             c.a.pod
-                .cmd(&[
-                    "ping",
-                    "-q",
-                    "-c",
-                    "1500",
-                    "-i",
-                    "0.002",
-                    "-W",
-                    "2",
-                    &c.b.pod_ip4(),
-                ])
+                .cmd("ping")
+                .args(["-q", "-c", "1500", "-i", "0.002", "-W", "2", &c.b.pod_ip4()])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()?;
         std::thread::sleep(std::time::Duration::from_millis(500));
         drop(first);
-        let opts = Options {
-            pin_dir: bpffs.join("node1"),
-            networks: networks(),
-        };
-        let second = FastPath::load(&opts)?;
+        let second = FastPath::load(&c.a.options(bpffs))?;
         let adopted = in_netns(&c.a.ns, || second.adopt())?;
         assert_eq!(adopted.replaced.len(), 2, "{adopted:?}");
         assert!(
@@ -412,9 +297,7 @@ fn a_restart_and_upgrade_under_a_ping_flood_lose_no_packet() -> Result<()> {
 
 #[test]
 fn detach_is_idempotent_and_a_deleted_veth_is_pruned() -> Result<()> {
-    require_root();
-    let c = cluster()?;
-    with_bpffs(|bpffs| -> Result<()> {
+    on_cluster(|c, bpffs| {
         let fa = c.a.fast_path(bpffs)?;
         let pod = c.a.ifindex(POD_VETH);
         assert!(in_netns(&c.a.ns, || fa.detach(pod))?);
@@ -438,13 +321,8 @@ fn detach_is_idempotent_and_a_deleted_veth_is_pruned() -> Result<()> {
 
 #[test]
 fn bad_input_is_refused_and_changes_nothing() -> Result<()> {
-    require_root();
-    let c = cluster()?;
-    with_bpffs(|bpffs| -> Result<()> {
-        let fa = FastPath::load(&Options {
-            pin_dir: bpffs.join("node1"),
-            networks: networks(),
-        })?;
+    on_cluster(|c, bpffs| {
+        let fa = FastPath::load(&c.a.options(bpffs))?;
         let err = in_netns(&c.a.ns, || fa.attach_pod(0)).unwrap_err();
         assert_eq!(err.to_string(), "invalid ifindex 0: must be > 0");
         let err = in_netns(&c.a.ns, || fa.attach_pod(999_999)).unwrap_err();
@@ -494,36 +372,21 @@ fn gso_max_size(ns: &Netns, dev: &str) -> Result<u64> {
 
 #[test]
 fn big_tcp_is_set_on_both_veth_ends_and_fast_path_traffic_flows() -> Result<()> {
-    require_root();
-    let c = cluster()?;
-    for node in [&c.a, &c.b] {
-        for (ns, dev) in [(&node.ns, POD_VETH), (&node.pod, "eth0")] {
-            in_netns(ns, || -> Result<()> {
-                Ok(set_gso_gro_max(
-                    nix::net::if_::if_nametoindex(dev)?,
-                    BIG_TCP_SIZE,
-                )?)
-            })?;
-            assert_eq!(gso_max_size(ns, dev)?, u64::from(BIG_TCP_SIZE));
+    on_cluster(|c, bpffs| {
+        for node in [&c.a, &c.b] {
+            for (ns, dev) in [(&node.ns, POD_VETH), (&node.pod, "eth0")] {
+                in_netns(ns, || -> Result<()> {
+                    Ok(set_gso_gro_max(
+                        nix::net::if_::if_nametoindex(dev)?,
+                        BIG_TCP_SIZE,
+                    )?)
+                })?;
+                assert_eq!(gso_max_size(ns, dev)?, u64::from(BIG_TCP_SIZE));
+            }
         }
-    }
-    let err = in_netns(&c.a.ns, || set_gso_gro_max(999_999, BIG_TCP_SIZE)).unwrap_err();
-    assert!(err.to_string().contains("No such device"), "{err}");
-    with_bpffs(|bpffs| -> Result<()> {
-        let fa = c.a.fast_path(bpffs)?;
-        let _fb = c.b.fast_path(bpffs)?;
-        reach(&c.a.pod, &c.b.pod_ip4())?;
-        let _server = c.b.pod.spawn(&["iperf3", "-s", "-1", "-p", "5201"])?;
-        c.b.pod.wait_listen(5201)?;
-        let before = fa.counters()?.get(Reason::FwdRedirect).bytes;
-        let received = iperf_received(&c.a.pod, &c.b.pod_ip4(), "20M")?;
-        assert!(received > 1_000_000, "iperf3 moved only {received} bytes");
-        let grew = fa.counters()?.get(Reason::FwdRedirect).bytes - before;
-        assert!(
-            grew >= received,
-            "the server received {received} bytes, node a fast-pathed {grew}: {:?}",
-            fa.counters()?
-        );
-        Ok(())
+        let err = in_netns(&c.a.ns, || set_gso_gro_max(999_999, BIG_TCP_SIZE)).unwrap_err();
+        assert!(err.to_string().contains("No such device"), "{err}");
+        let (fa, _fb) = c.fast_paths(bpffs)?;
+        c.assert_tcp_fast_pathed(&fa)
     })
 }

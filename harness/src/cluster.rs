@@ -4,6 +4,7 @@
 //! `ip monitor route` recorders that prove what did *not* change.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -84,14 +85,14 @@ pub fn result_addrs(result: &Value) -> Result<(String, Option<String>)> {
 
 /// A new pod on node `node`, wired by ADD (container ID = `name`).
 pub fn add_pod(c: &Cluster, node: usize, name: &str) -> Result<Pod> {
+    add_pod_with(c, node, name, &pod_conf(c, node))
+}
+
+/// The same with the plugin config `conf` (e.g. [`pod_conf`] in another mode).
+pub fn add_pod_with(c: &Cluster, node: usize, name: &str, conf: &Value) -> Result<Pod> {
     let ns = Netns::new("pod")?;
     let path = ns.path().display().to_string();
-    let reply = plugin(
-        c,
-        node,
-        &Call::attach("ADD", name, &path),
-        &pod_conf(c, node),
-    )?;
+    let reply = plugin(c, node, &Call::attach("ADD", name, &path), conf)?;
     if !reply.ok() {
         bail!(
             "ADD {name} on {} failed ({:?}): {} {}",
@@ -292,6 +293,22 @@ pub fn tcp(from: &Netns, ip: &str, port: u16, expect: &str) -> Result<()> {
     .with_context(|| last.clone())
 }
 
+/// "pod-a", "pod-b" and "pod-c" on nodes 0, 1 and 2, each with a [`tcp_server`] on `port`,
+/// all reaching each other: the traffic a fault scenario must not disturb.
+pub fn talking_pods(c: &Cluster, port: u16) -> Result<([Pod; 3], Vec<Proc>)> {
+    let pods = [
+        add_pod(c, 0, "pod-a")?,
+        add_pod(c, 1, "pod-b")?,
+        add_pod(c, 2, "pod-c")?,
+    ];
+    let servers = pods
+        .iter()
+        .map(|p| tcp_server(p, port))
+        .collect::<Result<_>>()?;
+    all_reach(&pods, Some(port))?;
+    Ok((pods, servers))
+}
+
 /// Every pod reaches every other pod (ICMP on each family both have, and TCP to the
 /// server on `port` if `tcp_port` is set). Returns the number of (pair, family) checked.
 pub fn all_reach(pods: &[Pod], tcp_port: Option<u16>) -> Result<usize> {
@@ -433,6 +450,14 @@ impl RouteMonitor {
         Ok(m)
     }
 
+    /// One monitor per node of `c`, in node order.
+    pub fn start_all(c: &Cluster) -> Result<Vec<RouteMonitor>> {
+        c.nodes
+            .iter()
+            .map(|n| RouteMonitor::start(&n.ns, c.dir.path()))
+            .collect()
+    }
+
     /// What it printed so far.
     pub fn text(&self) -> String {
         std::fs::read_to_string(&self.path).unwrap_or_default()
@@ -482,6 +507,21 @@ pub fn has_route(c: &Cluster, i: usize, dst: &str, via: Option<&str>) -> bool {
         r.iter()
             .any(|(d, g)| d == dst && via.is_none_or(|v| v == g))
     })
+}
+
+/// (key name, reason) of every rejected lease in a `status --json`.
+pub fn rejected(status: &Value) -> BTreeMap<String, String> {
+    status["rejected"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["key"].as_str().unwrap_or("?").to_owned(),
+                r["reason"].as_str().unwrap_or("?").to_owned(),
+            )
+        })
+        .collect()
 }
 
 /// `hostgw-routed status --json` of node `i`.

@@ -2,14 +2,20 @@
 //! file, pods attached through the real binary, and readers of what the node holds
 //! (reservations, host veths, host routes).
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::{
     Netns,
-    cni::{Call, Reply, invoke},
+    cni::{Call, Reply, command, invoke},
 };
 
 /// The network name the fixtures use (and so the folder below `dataDir`).
@@ -63,6 +69,42 @@ impl Node {
     /// ADD that must succeed; returns the parsed result.
     pub fn add_ok(&self, conf: &Value, id: &str, pod: &Netns) -> Result<Value> {
         ok_json(&self.add(conf, id, pod)?).with_context(|| format!("ADD {id}"))
+    }
+
+    /// Starts ADD of `id` into `pod` and SIGKILLs it `delay` after spawn (a runtime's context
+    /// deadline); returns whether it had already exited.
+    pub fn add_killed_after(
+        &self,
+        conf: &Value,
+        id: &str,
+        pod: &Netns,
+        delay: Duration,
+    ) -> Result<bool> {
+        let path = ns_path(pod);
+        let mut child = command(&self.plugin, &self.ns, &Call::attach("ADD", id, &path))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let spawned = Instant::now();
+        let _ = child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(conf.to_string().as_bytes());
+        if let Some(left) = delay.checked_sub(spawned.elapsed()) {
+            std::thread::sleep(left);
+        }
+        let finished = child.try_wait()?.is_some();
+        let _ = child.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("killed plugin did not go away");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(finished)
     }
 
     /// CHECK with `prev` as prevResult, as a runtime does.

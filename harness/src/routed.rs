@@ -141,6 +141,24 @@ impl Cluster {
         Ok(c)
     }
 
+    /// A cluster of `spec` whose daemons all run and route to every peer (waited for up to
+    /// 20 s), on the datapath `HOSTGW_TEST_DATAPATH` names.
+    pub fn converged(spec: Spec) -> Result<Cluster> {
+        let mut c = Cluster::new(spec)?;
+        c.start_all()?;
+        c.wait_converged(Duration::from_secs(20))?;
+        Ok(c)
+    }
+
+    /// The same with every daemon on `datapath`.
+    pub fn converged_on(spec: Spec, datapath: Datapath) -> Result<Cluster> {
+        let mut c = Cluster::new(spec)?;
+        c.set_datapath(datapath);
+        c.start_all()?;
+        c.wait_converged(Duration::from_secs(20))?;
+        Ok(c)
+    }
+
     /// A new node namespace on the segment (not started).
     pub fn add_node(&mut self) -> Result<usize> {
         let i = self.nodes.len();
@@ -249,6 +267,12 @@ impl Cluster {
     /// Owned routes (protocol 75) in node `i`: (dst, gateway).
     pub fn routes(&self, i: usize) -> Result<Vec<(String, String)>> {
         routes_in(&self.nodes[i].ns)
+    }
+
+    /// Every node's owned routes, in node order: the "before" of a scenario that must change
+    /// none.
+    pub fn all_routes(&self) -> Result<Vec<Vec<(String, String)>>> {
+        (0..self.nodes.len()).map(|i| self.routes(i)).collect()
     }
 
     /// Waits until every started node has a route to every other started node's subnet.

@@ -6,17 +6,15 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
-    io::Write,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use hostgw_harness::{
-    Netns, bin,
+    Netns,
     cluster::{Pod, add_pod, del_pod, ping, ping_once, plugin, pod_conf, reservations},
-    cni::{Call, command},
-    pod::{NETWORK, host_veth_name, ns_path, routes},
+    cni::Call,
+    pod::{NETWORK, host_veth_name, routes},
     require_root,
     routed::{CONFIG_V6, Cluster, Spec},
 };
@@ -53,39 +51,6 @@ fn pod_routes(c: &Cluster, node: usize) -> Result<BTreeSet<String>> {
     Ok(out)
 }
 
-/// ADD of `id` into `pod`, SIGKILLed `delay` after spawn. Returns whether it had finished.
-fn add_killed_after(c: &Cluster, id: &str, pod: &Netns, delay: Duration) -> Result<bool> {
-    let path = ns_path(pod);
-    let mut child = command(
-        &bin("hostgw"),
-        &c.nodes[0].ns,
-        &Call::attach("ADD", id, &path),
-    )
-    .stdin(Stdio::piped())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()?;
-    let spawned = Instant::now();
-    let _ = child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(pod_conf(c, 0).to_string().as_bytes());
-    if let Some(left) = delay.checked_sub(spawned.elapsed()) {
-        std::thread::sleep(left);
-    }
-    let finished = child.try_wait()?.is_some();
-    let _ = child.kill();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            bail!("killed plugin did not go away");
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    Ok(finished)
-}
-
 /// How long a whole ADD takes here and now (the quickest of three), so that the kills
 /// spread over all of it.
 fn whole_add(c: &Cluster) -> Result<Duration> {
@@ -119,7 +84,7 @@ impl Churn {
         let j = (k / 10) as f64;
         let delay = full.mul_f64(j * 1.1 / (CYCLES / 10) as f64);
         let before = reservations(c, 0)?.len();
-        let finished = add_killed_after(c, &id, &pod, delay)?;
+        let finished = c.nodes[0].add_killed_after(&pod_conf(c, 0), &id, &pod, delay)?;
         let traces = reservations(c, 0)?.len() > before
             || host_veths(c, 0)?.contains(&host_veth_name(NETWORK, &id, "eth0"));
         match (finished, traces) {

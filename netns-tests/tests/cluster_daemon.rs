@@ -16,14 +16,11 @@ use hostgw_harness::{
 };
 
 fn dual_cluster(dp: Datapath) -> Result<Cluster> {
-    let mut c = Cluster::new(Spec {
+    let spec = Spec {
         config: CONFIG_V6,
         ..Spec::default()
-    })?;
-    c.set_datapath(dp);
-    c.start_all()?;
-    c.wait_converged(Duration::from_secs(20))?;
-    Ok(c)
+    };
+    Cluster::converged_on(spec, dp)
 }
 
 /// Waits until node `i`'s current daemon answers /readyz with 200.
@@ -36,9 +33,8 @@ fn wait_ready(c: &Cluster, i: usize) -> Result<()> {
 
 /// Every owned route destination of every node, for the monitors' filters.
 fn owned_dsts(c: &Cluster) -> Result<Vec<String>> {
-    let mut d: Vec<String> = (0..c.nodes.len())
-        .map(|i| c.routes(i))
-        .collect::<Result<Vec<_>>>()?
+    let mut d: Vec<String> = c
+        .all_routes()?
         .into_iter()
         .flatten()
         .map(|(dst, _)| dst)
@@ -77,11 +73,9 @@ fn sigkill_and_restart(dp: Datapath) -> Result<()> {
         .into_iter()
         .chain(pods.iter().flat_map(|p| p.addrs()).map(|a| format!("{a} ")))
         .collect();
-    let routes_before: Vec<_> = (0..3).map(|i| c.routes(i)).collect::<Result<_>>()?;
+    let routes_before = c.all_routes()?;
     let keys_before = c.etcd.get_prefix("/hostgw/network/subnets/")?;
-    let monitors: Vec<RouteMonitor> = (0..3)
-        .map(|i| RouteMonitor::start(&c.nodes[i].ns, c.dir.path()))
-        .collect::<Result<_>>()?;
+    let monitors = RouteMonitor::start_all(&c)?;
 
     // pod-a (node 0) → pod-b (node 1) every 10 ms for 4 s, both families; node 1's daemon
     // owns the return route of this traffic, and its host routes to pod-b are the plugin's.

@@ -11,7 +11,7 @@ use hostgw_harness::{
     Netns,
     cluster::{
         PingRun, Pod, RouteMonitor, add_pod, all_reach, first_times, free_subnet, has_route,
-        owned_changes, ping, tcp_server,
+        owned_changes, ping, talking_pods,
     },
     etcd::EtcdCluster,
     require_root,
@@ -26,11 +26,15 @@ fn cluster() -> Result<Cluster> {
 }
 
 fn cluster_on(dp: Datapath) -> Result<Cluster> {
-    let mut c = Cluster::new(Spec::default())?;
-    c.set_datapath(dp);
-    c.start_all()?;
-    c.wait_converged(Duration::from_secs(20))?;
-    Ok(c)
+    Cluster::converged_on(Spec::default(), dp)
+}
+
+/// The owned route changes a monitor saw, but those of `dst` (the lease the scenario wrote).
+fn owned_changes_but(text: &str, dst: &str) -> Vec<String> {
+    owned_changes(text, &[])
+        .into_iter()
+        .filter(|l| !l.starts_with(dst))
+        .collect()
 }
 
 fn watch_restarts(c: &Cluster, i: usize) -> Result<f64> {
@@ -124,23 +128,12 @@ fn cluster_heavy_fastpath_etcd_down_60s_keeps_routes_and_pods_talking_then_resum
 
 fn etcd_down_60s(dp: Datapath) -> Result<()> {
     let mut c = cluster_on(dp)?;
-    let pods = [
-        add_pod(&c, 0, "pod-a")?,
-        add_pod(&c, 1, "pod-b")?,
-        add_pod(&c, 2, "pod-c")?,
-    ];
-    let _servers: Vec<_> = pods
-        .iter()
-        .map(|p| tcp_server(p, PORT))
-        .collect::<Result<_>>()?;
-    all_reach(&pods, Some(PORT))?;
-    let before: Vec<_> = (0..3).map(|i| c.routes(i)).collect::<Result<_>>()?;
+    let (pods, _servers) = talking_pods(&c, PORT)?;
+    let before = c.all_routes()?;
     let restarts_before: Vec<f64> = (0..3)
         .map(|i| watch_restarts(&c, i))
         .collect::<Result<_>>()?;
-    let monitors: Vec<RouteMonitor> = (0..3)
-        .map(|i| RouteMonitor::start(&c.nodes[i].ns, c.dir.path()))
-        .collect::<Result<_>>()?;
+    let monitors = RouteMonitor::start_all(&c)?;
     // pod-a → pod-c every 200 ms over the whole outage and the return.
     let run = PingRun::start(
         &pods[0].ns,
@@ -174,11 +167,7 @@ fn etcd_down_60s(dp: Datapath) -> Result<()> {
         failures.push(format!("pod packets lost during the outage:\n{}", s.text));
     }
     for (i, m) in monitors.into_iter().enumerate() {
-        let text = m.stop();
-        let changes: Vec<String> = owned_changes(&text, &[])
-            .into_iter()
-            .filter(|l| !l.starts_with(&dst))
-            .collect();
+        let changes = owned_changes_but(&m.stop(), &dst);
         if !changes.is_empty() {
             failures.push(format!(
                 "node {i}: owned routes changed during the outage:\n{}",
@@ -399,10 +388,8 @@ fn cluster_three_member_etcd_leader_killed_changes_no_route() -> Result<()> {
     c.wait_converged(Duration::from_secs(20))?;
     let pods = [add_pod(&c, 0, "pod-a")?, add_pod(&c, 1, "pod-b")?];
     all_reach(&pods, None)?;
-    let before: Vec<_> = (0..3).map(|i| c.routes(i)).collect::<Result<_>>()?;
-    let monitors: Vec<RouteMonitor> = (0..3)
-        .map(|i| RouteMonitor::start(&c.nodes[i].ns, c.dir.path()))
-        .collect::<Result<_>>()?;
+    let before = c.all_routes()?;
+    let monitors = RouteMonitor::start_all(&c)?;
     let run = PingRun::start(
         &pods[0].ns,
         &pods[1].ip,
@@ -415,11 +402,7 @@ fn cluster_three_member_etcd_leader_killed_changes_no_route() -> Result<()> {
     let s = run.finish(Duration::from_secs(20))?;
     assert_eq!(s.lost(), 0, "pod packets lost:\n{}", s.text);
     for (i, m) in monitors.into_iter().enumerate() {
-        let text = m.stop();
-        let changes: Vec<String> = owned_changes(&text, &[])
-            .into_iter()
-            .filter(|l| !l.starts_with(&dst))
-            .collect();
+        let changes = owned_changes_but(&m.stop(), &dst);
         assert!(
             changes.is_empty(),
             "node {i}: owned routes changed when the leader died:\n{}",

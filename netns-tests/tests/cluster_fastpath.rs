@@ -15,15 +15,12 @@ use hostgw_harness::{
 use serde_json::Value;
 
 fn ebpf_cluster(nodes: usize, big_tcp: bool) -> Result<Cluster> {
-    let mut c = Cluster::new(Spec {
+    let spec = Spec {
         nodes,
         config: CONFIG_V6,
         ..Spec::default()
-    })?;
-    c.set_datapath(Datapath::Ebpf { big_tcp });
-    c.start_all()?;
-    c.wait_converged(Duration::from_secs(20))?;
-    Ok(c)
+    };
+    Cluster::converged_on(spec, Datapath::Ebpf { big_tcp })
 }
 
 /// The pinned link files under the node's bpffs (its private mount namespace).
@@ -76,14 +73,12 @@ fn servers(pods: &[Pod]) -> Result<Vec<hostgw_harness::Proc>> {
 #[test]
 fn cluster_fastpath_attaches_on_start_and_new_pods_del_and_release_detach() -> Result<()> {
     require_root();
-    let mut c = Cluster::new(Spec {
+    // A pod made while the daemons ran plain routes: attached when they start on ebpf.
+    let mut c = Cluster::converged(Spec {
         nodes: 2,
         config: CONFIG_V6,
         ..Spec::default()
     })?;
-    // A pod made while the daemons ran plain routes: attached when they start on ebpf.
-    c.start_all()?;
-    c.wait_converged(Duration::from_secs(20))?;
     let early = add_pod(&c, 0, "early")?;
     for n in &mut c.nodes {
         n.daemon.as_mut().unwrap().stop(Duration::from_secs(5));

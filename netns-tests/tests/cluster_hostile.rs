@@ -8,8 +8,8 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::Result;
 use hostgw_harness::{
     cluster::{
-        PingRun, RouteMonitor, add_pod, all_reach, free_subnet, has_route, owned_changes,
-        status_json, tcp_server,
+        PingRun, RouteMonitor, all_reach, free_subnet, has_route, owned_changes, rejected,
+        status_json, talking_pods,
     },
     require_root,
     routed::{Cluster, Datapath, Spec, lease_json, metric, subnet_key},
@@ -17,21 +17,6 @@ use hostgw_harness::{
 };
 
 const PORT: u16 = 7000;
-
-/// (key name, reason) of every rejected lease in `status --json`.
-fn rejected(status: &serde_json::Value) -> BTreeMap<String, String> {
-    status["rejected"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            (
-                r["key"].as_str().unwrap_or("?").to_owned(),
-                r["reason"].as_str().unwrap_or("?").to_owned(),
-            )
-        })
-        .collect()
-}
 
 /// The hostile leases written, and the good one written after them.
 struct Hostile {
@@ -229,28 +214,14 @@ fn cluster_fastpath_hostile_leases_route_nothing_and_are_reported_everywhere() -
 }
 
 fn hostile_leases(dp: Datapath) -> Result<()> {
-    let mut c = Cluster::new(Spec::default())?;
-    c.set_datapath(dp);
-    c.start_all()?;
-    c.wait_converged(Duration::from_secs(20))?;
-    let pods = [
-        add_pod(&c, 0, "pod-a")?,
-        add_pod(&c, 1, "pod-b")?,
-        add_pod(&c, 2, "pod-c")?,
-    ];
-    let _servers: Vec<_> = pods
-        .iter()
-        .map(|p| tcp_server(p, PORT))
-        .collect::<Result<_>>()?;
-    all_reach(&pods, Some(PORT))?;
+    let c = Cluster::converged_on(Spec::default(), dp)?;
+    let (pods, _servers) = talking_pods(&c, PORT)?;
     // 198.19.5.0/24 lies behind a router (the etcd host) on every node.
     for n in &c.nodes {
         n.ns.ip(&["route", "add", "198.19.5.0/24", "via", "198.19.0.2"])?;
     }
-    let before: Vec<_> = (0..3).map(|i| c.routes(i)).collect::<Result<_>>()?;
-    let monitors: Vec<RouteMonitor> = (0..3)
-        .map(|i| RouteMonitor::start(&c.nodes[i].ns, c.dir.path()))
-        .collect::<Result<_>>()?;
+    let before = c.all_routes()?;
+    let monitors = RouteMonitor::start_all(&c)?;
     // pod-a → pod-b, whose subnet a hostile lease overlaps.
     let run = PingRun::start(
         &pods[0].ns,

@@ -1,20 +1,15 @@
 //! A plugin SIGKILLed in the middle of ADD (a runtime's context deadline, cni-notes §5.6),
 //! then DEL or GC: nothing leaks (cni-notes §4 cases 23, 47, 57).
 
-use std::{
-    io::Write,
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use hostgw_harness::{
     Netns,
-    cni::{Call, command},
     pod::{NETWORK, Node, ns_path, ok_empty},
     require_root,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 #[derive(Debug, Default)]
 struct Tally {
@@ -24,41 +19,6 @@ struct Tally {
     midway: u32,
     /// Finished before the kill.
     finished: u32,
-}
-
-/// Starts ADD, SIGKILLs it `delay` after spawn; returns whether it had already exited.
-fn add_killed_after(
-    n: &Node,
-    conf: &Value,
-    id: &str,
-    pod: &Netns,
-    delay: Duration,
-) -> Result<bool> {
-    let path = ns_path(pod);
-    let mut child = command(&n.plugin, &n.ns, &Call::attach("ADD", id, &path))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let spawned = Instant::now();
-    let _ = child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(conf.to_string().as_bytes());
-    if let Some(left) = delay.checked_sub(spawned.elapsed()) {
-        std::thread::sleep(left);
-    }
-    let finished = child.try_wait()?.is_some();
-    let _ = child.kill();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            bail!("killed plugin did not go away");
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    Ok(finished)
 }
 
 fn killed_mid_add(mode: &str, iterations: u32) -> Result<()> {
@@ -87,7 +47,7 @@ fn killed_mid_add(mode: &str, iterations: u32) -> Result<()> {
         } else {
             full.mul_f64(f64::from(i - 6) * 1.1 / f64::from(iterations - 6))
         };
-        let finished = add_killed_after(&n, &conf, &id, &pod, delay)?;
+        let finished = n.add_killed_after(&conf, &id, &pod, delay)?;
         let traces = !n.reservations(NETWORK)?.is_empty() || !n.host_veths()?.is_empty();
         match (finished, traces) {
             (true, _) => tally.finished += 1,

@@ -2,11 +2,13 @@
 //! routes that are not ours, leases that must be refused without touching readiness, text
 //! meant for the operator's terminal, a flood of HTTP connections, signals at start-up.
 
-use std::{collections::BTreeMap, fs::File, process::Stdio, time::Duration};
+use std::{fs::File, process::Stdio, time::Duration};
 
 use anyhow::Result;
 use hostgw_harness::{
-    Proc, bin, require_root,
+    Proc, bin,
+    cluster::{rejected, status_json},
+    require_root,
     routed::{CONFIG_V6, Cluster, PREFIX, Spec, lease_json, metric, subnet_key},
     wait_for,
 };
@@ -20,21 +22,6 @@ fn free(c: &Cluster, count: usize) -> Vec<String> {
         .filter(|s| !used.contains(s))
         .take(count)
         .collect()
-}
-
-fn rejected(c: &Cluster, i: usize) -> Result<BTreeMap<String, String>> {
-    let status: Value = serde_json::from_str(&c.cli(i, "status", &["--json"])?)?;
-    Ok(status["rejected"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            (
-                r["key"].as_str().unwrap_or("?").to_owned(),
-                r["reason"].as_str().unwrap_or("?").to_owned(),
-            )
-        })
-        .collect())
 }
 
 /// `ip -j route show` for one destination in node `i`, in the given table.
@@ -52,12 +39,10 @@ fn key_of(subnet: &str) -> String {
 #[test]
 fn routed_hostile_kernel_foreign_and_connected_routes_are_never_taken_over() -> Result<()> {
     require_root();
-    let mut c = Cluster::new(Spec {
+    let c = Cluster::converged(Spec {
         nodes: 2,
         ..Spec::default()
     })?;
-    c.start_all()?;
-    c.wait_converged(Duration::from_secs(20))?;
     let f = free(&c, 3);
     let (stat, devr, local) = (&f[0], &f[1], &f[2]);
     let n0 = &c.nodes[0].ns;
@@ -108,7 +93,7 @@ fn routed_hostile_kernel_foreign_and_connected_routes_are_never_taken_over() -> 
         Ok(())
     };
     check_untouched()?;
-    let r = rejected(&c, 0)?;
+    let r = rejected(&status_json(&c, 0)?);
     assert_eq!(r[&key_of(stat)], "foreign-route", "{r:?}");
     assert_eq!(r[&key_of(devr)], "connected", "{r:?}");
     assert_eq!(r[&key_of(local)], "connected", "{r:?}");
@@ -166,13 +151,11 @@ fn routed_hostile_kernel_pod_network_over_the_node_link_is_refused_at_start() ->
 #[test]
 fn routed_hostile_kernel_refused_leases_never_change_readiness() -> Result<()> {
     require_root();
-    let mut c = Cluster::new(Spec {
+    let c = Cluster::converged(Spec {
         nodes: 2,
         config: CONFIG_V6,
         ..Spec::default()
     })?;
-    c.start_all()?;
-    c.wait_converged(Duration::from_secs(20))?;
     assert_eq!(c.readyz(0)?, "200");
     let f = free(&c, 5);
     let pod_of_node1 = c.subnet(1).unwrap().replace(".0/24", ".7");
@@ -224,7 +207,7 @@ fn routed_hostile_kernel_refused_leases_never_change_readiness() -> Result<()> {
     }
     let owned = c.routes(0)?;
     assert_eq!(owned.len(), 2, "only node 1's two routes: {owned:?}");
-    let r = rejected(&c, 0)?;
+    let r = rejected(&status_json(&c, 0)?);
     for (k, _, reason) in &puts {
         let name = k.rsplit('/').next().unwrap();
         assert_eq!(

@@ -4,11 +4,10 @@
 
 use std::{process::Stdio, time::Duration};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use hostgw_harness::{
     Netns, Proc,
-    cluster::{Pod, add_pod, ping, plugin, pod_conf, result_addrs, subnet6},
-    cni::Call,
+    cluster::{Pod, add_pod, add_pod_with, ping, pod_conf, subnet6},
     require_root,
     routed::{CONFIG_V6, Cluster, Spec, unreachable_in},
     run_timeout, wait_for,
@@ -107,13 +106,11 @@ fn check_no_leak(c: &Cluster, remote: &Pod, local: &Pod) -> Result<()> {
 #[test]
 fn routed_own_subnet_is_unreachable_not_leaked_ptp() -> Result<()> {
     require_root();
-    let mut c = Cluster::new(Spec {
+    let mut c = Cluster::converged(Spec {
         nodes: 2,
         config: CONFIG_V6,
         ..Spec::default()
     })?;
-    c.start_all()?;
-    c.wait_converged(Duration::from_secs(20))?;
     let sub0 = c.wait_subnet(0)?;
     let sub0_v6 = subnet6(&c, 0).context("dual-stack lease")?;
     let want = vec![(sub0.clone(), 1_000_000), (sub0_v6.clone(), 1_000_000)];
@@ -160,33 +157,18 @@ fn routed_own_subnet_is_unreachable_not_leaked_ptp() -> Result<()> {
 
 /// ADD in bridge mode on node `node` (a `cni0` bridge holding the subnet's gateway).
 fn add_bridge_pod(c: &Cluster, node: usize, name: &str) -> Result<Pod> {
-    let ns = Netns::new("pod")?;
-    let path = ns.path().display().to_string();
     let mut conf = pod_conf(c, node);
     conf["mode"] = json!("bridge");
-    let reply = plugin(c, node, &Call::attach("ADD", name, &path), &conf)?;
-    if !reply.ok() {
-        bail!("ADD {name}: {} {}", reply.stdout, reply.stderr);
-    }
-    let (ip, ip6) = result_addrs(&reply.json()?)?;
-    Ok(Pod {
-        name: name.to_owned(),
-        node,
-        ip,
-        ip6,
-        ns,
-    })
+    add_pod_with(c, node, name, &conf)
 }
 
 #[test]
 fn routed_own_subnet_unreachable_coexists_with_a_bridge() -> Result<()> {
     require_root();
-    let mut c = Cluster::new(Spec {
+    let c = Cluster::converged(Spec {
         nodes: 2,
         ..Spec::default()
     })?;
-    c.start_all()?;
-    c.wait_converged(Duration::from_secs(20))?;
     let sub0 = c.wait_subnet(0)?;
     let local = add_bridge_pod(&c, 0, "a0")?;
     let other = add_bridge_pod(&c, 0, "a1")?;

@@ -1,167 +1,31 @@
-//! A small harness for the fast path's root tests, on its own (not netns-tests'): two "node"
-//! namespaces on a veth wire, one "pod" namespace per node wired exactly as hostgw's ptp mode
-//! does it, and a private bpffs.
+//! The fast path's own scenario on hostgw-harness' namespaces: two "node" namespaces on a veth
+//! wire, one "pod" namespace per node wired exactly as hostgw's ptp mode does it (not by the
+//! plugin: these tests load the programs themselves), and a private bpffs.
 //!
 //! Nothing touches the root namespace: links are created inside the namespaces
-//! (`ip -n NODE link add … netns OTHER`); every namespace is deleted on Drop after its
-//! processes are ended by PID; the bpffs is mounted in a mount namespace of the scenario's own
-//! thread, so every pin disappears with that thread, even when a test panics.
+//! ([`veth`]); every namespace is a harness [`Netns`], named under `HOSTGW_TEST_PREFIX` and
+//! deleted on Drop after its processes are ended by PID; the bpffs is mounted in a mount
+//! namespace of the scenario's own thread, so every pin disappears with that thread, even
+//! when a test panics.
 #![allow(dead_code)]
 
-use std::{
-    fs::File,
-    path::Path,
-    process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
-    thread,
-    time::{Duration, Instant},
-};
+use std::{fs::File, path::Path, process::Stdio, thread, time::Duration};
 
-use anyhow::{Context, Result, bail};
-use hostgw_ebpf::{ClusterNetworks, FastPath, Options};
+use anyhow::{Context, Result};
+use hostgw_ebpf::{ClusterNetworks, FastPath, Options, Reason};
+pub use hostgw_harness::{
+    Netns, Proc, cluster::ping_once, must, require_root, run_timeout, veth, wait_for,
+};
 use nix::{
     mount::{MsFlags, mount},
     sched::{CloneFlags, setns, unshare},
 };
 
-pub fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root (network namespaces, BPF programs); run it as root"
-    );
-}
-
-/// `hgwt-` or `HOSTGW_TEST_PREFIX`, so scripts/cleanup.sh sweeps what a killed run left.
-pub fn prefix() -> String {
-    std::env::var("HOSTGW_TEST_PREFIX")
-        .ok()
-        .filter(|p| p.starts_with("hgwt-") && !p.contains('/'))
-        .unwrap_or_else(|| "hgwt-".to_owned())
-}
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// Runs a command with a bound on its run time; its output is drained while it runs.
-pub fn run_timeout(cmd: &mut Command, limit: Duration) -> Result<Output> {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawn {cmd:?}"))?;
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => Ok(out?),
-        Err(_) => {
-            // Our own child, by PID.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            bail!("{cmd:?} did not finish within {limit:?}")
-        }
-    }
-}
-
-pub fn must(cmd: &mut Command) -> Result<String> {
-    let out = run_timeout(cmd, Duration::from_secs(60))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-// === impl Netns ===
-
-/// A named network namespace, deleted with every process inside it on Drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(tag: &str) -> Result<Netns> {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{}{tag}{}x{n}", prefix(), std::process::id() % 100_000);
-        must(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    pub fn ip(&self, args: &[&str]) -> Result<String> {
-        must(Command::new("ip").arg("-n").arg(&self.name).args(args))
-    }
-
-    pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).args(args);
-        c
-    }
-
-    pub fn exec(&self, args: &[&str]) -> Result<String> {
-        must(&mut self.cmd(args))
-    }
-
-    /// Runs a command and returns whether it succeeded (for pings expected to fail).
-    pub fn succeeds(&self, args: &[&str]) -> Result<bool> {
-        Ok(run_timeout(&mut self.cmd(args), Duration::from_secs(60))?
-            .status
-            .success())
-    }
-
-    pub fn spawn(&self, args: &[&str]) -> Result<Child> {
-        self.cmd(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("spawn {args:?} in {}", self.name))
-    }
-
-    pub fn sysctl(&self, kv: &str) -> Result<()> {
-        self.exec(&["sysctl", "-qw", kv]).map(drop)
-    }
-
-    /// Waits until something listens on `port` (TCP or UDP) in this namespace.
-    pub fn wait_listen(&self, port: u16) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let filter = format!("sport = :{port}");
-        while Instant::now() < deadline {
-            if !self.exec(&["ss", "-Hlntu", &filter])?.trim().is_empty() {
-                return Ok(());
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        bail!("nothing listens on port {port} in {}", self.name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Ok(out) = must(Command::new("ip").args(["netns", "pids", &self.name])) {
-            for pid in out.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-        let _ = must(Command::new("ip").args(["netns", "del", &self.name]));
-    }
-}
+// === namespaces ===
 
 /// Runs `f` on a thread inside `ns` (setns is per thread; the thread ends afterwards).
 pub fn in_netns<R: Send>(ns: &Netns, f: impl FnOnce() -> R + Send) -> R {
-    let path = format!("/run/netns/{}", ns.name);
+    let path = ns.path();
     thread::scope(|s| {
         s.spawn(|| {
             let fd = File::open(&path).expect("open the netns");
@@ -201,6 +65,26 @@ pub fn with_bpffs<R: Send>(f: impl FnOnce(&Path) -> R + Send) -> R {
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
+}
+
+/// A server in `ns` (ended on Drop) whose output goes nowhere: iperf3 reports every second.
+pub fn spawn_quiet(ns: &Netns, program: &str, args: &[&str]) -> Result<Proc> {
+    let mut c = ns.cmd(program);
+    c.args(args).stdout(Stdio::null()).stderr(Stdio::null());
+    Proc::spawn(c)
+}
+
+/// Waits until something listens on `port` (TCP or UDP) in `ns`.
+pub fn wait_listen(ns: &Netns, port: u16) -> Result<()> {
+    let filter = format!("sport = :{port}");
+    wait_for(
+        &format!("something listening on port {port} in {}", ns.name()),
+        Duration::from_secs(10),
+        || {
+            let out = must(ns.cmd("ss").args(["-Hlntu", &filter])).ok()?;
+            (!out.trim().is_empty()).then_some(())
+        },
+    )
 }
 
 // === topology ===
@@ -244,13 +128,17 @@ impl Node {
         })
     }
 
-    /// Loads the programs with pins under `bpffs/<node>` and attaches uplink and pod veth.
-    pub fn fast_path(&self, bpffs: &Path) -> Result<FastPath> {
-        let opts = Options {
+    /// The loader's options for this node: pins under `bpffs/node<n>`.
+    pub fn options(&self, bpffs: &Path) -> Options {
+        Options {
             pin_dir: bpffs.join(format!("node{}", self.n)),
             networks: networks(),
-        };
-        let fp = FastPath::load(&opts)?;
+        }
+    }
+
+    /// Loads the programs with pins under `bpffs/node<n>` and attaches uplink and pod veth.
+    pub fn fast_path(&self, bpffs: &Path) -> Result<FastPath> {
+        let fp = FastPath::load(&self.options(bpffs))?;
         self.attach(&fp)?;
         Ok(fp)
     }
@@ -270,13 +158,47 @@ pub struct Cluster {
     pub b: Node,
 }
 
+impl Cluster {
+    /// Both nodes' fast paths, loaded and attached, and pod a reaching pod b over IPv4: the
+    /// first packets resolve the neighbours through the stack, so counting starts after them.
+    pub fn fast_paths(&self, bpffs: &Path) -> Result<(FastPath, FastPath)> {
+        let (fa, fb) = (self.a.fast_path(bpffs)?, self.b.fast_path(bpffs)?);
+        reach(&self.a.pod, &self.b.pod_ip4())?;
+        Ok((fa, fb))
+    }
+
+    /// A TCP transfer, iperf3 from pod a to pod b, 20 MB: every byte the server received
+    /// must have crossed node a's pod program (`fa`) as a redirect. Bytes, not packets: with
+    /// GSO one skb carries up to 64 KB (BIG TCP: 185 KB).
+    pub fn assert_tcp_fast_pathed(&self, fa: &FastPath) -> Result<()> {
+        let _server = spawn_quiet(&self.b.pod, "iperf3", &["-s", "-1", "-p", "5201"])?;
+        wait_listen(&self.b.pod, 5201)?;
+        let before = fa.counters()?.get(Reason::FwdRedirect).bytes;
+        let received = iperf_received(&self.a.pod, &self.b.pod_ip4(), "20M")?;
+        assert!(received > 1_000_000, "iperf3 moved only {received} bytes");
+        let grew = fa.counters()?.get(Reason::FwdRedirect).bytes - before;
+        assert!(
+            grew >= received,
+            "the server received {received} bytes, node a fast-pathed {grew}: {:?}",
+            fa.counters()?
+        );
+        Ok(())
+    }
+}
+
+/// The frame of a scenario: root, a fresh two-node cluster, and `f` run on it with a private
+/// bpffs (see [`with_bpffs`]). The namespaces go when `f` returns or panics.
+pub fn on_cluster(f: impl FnOnce(&Cluster, &Path) -> Result<()> + Send) -> Result<()> {
+    require_root();
+    let c = cluster()?;
+    with_bpffs(|bpffs| f(&c, bpffs))
+}
+
 /// Node a (1) and node b (2) on one wire, a pod on each, host-gw routes both ways.
 pub fn cluster() -> Result<Cluster> {
     let a = node(1)?;
     let b = node(2)?;
-    a.ns.ip(&[
-        "link", "add", UPLINK, "type", "veth", "peer", "name", UPLINK, "netns", &b.ns.name,
-    ])?;
+    veth(&a.ns, UPLINK, &b.ns, UPLINK)?;
     for (me, peer) in [(&a, &b), (&b, &a)] {
         me.ns.ip(&[
             "addr",
@@ -293,7 +215,6 @@ pub fn cluster() -> Result<Cluster> {
             UPLINK,
             "nodad",
         ])?;
-        me.ns.ip(&["link", "set", UPLINK, "up"])?;
         let subnet4 = format!("198.18.{}.0/24", peer.n);
         let subnet6 = format!("fd18:18:0:{}::/64", peer.n);
         me.ns
@@ -308,8 +229,8 @@ pub fn cluster() -> Result<Cluster> {
 fn node(n: u8) -> Result<Node> {
     let ns = Netns::new(&format!("n{n}"))?;
     let pod = Netns::new(&format!("p{n}"))?;
-    ns.sysctl("net.ipv4.ip_forward=1")?;
-    ns.sysctl("net.ipv6.conf.all.forwarding=1")?;
+    ns.sysctl("net.ipv4.ip_forward", "1")?;
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
     let node = Node { n, pod, ns };
     wire_pod(&node, &node.pod, POD_VETH, 2)?;
     Ok(node)
@@ -326,33 +247,29 @@ impl Node {
 
 /// hostgw's ptp wiring: the gateway as /32 on the host veth, a /32 (/128) host route per
 /// pod, the pod's default route via the gateway.
-fn wire_pod(node: &Node, pod: &Netns, veth: &str, host: u8) -> Result<()> {
+fn wire_pod(node: &Node, pod: &Netns, dev: &str, host: u8) -> Result<()> {
     let n = node.n;
-    node.ns.ip(&[
-        "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
-    ])?;
+    veth(&node.ns, dev, pod, "eth0")?;
     let (gw4, gw6) = (format!("198.18.{n}.1"), format!("fd18:18:0:{n}::1"));
     let (ip4, ip6) = (
         format!("198.18.{n}.{host}"),
         format!("fd18:18:0:{n}::{host:x}"),
     );
     let h = &node.ns;
-    h.ip(&["addr", "add", &format!("{gw4}/32"), "dev", veth])?;
-    h.ip(&["addr", "add", &format!("{gw6}/128"), "dev", veth, "nodad"])?;
-    h.ip(&["link", "set", veth, "up"])?;
+    h.ip(&["addr", "add", &format!("{gw4}/32"), "dev", dev])?;
+    h.ip(&["addr", "add", &format!("{gw6}/128"), "dev", dev, "nodad"])?;
     h.ip(&[
         "route",
         "add",
         &format!("{ip4}/32"),
         "dev",
-        veth,
+        dev,
         "scope",
         "link",
     ])?;
-    h.ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", veth])?;
+    h.ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", dev])?;
     pod.ip(&["addr", "add", &format!("{ip4}/32"), "dev", "eth0"])?;
     pod.ip(&["addr", "add", &format!("{ip6}/128"), "dev", "eth0", "nodad"])?;
-    pod.ip(&["link", "set", "eth0", "up"])?;
     pod.ip(&["route", "add", &gw4, "dev", "eth0", "scope", "link"])?;
     pod.ip(&["route", "add", "default", "via", &gw4, "dev", "eth0"])?;
     pod.ip(&["-6", "route", "add", &gw6, "dev", "eth0"])?;
@@ -362,38 +279,99 @@ fn wire_pod(node: &Node, pod: &Netns, veth: &str, host: u8) -> Result<()> {
 
 /// `ping -c N` that must succeed.
 pub fn ping(from: &Netns, to: &str, count: u32) -> Result<()> {
-    from.exec(&[
-        "ping",
-        "-q",
-        "-c",
-        &count.to_string(),
-        "-i",
-        "0.05",
-        "-W",
-        "2",
-        to,
-    ])
+    let count = count.to_string();
+    must(
+        from.cmd("ping")
+            .args(["-q", "-c", &count, "-i", "0.05", "-W", "2", to]),
+    )
     .map(drop)
+}
+
+/// `ping -q -c N` (1 s wait, from `src` if given) that may fail: whether it succeeded.
+pub fn pings_answered(from: &Netns, to: &str, count: u32, src: Option<&str>) -> Result<bool> {
+    let count = count.to_string();
+    let mut cmd = from.cmd("ping");
+    cmd.args(["-q", "-c", &count, "-i", "0.05", "-W", "1"]);
+    if let Some(src) = src {
+        cmd.args(["-I", src]);
+    }
+    Ok(run_timeout(cmd.arg(to), Duration::from_secs(60))?
+        .status
+        .success())
 }
 
 /// Pings until one answer comes back, for at most 10 s: the first packets wait for neighbour
 /// resolution (and IPv6's for the links' DAD), so a warm-up must not count them.
 pub fn reach(from: &Netns, to: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if from.succeeds(&["ping", "-c", "1", "-W", "1", to])? {
-            return Ok(());
-        }
-    }
-    bail!("{} cannot reach {to} within 10 s", from.name)
+    wait_for(
+        &format!("{} to reach {to}", from.name()),
+        Duration::from_secs(10),
+        || ping_once(from, to).then_some(()),
+    )
 }
 
 /// An iperf3 TCP transfer of `bytes` (e.g. "20M") to a server on `to`:5201; returns the bytes
 /// the server received (what was sent but still buffered when the test ended never crossed).
 pub fn iperf_received(from: &Netns, to: &str, bytes: &str) -> Result<u64> {
-    let out = from.exec(&["iperf3", "-c", to, "-p", "5201", "-n", bytes, "-J"])?;
+    let out = must(
+        from.cmd("iperf3")
+            .args(["-c", to, "-p", "5201", "-n", bytes, "-J"]),
+    )?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
     v["end"]["sum_received"]["bytes"]
         .as_u64()
         .context("iperf3 -J: no end.sum_received.bytes")
+}
+
+// === NAT scenarios ===
+
+/// An nftables table `table` with a DNAT at prerouting dstnat, as kube-proxy's nftables mode
+/// (a ClusterIP) and portmap (a hostPort) write it: `to` TCP `ports.0` and UDP `ports.1` go
+/// to `backend` TCP 8080 and UDP 8081, where [`echo_servers`] listen.
+pub fn dnat_table(table: &str, to: &str, (tcp, udp): (u16, u16), backend: &str) -> String {
+    format!(
+        "table ip {table} {{\n  chain nat-prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    \
+         ip daddr {to} tcp dport {tcp} dnat to {backend}:8080\n    ip daddr {to} udp dport {udp} dnat to {backend}:8081\n  }}\n}}\n"
+    )
+}
+
+/// Loads nftables `rules` in `ns`.
+pub fn load_nft(ns: &Netns, rules: &str) -> Result<()> {
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), rules)?;
+    must(ns.cmd("nft").arg("-f").arg(file.path())).map(drop)
+}
+
+const TCP_ECHO: &str = "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+s.bind(('0.0.0.0',8080))\ns.listen()\ns.settimeout(30)\nc,_=s.accept()\nc.settimeout(10)\nc.sendall(c.recv(100))\nc.close()";
+const UDP_ECHO: &str = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',8081))\n\
+s.settimeout(30)\nd,a=s.recvfrom(100)\ns.sendto(d,a)";
+
+/// One-shot echo servers in `pod`, TCP 8080 and UDP 8081 (IPv4), listening when this returns.
+pub fn echo_servers(pod: &Netns) -> Result<[Proc; 2]> {
+    let servers = [
+        spawn_quiet(pod, "python3", &["-c", TCP_ECHO])?,
+        spawn_quiet(pod, "python3", &["-c", UDP_ECHO])?,
+    ];
+    wait_listen(pod, 8080)?;
+    wait_listen(pod, 8081)?;
+    Ok(servers)
+}
+
+/// Sends `msg` from `from` to `to`:`port` over `proto` ("tcp" or "udp") with a connected
+/// socket, so a reply from any other address (one not un-DNATed) is not taken; returns the
+/// answer.
+pub fn echo(from: &Netns, proto: &str, to: &str, port: u16, msg: &str) -> Result<String> {
+    let kind = if proto == "tcp" {
+        "SOCK_STREAM"
+    } else {
+        "SOCK_DGRAM"
+    };
+    let src = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.{kind})\ns.settimeout(5)\n\
+         s.connect(('{to}',{port}))\ns.send(b'{msg}')\nprint(s.recv(100).decode())"
+    );
+    Ok(must(from.cmd("python3").args(["-c", &src]))?
+        .trim()
+        .to_owned())
 }
