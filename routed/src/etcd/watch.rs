@@ -9,7 +9,15 @@
 //! re-listed once, and the leases it lost are kept for [`GRACE`] while their nodes re-create
 //! them, so routes don't flap.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    ops::Deref,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use futures::FutureExt;
 
@@ -36,7 +44,107 @@ use crate::{
 pub type Leases = BTreeMap<String, Decoded>;
 
 /// `None` until the first complete list: nothing is reconciled against an unknown set.
-pub type LeasesRx = watch::Receiver<Option<Arc<Leases>>>;
+/// The set is changed in place (`send_modify`), never copied per event: a reader must not
+/// hold its borrow across an `.await` (the watcher could not publish meanwhile).
+pub type LeasesRx = watch::Receiver<Option<LeaseSet>>;
+
+/// How many changed keys a [`LeaseSet`] remembers: a reader further behind reads it all.
+const CHANGE_LOG: usize = 256;
+
+/// The published leases, and which keys changed lately: a reader that saw an earlier
+/// state asks [`LeaseSet::changes_since`] and looks at those keys only. Per lease event
+/// the watcher then writes one entry instead of publishing a copy of all N (measured:
+/// the copy and the pass over all N were the per-event work that grew with N; see
+/// BENCHMARKS.md, "1,000 nodes").
+#[derive(Debug, Clone)]
+pub struct LeaseSet {
+    leases: Leases,
+    /// New for every set replaced whole (a list, a restore, a grace's end): a reader that
+    /// saw another epoch reads everything.
+    epoch: u64,
+    /// Counts the changes within an epoch.
+    generation: u64,
+    /// `(generation, key)` of the latest changes, oldest first.
+    log: VecDeque<(u64, String)>,
+}
+
+/// Where a reader of a [`LeaseSet`] stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    epoch: u64,
+    generation: u64,
+}
+
+/// What changed since a [`Cursor`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Changes {
+    /// Read the whole set (another epoch, or too far behind).
+    All,
+    Keys(BTreeSet<String>),
+}
+
+static EPOCHS: AtomicU64 = AtomicU64::new(1);
+
+impl LeaseSet {
+    pub fn new(leases: Leases) -> Self {
+        LeaseSet {
+            leases,
+            epoch: EPOCHS.fetch_add(1, Ordering::Relaxed),
+            generation: 0,
+            log: VecDeque::new(),
+        }
+    }
+
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            epoch: self.epoch,
+            generation: self.generation,
+        }
+    }
+
+    pub fn changes_since(&self, seen: Option<Cursor>) -> Changes {
+        let Some(seen) = seen.filter(|c| c.epoch == self.epoch) else {
+            return Changes::All;
+        };
+        // Changes seen+1 ..= now must all be in the log.
+        let oldest = self.log.front().map_or(self.generation + 1, |(g, _)| *g);
+        if seen.generation > self.generation || oldest > seen.generation + 1 {
+            return Changes::All;
+        }
+        Changes::Keys(
+            self.log
+                .iter()
+                .filter(|(g, _)| *g > seen.generation)
+                .map(|(_, k)| k.clone())
+                .collect(),
+        )
+    }
+
+    /// Sets (`Some`) or removes (`None`) one key, as one change.
+    pub fn set(&mut self, key: &str, value: Option<Decoded>) {
+        match value {
+            Some(v) => {
+                self.leases.insert(key.to_owned(), v);
+            }
+            None => {
+                self.leases.remove(key);
+            }
+        }
+        self.generation += 1;
+        if self.log.len() == CHANGE_LOG {
+            self.log.pop_front();
+        }
+        self.log.push_back((self.generation, key.to_owned()));
+    }
+}
+
+impl Deref for LeaseSet {
+    type Target = Leases;
+
+    fn deref(&self) -> &Leases {
+        &self.leases
+    }
+}
 
 /// How long leases lost to a restored or wiped etcd keep their routes: long enough for
 /// every running daemon to notice and re-create its key (seconds), short enough that a node
@@ -48,7 +156,7 @@ const CLUSTER_CHANGED: &str = "cluster ID changed";
 pub struct Watcher<S> {
     pub store: S,
     pub keys: Keys,
-    pub tx: watch::Sender<Option<Arc<Leases>>>,
+    pub tx: watch::Sender<Option<LeaseSet>>,
     pub metrics: Metrics,
     /// The config this process runs with: a different one in etcd is reported, not applied.
     pub cfg: NetConfig,
@@ -72,8 +180,12 @@ struct View {
     carry: Leases,
     carry_until: Option<Instant>,
     config: ConfigState,
-    /// Keys already reported as node-name conflicts.
-    conflicts: Vec<String>,
+    /// Keys reported as node-name conflicts, and the lease of ours they were found for.
+    conflicts: BTreeSet<String>,
+    conflicts_for: Option<OwnLease>,
+    /// Keys changed since the last publish, or `full`: publish the whole set anew.
+    dirty: Vec<String>,
+    full: bool,
 }
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -224,6 +336,7 @@ impl<S: Store> Watcher<S> {
         }
         info!(leases = current.len(), revision = view.rev, "listed leases");
         view.current = current;
+        view.full = true;
         self.publish(view);
         Ok(())
     }
@@ -235,6 +348,7 @@ impl<S: Store> Watcher<S> {
         warn!(leases = lost.len(), grace = ?GRACE, "keeping the routes of leases etcd lost until their nodes re-create them");
         view.carry.extend(lost);
         view.carry_until = Some(Instant::now() + GRACE);
+        view.full = true;
     }
 
     /// Our key, our lease, our node name and public IP: written by us.
@@ -325,6 +439,7 @@ impl<S: Store> Watcher<S> {
             dropped,
             "grace after etcd lost leases is over; leases not re-created are dropped"
         );
+        view.full = true;
         self.publish(view);
     }
 
@@ -350,6 +465,7 @@ impl<S: Store> Watcher<S> {
                 continue;
             };
             view.carry.remove(name);
+            view.dirty.push(name.to_owned());
             match ev {
                 Event::Put(kv) => {
                     debug!(key = name, "lease put");
@@ -394,31 +510,69 @@ impl<S: Store> Watcher<S> {
         }
     }
 
+    /// Publishes the keys changed since the last publish, in place; the whole set after a
+    /// list, a restore or a grace's end.
     fn publish(&self, view: &mut View) {
-        let mut all = view.current.clone();
-        for (k, v) in &view.carry {
-            all.entry(k.clone()).or_insert_with(|| v.clone());
+        let dirty = std::mem::take(&mut view.dirty);
+        let full = std::mem::take(&mut view.full) || self.tx.borrow().is_none();
+        if full {
+            let mut all = view.current.clone();
+            for (k, v) in &view.carry {
+                all.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            self.report_conflicts(view, &all, None);
+            self.tx.send_replace(Some(LeaseSet::new(all)));
+            return;
         }
-        self.report_conflicts(view, &all);
-        self.tx.send_replace(Some(Arc::new(all)));
+        let get = |k: &str| view.current.get(k).or_else(|| view.carry.get(k)).cloned();
+        self.tx.send_modify(|set| {
+            if let Some(set) = set {
+                for k in &dirty {
+                    set.set(k, get(k));
+                }
+            }
+        });
+        let b = self.tx.borrow();
+        if let Some(set) = b.as_ref() {
+            self.report_conflicts(view, set, Some(&dirty));
+        }
     }
 
-    fn report_conflicts(&self, view: &mut View, all: &Leases) {
+    /// Keys other than ours that carry our node name with another address: all of them
+    /// after a full publish (or when our lease changed), else only the changed ones.
+    fn report_conflicts(&self, view: &mut View, all: &Leases, changed: Option<&[String]>) {
         let own = self.own.borrow().clone();
-        let now: Vec<String> = all
-            .iter()
-            .filter(|(k, d)| {
-                **k != own.name
-                    && d.as_ref()
-                        .is_ok_and(|l| is_conflict(l, &self.me, Some(own.subnet)))
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in now.iter().filter(|k| !view.conflicts.contains(k)) {
+        let conflict = |k: &String, d: &Decoded| {
+            *k != own.name
+                && d.as_ref()
+                    .is_ok_and(|l| is_conflict(l, &self.me, Some(own.subnet)))
+        };
+        let changed = changed.filter(|_| view.conflicts_for.as_ref() == Some(&own));
+        let mut now = match changed {
+            Some(_) => view.conflicts.clone(),
+            None => BTreeSet::new(),
+        };
+        match changed {
+            Some(keys) => {
+                for k in keys {
+                    match all.get(k) {
+                        Some(d) if conflict(k, d) => now.insert(k.clone()),
+                        _ => now.remove(k),
+                    };
+                }
+            }
+            None => now.extend(
+                all.iter()
+                    .filter(|(k, d)| conflict(k, d))
+                    .map(|(k, _)| k.clone()),
+            ),
+        }
+        for k in now.difference(&view.conflicts) {
             error!(key = %k, node = %self.me.node, "another key carries our node name with another public IP: two nodes share a name? Not ours; left alone");
         }
         self.metrics.node_name_conflicts.set(now.len() as i64);
         view.conflicts = now;
+        view.conflicts_for = Some(own);
     }
 
     fn check_config(&self, view: &mut View, value: Option<&[u8]>) {

@@ -187,9 +187,7 @@ pub async fn ensure(
     if !masq.enabled {
         return match nft(&["list", "table", "inet", TABLE], None).await {
             Ok(_) => remove().await.map(|()| Change::Removed),
-            Err(NftError::Spawn(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                Ok(Change::None)
-            }
+            Err(NftError::Spawn(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(Change::None),
             Err(NftError::Failed(e)) if e.contains("No such file") => Ok(Change::None),
             Err(e) => Err(e),
         };
