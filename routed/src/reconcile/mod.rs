@@ -428,4 +428,7 @@ async fn sleep_until(t: Option<tokio::time::Instant>) {
 #[path = "cost_tests.rs"]
 mod cost_tests;
 #[cfg(test)]
+#[path = "state_tests.rs"]
+mod state_tests;
+#[cfg(test)]
 mod tests;
