@@ -319,6 +319,7 @@ async fn tasks(
     );
     let kick = Arc::new(Notify::new());
     let stale = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deletes = Arc::new(events::OwnDeletes::default());
     let dp_cfg = s.cfg.clone();
     // The uplink holds our public address of either family (an IPv6-only node has no IPv4).
     let uplink_ip = s.me.public_ip.or(s.me.public_ipv6);
@@ -332,6 +333,7 @@ async fn tasks(
         own: own_rx.clone(),
         kick: kick.clone(),
         stale: stale.clone(),
+        deletes: deletes.clone(),
         resync: std::time::Duration::from_secs(args.resync_secs.max(1)),
         mtu: s.me.mtu,
     });
@@ -340,7 +342,7 @@ async fn tasks(
         watcher.run(sd.clone()),
         keeper.run(sd.clone()),
         rec.run(sd.clone()),
-        events::listen(kick, stale, sd.clone()),
+        events::listen(kick, stale, deletes, sd.clone()),
         follow,
         rules,
         datapath,

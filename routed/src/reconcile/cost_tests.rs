@@ -69,6 +69,7 @@ async fn per_event_cost() {
             own: own_rx,
             kick: Arc::new(Notify::new()),
             stale: Default::default(),
+            deletes: Default::default(),
             resync: Duration::from_secs(300),
             mtu: None,
         });

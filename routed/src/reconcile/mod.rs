@@ -29,7 +29,7 @@ use crate::{
     config::NetConfig,
     etcd::watch::{Changes, Cursor, LeasesRx},
     http::Ready,
-    kernel::{LocalView, RouteTable},
+    kernel::{LocalView, RouteTable, events::OwnDeletes},
     me::OwnLease,
     metrics::{Metrics, ReasonLabel},
 };
@@ -58,6 +58,8 @@ pub struct ReconcilerConfig<R> {
     /// Set by every kernel event, also those too small to wake a pass (a pod's plumbing):
     /// a lease-event pass then reads the kernel instead of planning on an outdated view.
     pub stale: Arc<AtomicBool>,
+    /// Routes we delete are noted here first, so their events wake nothing.
+    pub deletes: Arc<OwnDeletes>,
     pub resync: Duration,
     /// This node's uplink MTU (routes to peers with another one carry the smaller).
     pub mtu: Option<u32>,
@@ -72,6 +74,7 @@ pub struct Reconciler<R> {
     own: watch::Receiver<OwnLease>,
     kick: Arc<Notify>,
     stale: Arc<AtomicBool>,
+    deletes: Arc<OwnDeletes>,
     resync: Duration,
     mtu: Option<u32>,
     /// What has been reported once already (unreachable peers, rejected leases).
@@ -101,6 +104,7 @@ impl<R: RouteTable> Reconciler<R> {
             own: c.own,
             kick: c.kick,
             stale: c.stale,
+            deletes: c.deletes,
             resync: c.resync,
             mtu: c.mtu,
             reported: BTreeSet::new(),
@@ -167,6 +171,9 @@ impl<R: RouteTable> Reconciler<R> {
         let stale = self.stale.swap(false, Ordering::SeqCst);
         let read_kernel = read_kernel || stale || !self.synced || self.view.is_none();
         let span = info_span!("reconcile", read_kernel);
+        if read_kernel {
+            self.deletes.clear();
+        }
         let failed = async {
             let view = match self.view.take().filter(|_| !read_kernel) {
                 Some(v) => Ok(v),
@@ -270,7 +277,15 @@ impl<R: RouteTable> Reconciler<R> {
         };
         let plan = plan::plan(desired, &actual);
         let t = Instant::now();
+        self.deletes.expect(plan.remove.iter().map(|r| r.dst));
         let applied = apply::apply(&self.table, &plan).await;
+        for (r, _) in applied
+            .errors
+            .iter()
+            .filter(|(r, _)| plan.remove.contains(r))
+        {
+            self.deletes.unexpect(&r.dst);
+        }
         self.log_applied(&applied, &actual, (read, t.elapsed()));
         let (refused, failed): (Vec<_>, Vec<_>) = applied
             .errors

@@ -213,6 +213,7 @@ proptest! {
                 own: own_rx,
                 kick: Arc::new(Notify::new()),
                 stale: Default::default(),
+        deletes: Default::default(),
                 resync: Duration::from_secs(300),
                 mtu: Some(1500),
             });

@@ -86,6 +86,7 @@ fn rig(initial: Option<Leases>) -> Rig {
         own: own_rx,
         kick: Arc::new(Notify::new()),
         stale: Default::default(),
+        deletes: Default::default(),
         resync: Duration::from_secs(300),
         mtu: None,
     });
