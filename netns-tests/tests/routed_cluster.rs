@@ -334,7 +334,11 @@ fn routed_an_old_forward_only_table_is_deleted_without_masquerade() -> Result<()
     c.start(0)?;
     c.wait_converged(Duration::from_secs(20))?;
     wait_for("the old table gone", Duration::from_secs(5), || {
-        c.nodes[0].ns.sh("nft list table inet hostgw").is_err().then_some(())
+        c.nodes[0]
+            .ns
+            .sh("nft list table inet hostgw")
+            .is_err()
+            .then_some(())
     })
     .with_context(|| c.logs())?;
     assert!(

@@ -17,10 +17,15 @@ use std::{
 
 use ipnetwork::IpNetwork;
 
+#[cfg(test)]
 use super::{
-    compute::{Computed, MtuMismatch, PeerView, mtu_mismatch, own_unreachable},
+    compute::{Computed, PeerView},
+    validate::Rejected,
+};
+use super::{
+    compute::{MtuMismatch, mtu_mismatch, own_unreachable},
     plan::HostRoute,
-    validate::{self, Check, Reason, Rejected, Scope},
+    validate::{self, Check, Reason, Scope},
 };
 use crate::{
     config::NetConfig,
