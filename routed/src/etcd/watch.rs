@@ -175,17 +175,18 @@ pub struct Watcher<S> {
 struct View {
     rev: i64,
     cluster: Option<u64>,
-    current: Leases,
-    /// Leases lost to a restore or wipe, kept until `carry_until`.
+    /// Leases lost to a restore or wipe, kept until `carry_until`. The published set is
+    /// etcd's leases plus these: the one copy of the lease map this watcher keeps.
     carry: Leases,
+    /// The keys of `carry` etcd does not hold (again): published, but not etcd's.
+    carry_only: BTreeSet<String>,
     carry_until: Option<Instant>,
     config: ConfigState,
     /// Keys reported as node-name conflicts, and the lease of ours they were found for.
     conflicts: BTreeSet<String>,
     conflicts_for: Option<OwnLease>,
-    /// Keys changed since the last publish, or `full`: publish the whole set anew.
+    /// Keys changed since the last look for node-name conflicts.
     dirty: Vec<String>,
-    full: bool,
 }
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -239,7 +240,7 @@ impl<S: Store> Watcher<S> {
                 match self.follow(&mut view, &mut backoff).await {
                     End::Compacted(at) => {
                         self.metrics.watch_restarts.inc();
-                        let d = relist_delay(view.current.len(), &mut rand::rng());
+                        let d = relist_delay(self.etcd_leases(&view), &mut rand::rng());
                         warn!(
                             revision = view.rev,
                             compacted = at,
@@ -307,8 +308,15 @@ impl<S: Store> Watcher<S> {
                 last_revision = view.rev,
                 "etcd was restored or replaced; listing again and re-claiming our key"
             );
-            let lost = std::mem::take(&mut view.current);
-            self.start_carry(view, lost);
+            let lost: Leases = match self.tx.borrow().as_ref() {
+                Some(set) => set
+                    .iter()
+                    .filter(|(k, _)| !view.carry_only.contains(*k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                None => Leases::new(),
+            };
+            self.start_carry(view, lost, false);
             self.check_own.notify_one();
         }
         view.cluster = Some(header.cluster_id);
@@ -335,20 +343,55 @@ impl<S: Store> Watcher<S> {
             return Err(EtcdError::Empty);
         }
         info!(leases = current.len(), revision = view.rev, "listed leases");
-        view.current = current;
-        view.full = true;
-        self.publish(view);
+        view.carry_only = view
+            .carry
+            .keys()
+            .filter(|k| !current.contains_key(*k))
+            .cloned()
+            .collect();
+        let mut all = current;
+        for (k, v) in &view.carry {
+            all.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        self.report_conflicts(view, &all, None);
+        self.tx.send_replace(Some(LeaseSet::new(all)));
+        view.dirty.clear();
         Ok(())
     }
 
-    fn start_carry(&self, view: &mut View, lost: Leases) {
+    /// Keeps `lost` published for [`GRACE`]; `republish`: they were taken out of the
+    /// published set (a wipe seen on the watch) and go back in.
+    fn start_carry(&self, view: &mut View, lost: Leases, republish: bool) {
         if lost.is_empty() {
             return;
         }
         warn!(leases = lost.len(), grace = ?GRACE, "keeping the routes of leases etcd lost until their nodes re-create them");
+        if republish {
+            self.modify(|set| {
+                for (k, v) in &lost {
+                    set.set(k, Some(v.clone()));
+                }
+            });
+            view.dirty.extend(lost.keys().cloned());
+        }
+        view.carry_only.extend(lost.keys().cloned());
         view.carry.extend(lost);
         view.carry_until = Some(Instant::now() + GRACE);
-        view.full = true;
+    }
+
+    /// Changes the published set in place (it exists from the first list on).
+    fn modify(&self, f: impl FnOnce(&mut LeaseSet)) {
+        self.tx.send_modify(|s| {
+            if let Some(s) = s {
+                f(s);
+            }
+        });
+    }
+
+    /// How many leases etcd holds, as far as we know.
+    fn etcd_leases(&self, view: &View) -> usize {
+        let published = self.tx.borrow().as_ref().map_or(0, |s| s.len());
+        published.saturating_sub(view.carry_only.len())
     }
 
     /// Our key, our lease, our node name and public IP: written by us.
@@ -430,21 +473,23 @@ impl<S: Store> Watcher<S> {
 
     fn end_carry(&self, view: &mut View) {
         view.carry_until = None;
-        let gone = std::mem::take(&mut view.carry);
-        let dropped = gone
-            .keys()
-            .filter(|k| !view.current.contains_key(*k))
-            .count();
+        view.carry.clear();
+        let gone = std::mem::take(&mut view.carry_only);
         warn!(
-            dropped,
+            dropped = gone.len(),
             "grace after etcd lost leases is over; leases not re-created are dropped"
         );
-        view.full = true;
+        self.modify(|set| {
+            for k in &gone {
+                set.set(k, None);
+            }
+        });
+        view.dirty.extend(gone);
         self.publish(view);
     }
 
     fn apply(&mut self, view: &mut View, events: Vec<Event>) {
-        let before = view.current.len();
+        let before = self.etcd_leases(view);
         let mut removed = Vec::new();
         let own = self.own.borrow().clone();
         for ev in events {
@@ -465,6 +510,7 @@ impl<S: Store> Watcher<S> {
                 continue;
             };
             view.carry.remove(name);
+            let carried_only = view.carry_only.remove(name);
             view.dirty.push(name.to_owned());
             match ev {
                 Event::Put(kv) => {
@@ -473,14 +519,19 @@ impl<S: Store> Watcher<S> {
                         self.check_own.notify_one();
                     }
                     let decoded = lease::decode(name, &kv.value, kv.create_revision);
-                    view.current.insert(name.to_owned(), decoded);
+                    self.modify(|set| set.set(name, Some(decoded)));
                 }
                 Event::Delete { .. } => {
                     info!(key = name, "lease gone");
                     if name == own.name {
                         self.check_own.notify_one();
                     }
-                    if let Some(d) = view.current.remove(name) {
+                    let mut old = None;
+                    self.modify(|set| {
+                        old = set.get(name).cloned();
+                        set.set(name, None);
+                    });
+                    if let Some(d) = old.filter(|_| !carried_only) {
                         removed.push((rev, name.to_owned(), d));
                     }
                 }
@@ -506,32 +557,14 @@ impl<S: Store> Watcher<S> {
                 deleted = lost.len(),
                 "most leases were deleted at once (etcd wiped?); re-creating our key"
             );
-            self.start_carry(view, lost);
+            self.start_carry(view, lost, true);
         }
     }
 
-    /// Publishes the keys changed since the last publish, in place; the whole set after a
-    /// list, a restore or a grace's end.
+    /// The set is changed in place as events come (see [`LeaseSet`]): what is left is to
+    /// look at the changed keys for a node-name conflict.
     fn publish(&self, view: &mut View) {
         let dirty = std::mem::take(&mut view.dirty);
-        let full = std::mem::take(&mut view.full) || self.tx.borrow().is_none();
-        if full {
-            let mut all = view.current.clone();
-            for (k, v) in &view.carry {
-                all.entry(k.clone()).or_insert_with(|| v.clone());
-            }
-            self.report_conflicts(view, &all, None);
-            self.tx.send_replace(Some(LeaseSet::new(all)));
-            return;
-        }
-        let get = |k: &str| view.current.get(k).or_else(|| view.carry.get(k)).cloned();
-        self.tx.send_modify(|set| {
-            if let Some(set) = set {
-                for k in &dirty {
-                    set.set(k, get(k));
-                }
-            }
-        });
         let b = self.tx.borrow();
         if let Some(set) = b.as_ref() {
             self.report_conflicts(view, set, Some(&dirty));

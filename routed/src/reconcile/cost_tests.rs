@@ -95,3 +95,19 @@ async fn per_event_cost() {
         );
     }
 }
+
+#[test]
+#[ignore = "prints figures; run by hand"]
+fn sizes() {
+    use std::mem::size_of;
+    println!(
+        "Decoded {} Lease {} LeaseValue {} Peer {} HostRoute {} IpNetwork {} Rejected {}",
+        size_of::<Decoded>(),
+        size_of::<Lease>(),
+        size_of::<LeaseValue>(),
+        size_of::<validate::Peer>(),
+        size_of::<HostRoute>(),
+        size_of::<ipnetwork::IpNetwork>(),
+        size_of::<validate::Rejected>(),
+    );
+}
