@@ -390,11 +390,14 @@ impl<R: RouteTable> Reconciler<R> {
         };
         for p in state.problems() {
             match p {
-                Problem::Unreachable { key, node, via } => {
+                Problem::Unreachable { key, via } => {
                     unreachable += 1;
                     let gw = via.map(|g| g.to_string()).unwrap_or_else(|| "none".into());
                     let k = (key.to_owned(), "unreachable".to_owned());
                     if !self.reported.contains(&k) {
+                        let leases = self.leases.borrow();
+                        let lease = leases.as_ref().and_then(|s| s.get(key)?.as_ref().ok());
+                        let node = lease.map_or("", |l| l.value.node_name.as_str());
                         warn!(key = ?key, node = ?node, gateway = %gw, "peer not on-link (reached through a router); route not installed");
                     }
                     now.insert(k);

@@ -25,8 +25,10 @@ use super::{
 use super::{
     compute::{MtuMismatch, mtu_mismatch, own_unreachable},
     plan::HostRoute,
-    validate::{self, Check, Reason, Scope},
+    validate::{self, Reason, Scope},
 };
+#[cfg(test)]
+use crate::etcd::watch::Leases;
 use crate::{
     config::NetConfig,
     etcd::codec::Decoded,
@@ -54,8 +56,18 @@ pub struct State {
 
 #[derive(Debug)]
 struct Entry {
-    check: Check,
+    check: Result<Cand, (Reason, String)>,
     outcome: Outcome,
+}
+
+/// What the state keeps of a lease that passed its own check: its key and node name are
+/// the lease set's (one copy of each string per lease, at 1,000 leases that is memory).
+#[derive(Debug)]
+struct Cand {
+    created: i64,
+    /// Without mtu.
+    routes: Vec<HostRoute>,
+    mtu: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -69,10 +81,18 @@ enum Outcome {
 
 #[derive(Debug)]
 struct Routes {
-    routes: Vec<HostRoute>,
+    /// The mtu its routes carry.
+    mtu: Option<u32>,
     unreachable_via: Option<Option<IpAddr>>,
     #[cfg_attr(not(test), allow(dead_code))]
     mtu_mismatch: Option<MtuMismatch>,
+}
+
+impl Routes {
+    fn of<'a>(&self, c: &'a Cand) -> impl Iterator<Item = HostRoute> + 'a {
+        let mtu = self.mtu;
+        c.routes.iter().map(move |r| r.with_mtu(mtu))
+    }
 }
 
 /// The leases a [`State::check`] changed, for [`State::settle`].
@@ -129,20 +149,20 @@ impl State {
                 continue;
             }
             let old = self.entries.remove(key);
-            if let Some(Entry {
-                check: Ok((_, peer)),
-                ..
-            }) = &old
-            {
-                for r in &peer.routes {
+            if let Some(Entry { check: Ok(c), .. }) = &old {
+                for r in &c.routes {
                     self.count(&r.dst, false);
                     old_dsts.push(r.dst);
                 }
             }
             if let Some(d) = decoded {
-                let check = validate::check_lease(key, d, &scope);
-                if let Ok((_, peer)) = &check {
-                    new_dsts.extend(peer.routes.iter().map(|r| r.dst));
+                let check = validate::check_lease(key, d, &scope).map(|(created, p)| Cand {
+                    created,
+                    routes: p.routes,
+                    mtu: p.mtu,
+                });
+                if let Ok(c) = &check {
+                    new_dsts.extend(c.routes.iter().map(|r| r.dst));
                 }
                 let outcome = Outcome::Invalid;
                 self.entries
@@ -152,10 +172,8 @@ impl State {
         }
         if p.all {
             self.dsts.clear();
-            let dsts = self.entries.values().filter_map(|e| e.check.as_ref().ok());
-            let dsts: Vec<_> = dsts
-                .flat_map(|(_, p)| p.routes.iter().map(|r| r.dst))
-                .collect();
+            let cands = self.entries.values().filter_map(|e| e.check.as_ref().ok());
+            let dsts: Vec<_> = cands.flat_map(|c| c.routes.iter().map(|r| r.dst)).collect();
             for d in &dsts {
                 self.count(d, true);
             }
@@ -173,18 +191,17 @@ impl State {
 
     /// Next hops the pending leases route through that need a lookup not done yet.
     pub fn lookups(&self, view: &LocalView, p: &Pending) -> Vec<IpAddr> {
-        let peers: Vec<&validate::Peer> = match p.all {
-            true => self.candidates().map(|(_, _, peer)| peer).collect(),
+        let cands: Vec<&Cand> = match p.all {
+            true => self.candidates().map(|(_, c)| c).collect(),
             false => p
                 .keys
                 .iter()
                 .filter_map(|(k, _)| self.entries.get(k)?.check.as_ref().ok())
-                .map(|(_, peer)| peer)
                 .collect(),
         };
-        let vias = peers
+        let vias = cands
             .into_iter()
-            .flat_map(|p| p.routes.iter().map(|r| &r.via));
+            .flat_map(|c| c.routes.iter().map(|r| &r.via));
         kernel::needs_lookup(view, vias)
             .into_iter()
             .filter(|ip| !self.hops.contains_key(ip))
@@ -212,14 +229,14 @@ impl State {
             self.problems.remove(&key);
             if let Some(Entry {
                 outcome: Outcome::Peer(r),
-                ..
+                check: Ok(c),
             }) = old
             {
                 self.peers -= 1;
-                touched.extend(r.routes.iter().map(|r| r.dst));
+                touched.extend(c.routes.iter().map(|r| r.dst));
                 if r.unreachable_via.is_none() {
-                    for x in &r.routes {
-                        self.desired.remove(x);
+                    for x in r.of(&c) {
+                        self.desired.remove(&x);
                     }
                 }
             }
@@ -227,7 +244,7 @@ impl State {
                 continue;
             };
             e.outcome = match &e.check {
-                Ok((_, peer)) => Outcome::Peer(routes(peer, &self.hops, mtu)),
+                Ok(c) => Outcome::Peer(routes(c, &self.hops, mtu)),
                 Err(_) => Outcome::Invalid,
             };
             note(
@@ -237,31 +254,30 @@ impl State {
                 &mut self.problems,
                 &mut self.peers,
             );
-            if let Outcome::Peer(r) = &e.outcome {
-                touched.extend(r.routes.iter().map(|r| r.dst));
+            if let (Outcome::Peer(_), Ok(c)) = (&e.outcome, &e.check) {
+                touched.extend(c.routes.iter().map(|r| r.dst));
             }
         }
         Touched::Dsts(touched)
     }
 
     fn settle_all(&mut self, mtu: Option<u32>) {
-        let order: Vec<(String, Option<String>)> = {
-            let cands: Vec<(i64, &validate::Peer)> =
-                self.candidates().map(|(c, _, p)| (c, p)).collect();
-            validate::resolve(cands)
-                .into_iter()
-                .map(|(p, overlap)| (p.key.clone(), overlap))
-                .collect()
+        let overlaps: Vec<Option<String>> = {
+            let cands = self.candidates();
+            validate::resolve(cands.map(|(k, c)| (c.created, k, &c.routes[..])).collect())
         };
-        let mut outcomes: HashMap<String, Option<String>> = order.into_iter().collect();
+        let mut overlaps = overlaps.into_iter();
         self.desired = own_unreachable(Some(&self.own)).into_iter().collect();
         self.problems.clear();
         self.peers = 0;
+        // `candidates` walks the entries in this same order.
         for (key, e) in &mut self.entries {
-            e.outcome = match (&e.check, outcomes.remove(key)) {
-                (Ok(_), Some(Some(detail))) => Outcome::Overlap(detail),
-                (Ok((_, peer)), _) => Outcome::Peer(routes(peer, &self.hops, mtu)),
-                (Err(_), _) => Outcome::Invalid,
+            e.outcome = match &e.check {
+                Ok(c) => match overlaps.next().flatten() {
+                    Some(detail) => Outcome::Overlap(detail),
+                    None => Outcome::Peer(routes(c, &self.hops, mtu)),
+                },
+                Err(_) => Outcome::Invalid,
             };
             note(
                 key,
@@ -273,10 +289,10 @@ impl State {
         }
     }
 
-    fn candidates(&self) -> impl Iterator<Item = (i64, &str, &validate::Peer)> {
+    fn candidates(&self) -> impl Iterator<Item = (&str, &Cand)> {
         self.entries
             .iter()
-            .filter_map(|(k, e)| e.check.as_ref().ok().map(|(c, p)| (*c, k.as_str(), p)))
+            .filter_map(|(k, e)| e.check.as_ref().ok().map(|c| (k.as_str(), c)))
     }
 
     fn count(&mut self, d: &IpNetwork, add: bool) {
@@ -316,10 +332,12 @@ impl State {
     /// The key of the accepted lease that routes `r` (a refused route is reported as its
     /// lease's rejection). A walk over all leases, only for routes the kernel refused.
     pub fn key_of(&self, r: &HostRoute) -> Option<&str> {
-        self.entries.iter().find_map(|(k, e)| match &e.outcome {
-            Outcome::Peer(x) if x.routes.contains(r) => Some(k.as_str()),
-            _ => None,
-        })
+        self.entries
+            .iter()
+            .find_map(|(k, e)| match (&e.outcome, &e.check) {
+                (Outcome::Peer(x), Ok(c)) if x.of(c).any(|y| y == *r) => Some(k.as_str()),
+                _ => None,
+            })
     }
 
     pub fn peers(&self) -> usize {
@@ -331,9 +349,8 @@ impl State {
         self.problems.iter().filter_map(|k| {
             let e = self.entries.get(k)?;
             Some(match (&e.outcome, &e.check) {
-                (Outcome::Peer(r), Ok((_, p))) => Problem::Unreachable {
+                (Outcome::Peer(r), Ok(_)) => Problem::Unreachable {
                     key: k,
-                    node: &p.node,
                     via: r.unreachable_via.flatten(),
                 },
                 (Outcome::Overlap(d), _) => Problem::Rejected {
@@ -351,19 +368,23 @@ impl State {
         })
     }
 
-    /// The state as [`compute::compute_in`] says it (peers and rejections by key).
+    /// The state as [`compute::compute_in`] says it (peers and rejections by key) for the
+    /// lease set it was settled on.
     #[cfg(test)]
-    pub fn computed(&self) -> Computed {
+    pub fn computed(&self, leases: &Leases) -> Computed {
         let mut c = Computed {
             desired: self.desired.clone(),
             ..Computed::default()
         };
         for (key, e) in &self.entries {
             match (&e.outcome, &e.check) {
-                (Outcome::Peer(r), Ok((_, p))) => c.peers.push(PeerView {
+                (Outcome::Peer(r), Ok(x)) => c.peers.push(PeerView {
                     key: key.clone(),
-                    node: p.node.clone(),
-                    routes: r.routes.clone(),
+                    node: leases[key]
+                        .as_ref()
+                        .map(|l| l.value.node_name.clone())
+                        .unwrap_or_default(),
+                    routes: r.of(x).collect(),
                     unreachable_via: r.unreachable_via,
                     mtu_mismatch: r.mtu_mismatch,
                 }),
@@ -388,7 +409,6 @@ impl State {
 pub enum Problem<'a> {
     Unreachable {
         key: &'a str,
-        node: &'a str,
         via: Option<IpAddr>,
     },
     Rejected {
@@ -406,17 +426,17 @@ fn note(
     problems: &mut BTreeSet<String>,
     peers: &mut usize,
 ) {
-    match &e.outcome {
-        Outcome::Peer(r) => {
+    match (&e.outcome, &e.check) {
+        (Outcome::Peer(r), Ok(c)) => {
             *peers += 1;
             match r.unreachable_via {
-                None => desired.extend(r.routes.iter().copied()),
+                None => desired.extend(r.of(c)),
                 Some(_) => {
                     problems.insert(key.to_owned());
                 }
             }
         }
-        Outcome::Invalid | Outcome::Overlap(_) => {
+        (Outcome::Invalid | Outcome::Overlap(_), _) | (Outcome::Peer(_), Err(_)) => {
             problems.insert(key.to_owned());
         }
     }
@@ -424,19 +444,14 @@ fn note(
 
 /// A peer's routes as `compute_in` makes them: the smaller mtu when the peer's link MTU
 /// differs from ours, unreachable when a next hop is reached only through a router.
-fn routes(
-    p: &validate::Peer,
-    hops: &HashMap<IpAddr, Option<Option<IpAddr>>>,
-    mtu: Option<u32>,
-) -> Routes {
-    let unreachable_via = p
+fn routes(c: &Cand, hops: &HashMap<IpAddr, Option<Option<IpAddr>>>, mtu: Option<u32>) -> Routes {
+    let unreachable_via = c
         .routes
         .iter()
         .find_map(|r| hops.get(&r.via).copied().flatten());
-    let mtu_mismatch = mtu_mismatch(mtu, p.mtu);
-    let m = mtu_mismatch.map(|m| m.own.min(m.peer));
+    let mtu_mismatch = mtu_mismatch(mtu, c.mtu);
     Routes {
-        routes: p.routes.iter().map(|r| r.with_mtu(m)).collect(),
+        mtu: mtu_mismatch.map(|m| m.own.min(m.peer)),
         unreachable_via,
         mtu_mismatch,
     }

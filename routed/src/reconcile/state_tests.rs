@@ -179,7 +179,7 @@ proptest! {
         }
         let mut s = State::new(&own());
         step(&mut s, leases.iter().map(|(k, d)| (k.as_str(), Some(d))), true);
-        same(&s.computed(), &full(&leases))?;
+        same(&s.computed(&leases), &full(&leases))?;
         for e in &events {
             let (k, v) = change(e);
             match v {
@@ -187,7 +187,7 @@ proptest! {
                 None => leases.remove(&k),
             };
             step(&mut s, [(k.as_str(), leases.get(&k))], false);
-            same(&s.computed(), &full(&leases))?;
+            same(&s.computed(&leases), &full(&leases))?;
             // And the totals the metrics come from.
             let f = full(&leases);
             prop_assert_eq!(s.peers(), f.peers.len());

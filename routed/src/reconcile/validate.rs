@@ -133,14 +133,18 @@ pub fn validate(
             }),
         }
     }
-    for (peer, overlap) in resolve(candidates.iter().map(|(c, p)| (*c, p)).collect()) {
+    let refs = candidates
+        .iter()
+        .map(|(c, p)| (*c, p.key.as_str(), &p.routes[..]));
+    let outcome = resolve(refs.collect());
+    for ((_, peer), overlap) in candidates.into_iter().zip(outcome) {
         match overlap {
             Some(detail) => out.rejected.push(Rejected {
-                key: peer.key.clone(),
+                key: peer.key,
                 reason: Reason::Overlap,
                 detail,
             }),
-            None => out.peers.push(peer.clone()),
+            None => out.peers.push(peer),
         }
     }
     out.peers.sort_by(|a, b| a.key.cmp(&b.key));
@@ -148,26 +152,32 @@ pub fn validate(
     out
 }
 
+/// A candidate for [`resolve`]: its creation revision, key and routes.
+pub type Candidate<'a> = (i64, &'a str, &'a [HostRoute]);
+
 /// Of overlapping candidates the one created first keeps its routes (then the smaller
-/// key): each candidate with `None` (accepted) or its overlap rejection's detail, oldest
-/// first. The only step of validation that looks at more than one lease.
-pub fn resolve(mut candidates: Vec<(i64, &Peer)>) -> Vec<(&Peer, Option<String>)> {
-    candidates.sort_by(|a, b| (a.0, &a.1.key).cmp(&(b.0, &b.1.key)));
+/// key): for each candidate, in the order given, `None` (accepted) or its overlap
+/// rejection's detail. The only step of validation that looks at more than one lease.
+pub fn resolve(candidates: Vec<Candidate>) -> Vec<Option<String>> {
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (x, y) = (&candidates[a], &candidates[b]);
+        (x.0, x.1).cmp(&(y.0, y.1))
+    });
     let mut taken = Intervals::default();
-    candidates
-        .into_iter()
-        .map(
-            |(_, peer)| match peer.routes.iter().find_map(|r| taken.clash(&r.dst)) {
-                Some(other) => (peer, Some(format!("overlaps the older lease {other}"))),
-                None => {
-                    for r in &peer.routes {
-                        taken.insert(&r.dst, &peer.key);
-                    }
-                    (peer, None)
+    let mut out = vec![None; candidates.len()];
+    for i in order {
+        let (_, key, routes) = candidates[i];
+        match routes.iter().find_map(|r| taken.clash(&r.dst)) {
+            Some(other) => out[i] = Some(format!("overlaps the older lease {other}")),
+            None => {
+                for r in routes {
+                    taken.insert(&r.dst, key);
                 }
-            },
-        )
-        .collect()
+            }
+        }
+    }
+    out
 }
 
 /// One lease on its own, as [`validate`] checks it before overlaps: its creation revision
