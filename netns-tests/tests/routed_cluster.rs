@@ -341,11 +341,14 @@ fn routed_an_old_forward_only_table_is_deleted_without_masquerade() -> Result<()
             .then_some(())
     })
     .with_context(|| c.logs())?;
-    assert!(
-        c.logs().contains("nftables table inet hostgw deleted"),
-        "{}",
+    // The daemon logs the deletion once `nft` has returned: the table can be gone a moment
+    // before the line is written (this failed once, with the line not yet there).
+    wait_for("the deletion logged", Duration::from_secs(5), || {
         c.logs()
-    );
+            .contains("nftables table inet hostgw deleted")
+            .then_some(())
+    })
+    .with_context(|| c.logs())?;
     Ok(())
 }
 
