@@ -556,3 +556,35 @@ async fn a_kernel_change_that_woke_nothing_makes_the_next_lease_pass_read_the_ke
     assert_eq!(g.rec.pass_with(false).await, 0);
     assert_eq!(lists(&g), 2, "{:?}", g.rec.table.calls());
 }
+
+/// A route the reconciler deletes is noted first: its `DelRoute` event is then its own
+/// doing and wakes nothing (see `kernel::events::OwnDeletes`), once.
+#[tokio::test]
+async fn the_routes_it_deletes_are_noted_for_the_event_listener() {
+    use rtnetlink::packet_route::{
+        AddressFamily, RouteNetlinkMessage,
+        route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol},
+    };
+    let mut g = rig(Some(leases()));
+    g.rec
+        .table
+        .routes
+        .borrow_mut()
+        .insert(r("198.18.9.0/24", "198.19.0.9"));
+    assert_eq!(g.rec.pass().await, 0);
+    let mut m = RouteMessage::default();
+    m.header.address_family = AddressFamily::Inet;
+    m.header.table = RouteHeader::RT_TABLE_MAIN;
+    m.header.protocol = RouteProtocol::Other(crate::kernel::PROTO);
+    m.header.destination_prefix_length = 24;
+    m.attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet(
+            "198.18.9.0".parse().unwrap(),
+        )));
+    let del = RouteNetlinkMessage::DelRoute(m);
+    assert!(
+        g.rec.deletes.seen(&del),
+        "the stale route's deletion was noted"
+    );
+    assert!(!g.rec.deletes.seen(&del), "once");
+}
