@@ -262,7 +262,7 @@ impl Fleet {
             .stdout(Stdio::null())
             .stderr(log)
             .env("RUST_LOG", "info");
-        n.daemon = Some(Proc::spawn(cmd)?);
+        n.daemon = Some(spawn_unblocked(cmd)?);
         Ok(())
     }
 
@@ -323,6 +323,23 @@ impl Fleet {
             }
         }
     }
+}
+
+/// Spawns with SIGINT and SIGTERM unblocked in the spawning thread: a child inherits that
+/// thread's signal mask (also through `std::process::Command`), and `bench-scale` blocks
+/// both in every thread for its `sigwait` (see its `cleanup`). A daemon started with
+/// SIGTERM blocked never saw its stop, and each one waited out `Proc::stop`'s grace: 200 s
+/// of teardown at N = 100. A signal in the few microseconds of the window ends the process
+/// the default way, without the sweep.
+fn spawn_unblocked(cmd: std::process::Command) -> Result<Proc> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    let old = set.thread_swap_mask(SigmaskHow::SIG_UNBLOCK)?;
+    let p = Proc::spawn(cmd);
+    old.thread_set_mask()?;
+    p
 }
 
 impl Drop for Fleet {

@@ -34,7 +34,8 @@ pub async fn main(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
     match cli.cmd {
-        cli::Cmd::Run(args) => cmd::run::run(args, shutdown).await,
+        // Boxed futures here and in `run`: see `cmd::run::run`.
+        cli::Cmd::Run(args) => Box::pin(cmd::run::run(args, shutdown)).await,
         cli::Cmd::Status(args) => {
             print!("{}", cmd::status::status(&args).await?);
             Ok(())

@@ -22,7 +22,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(hostgw_routed::main_with_signals(cli)) {
+    // Boxed: the daemon's future (its state across every task) is tens of KiB, and each
+    // move of it by value on the way into `block_on` touched another copy of the stack:
+    // half a MiB of RSS that held nothing.
+    match rt.block_on(Box::pin(hostgw_routed::main_with_signals(cli))) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "exiting");

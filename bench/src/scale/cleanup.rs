@@ -3,8 +3,9 @@
 //! inside them, by PID) and folders itself, then exits.
 //!
 //! The signals are blocked in every thread (set before any is spawned) and taken by
-//! `sigwait` in one; `std::process::Command` clears the mask in its children, so etcd and
-//! the daemons still get their SIGTERM from `Proc`.
+//! `sigwait` in one. A child inherits the mask (`std::process::Command` does not clear it):
+//! the fleet spawns its daemons with both unblocked, so they still get their SIGTERM from
+//! `Proc`.
 
 use std::{path::PathBuf, process::Command, sync::Mutex};
 

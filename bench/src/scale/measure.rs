@@ -31,9 +31,15 @@ pub struct EtcdCounters {
 
 impl EtcdCounters {
     pub fn read(f: &mut Fleet) -> Result<EtcdCounters> {
+        Self::read_except(f, None)
+    }
+
+    /// [`Self::read`] without member `skip`: the one about to be killed, whose counters
+    /// the reading after the kill can no longer include.
+    pub fn read_except(f: &mut Fleet, skip: Option<usize>) -> Result<EtcdCounters> {
         let mut c = EtcdCounters::default();
-        for m in f.etcd.members.iter_mut() {
-            if !m.alive() {
+        for (i, m) in f.etcd.members.iter_mut().enumerate() {
+            if !m.alive() || Some(i) == skip {
                 continue;
             }
             let text = m.metrics()?;

@@ -14,7 +14,7 @@ use super::{
     codec::{self, LeaseValue},
     fake::{FakeStore, Op, State},
     keepalive::KeepAlive,
-    watch::{GRACE, Leases, Watcher},
+    watch::{GRACE, Watcher},
 };
 use crate::{
     config::NetConfig,
@@ -88,7 +88,7 @@ async fn acquire(s: &FakeStore, me: &Me, prefer: Option<&str>) -> OwnLease {
 }
 
 struct Daemon {
-    leases: watch::Receiver<Option<Arc<Leases>>>,
+    leases: watch::Receiver<Option<super::watch::LeaseSet>>,
     own: watch::Receiver<OwnLease>,
     metrics: Metrics,
     stop: CancellationToken,

@@ -9,7 +9,15 @@
 //! re-listed once, and the leases it lost are kept for [`GRACE`] while their nodes re-create
 //! them, so routes don't flap.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    ops::Deref,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use futures::FutureExt;
 
@@ -36,7 +44,107 @@ use crate::{
 pub type Leases = BTreeMap<String, Decoded>;
 
 /// `None` until the first complete list: nothing is reconciled against an unknown set.
-pub type LeasesRx = watch::Receiver<Option<Arc<Leases>>>;
+/// The set is changed in place (`send_modify`), never copied per event: a reader must not
+/// hold its borrow across an `.await` (the watcher could not publish meanwhile).
+pub type LeasesRx = watch::Receiver<Option<LeaseSet>>;
+
+/// How many changed keys a [`LeaseSet`] remembers: a reader further behind reads it all.
+const CHANGE_LOG: usize = 256;
+
+/// The published leases, and which keys changed lately: a reader that saw an earlier
+/// state asks [`LeaseSet::changes_since`] and looks at those keys only. Per lease event
+/// the watcher then writes one entry instead of publishing a copy of all N (measured:
+/// the copy and the pass over all N were the per-event work that grew with N; see
+/// BENCHMARKS.md, "1,000 nodes").
+#[derive(Debug, Clone)]
+pub struct LeaseSet {
+    leases: Leases,
+    /// New for every set replaced whole (a list, a restore, a grace's end): a reader that
+    /// saw another epoch reads everything.
+    epoch: u64,
+    /// Counts the changes within an epoch.
+    generation: u64,
+    /// `(generation, key)` of the latest changes, oldest first.
+    log: VecDeque<(u64, String)>,
+}
+
+/// Where a reader of a [`LeaseSet`] stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    epoch: u64,
+    generation: u64,
+}
+
+/// What changed since a [`Cursor`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Changes {
+    /// Read the whole set (another epoch, or too far behind).
+    All,
+    Keys(BTreeSet<String>),
+}
+
+static EPOCHS: AtomicU64 = AtomicU64::new(1);
+
+impl LeaseSet {
+    pub fn new(leases: Leases) -> Self {
+        LeaseSet {
+            leases,
+            epoch: EPOCHS.fetch_add(1, Ordering::Relaxed),
+            generation: 0,
+            log: VecDeque::new(),
+        }
+    }
+
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            epoch: self.epoch,
+            generation: self.generation,
+        }
+    }
+
+    pub fn changes_since(&self, seen: Option<Cursor>) -> Changes {
+        let Some(seen) = seen.filter(|c| c.epoch == self.epoch) else {
+            return Changes::All;
+        };
+        // Changes seen+1 ..= now must all be in the log.
+        let oldest = self.log.front().map_or(self.generation + 1, |(g, _)| *g);
+        if seen.generation > self.generation || oldest > seen.generation + 1 {
+            return Changes::All;
+        }
+        Changes::Keys(
+            self.log
+                .iter()
+                .filter(|(g, _)| *g > seen.generation)
+                .map(|(_, k)| k.clone())
+                .collect(),
+        )
+    }
+
+    /// Sets (`Some`) or removes (`None`) one key, as one change.
+    pub fn set(&mut self, key: &str, value: Option<Decoded>) {
+        match value {
+            Some(v) => {
+                self.leases.insert(key.to_owned(), v);
+            }
+            None => {
+                self.leases.remove(key);
+            }
+        }
+        self.generation += 1;
+        if self.log.len() == CHANGE_LOG {
+            self.log.pop_front();
+        }
+        self.log.push_back((self.generation, key.to_owned()));
+    }
+}
+
+impl Deref for LeaseSet {
+    type Target = Leases;
+
+    fn deref(&self) -> &Leases {
+        &self.leases
+    }
+}
 
 /// How long leases lost to a restored or wiped etcd keep their routes: long enough for
 /// every running daemon to notice and re-create its key (seconds), short enough that a node
@@ -48,7 +156,7 @@ const CLUSTER_CHANGED: &str = "cluster ID changed";
 pub struct Watcher<S> {
     pub store: S,
     pub keys: Keys,
-    pub tx: watch::Sender<Option<Arc<Leases>>>,
+    pub tx: watch::Sender<Option<LeaseSet>>,
     pub metrics: Metrics,
     /// The config this process runs with: a different one in etcd is reported, not applied.
     pub cfg: NetConfig,
@@ -67,13 +175,18 @@ pub struct Watcher<S> {
 struct View {
     rev: i64,
     cluster: Option<u64>,
-    current: Leases,
-    /// Leases lost to a restore or wipe, kept until `carry_until`.
+    /// Leases lost to a restore or wipe, kept until `carry_until`. The published set is
+    /// etcd's leases plus these: the one copy of the lease map this watcher keeps.
     carry: Leases,
+    /// The keys of `carry` etcd does not hold (again): published, but not etcd's.
+    carry_only: BTreeSet<String>,
     carry_until: Option<Instant>,
     config: ConfigState,
-    /// Keys already reported as node-name conflicts.
-    conflicts: Vec<String>,
+    /// Keys reported as node-name conflicts, and the lease of ours they were found for.
+    conflicts: BTreeSet<String>,
+    conflicts_for: Option<OwnLease>,
+    /// Keys changed since the last look for node-name conflicts.
+    dirty: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -127,7 +240,7 @@ impl<S: Store> Watcher<S> {
                 match self.follow(&mut view, &mut backoff).await {
                     End::Compacted(at) => {
                         self.metrics.watch_restarts.inc();
-                        let d = relist_delay(view.current.len(), &mut rand::rng());
+                        let d = relist_delay(self.etcd_leases(&view), &mut rand::rng());
                         warn!(
                             revision = view.rev,
                             compacted = at,
@@ -195,8 +308,15 @@ impl<S: Store> Watcher<S> {
                 last_revision = view.rev,
                 "etcd was restored or replaced; listing again and re-claiming our key"
             );
-            let lost = std::mem::take(&mut view.current);
-            self.start_carry(view, lost);
+            let lost: Leases = match self.tx.borrow().as_ref() {
+                Some(set) => set
+                    .iter()
+                    .filter(|(k, _)| !view.carry_only.contains(*k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                None => Leases::new(),
+            };
+            self.start_carry(view, lost, false);
             self.check_own.notify_one();
         }
         view.cluster = Some(header.cluster_id);
@@ -223,18 +343,55 @@ impl<S: Store> Watcher<S> {
             return Err(EtcdError::Empty);
         }
         info!(leases = current.len(), revision = view.rev, "listed leases");
-        view.current = current;
-        self.publish(view);
+        view.carry_only = view
+            .carry
+            .keys()
+            .filter(|k| !current.contains_key(*k))
+            .cloned()
+            .collect();
+        let mut all = current;
+        for (k, v) in &view.carry {
+            all.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        self.report_conflicts(view, &all, None);
+        self.tx.send_replace(Some(LeaseSet::new(all)));
+        view.dirty.clear();
         Ok(())
     }
 
-    fn start_carry(&self, view: &mut View, lost: Leases) {
+    /// Keeps `lost` published for [`GRACE`]; `republish`: they were taken out of the
+    /// published set (a wipe seen on the watch) and go back in.
+    fn start_carry(&self, view: &mut View, lost: Leases, republish: bool) {
         if lost.is_empty() {
             return;
         }
         warn!(leases = lost.len(), grace = ?GRACE, "keeping the routes of leases etcd lost until their nodes re-create them");
+        if republish {
+            self.modify(|set| {
+                for (k, v) in &lost {
+                    set.set(k, Some(v.clone()));
+                }
+            });
+            view.dirty.extend(lost.keys().cloned());
+        }
+        view.carry_only.extend(lost.keys().cloned());
         view.carry.extend(lost);
         view.carry_until = Some(Instant::now() + GRACE);
+    }
+
+    /// Changes the published set in place (it exists from the first list on).
+    fn modify(&self, f: impl FnOnce(&mut LeaseSet)) {
+        self.tx.send_modify(|s| {
+            if let Some(s) = s {
+                f(s);
+            }
+        });
+    }
+
+    /// How many leases etcd holds, as far as we know.
+    fn etcd_leases(&self, view: &View) -> usize {
+        let published = self.tx.borrow().as_ref().map_or(0, |s| s.len());
+        published.saturating_sub(view.carry_only.len())
     }
 
     /// Our key, our lease, our node name and public IP: written by us.
@@ -316,20 +473,23 @@ impl<S: Store> Watcher<S> {
 
     fn end_carry(&self, view: &mut View) {
         view.carry_until = None;
-        let gone = std::mem::take(&mut view.carry);
-        let dropped = gone
-            .keys()
-            .filter(|k| !view.current.contains_key(*k))
-            .count();
+        view.carry.clear();
+        let gone = std::mem::take(&mut view.carry_only);
         warn!(
-            dropped,
+            dropped = gone.len(),
             "grace after etcd lost leases is over; leases not re-created are dropped"
         );
+        self.modify(|set| {
+            for k in &gone {
+                set.set(k, None);
+            }
+        });
+        view.dirty.extend(gone);
         self.publish(view);
     }
 
     fn apply(&mut self, view: &mut View, events: Vec<Event>) {
-        let before = view.current.len();
+        let before = self.etcd_leases(view);
         let mut removed = Vec::new();
         let own = self.own.borrow().clone();
         for ev in events {
@@ -350,6 +510,8 @@ impl<S: Store> Watcher<S> {
                 continue;
             };
             view.carry.remove(name);
+            let carried_only = view.carry_only.remove(name);
+            view.dirty.push(name.to_owned());
             match ev {
                 Event::Put(kv) => {
                     debug!(key = name, "lease put");
@@ -357,14 +519,19 @@ impl<S: Store> Watcher<S> {
                         self.check_own.notify_one();
                     }
                     let decoded = lease::decode(name, &kv.value, kv.create_revision);
-                    view.current.insert(name.to_owned(), decoded);
+                    self.modify(|set| set.set(name, Some(decoded)));
                 }
                 Event::Delete { .. } => {
                     info!(key = name, "lease gone");
                     if name == own.name {
                         self.check_own.notify_one();
                     }
-                    if let Some(d) = view.current.remove(name) {
+                    let mut old = None;
+                    self.modify(|set| {
+                        old = set.get(name).cloned();
+                        set.set(name, None);
+                    });
+                    if let Some(d) = old.filter(|_| !carried_only) {
                         removed.push((rev, name.to_owned(), d));
                     }
                 }
@@ -390,35 +557,55 @@ impl<S: Store> Watcher<S> {
                 deleted = lost.len(),
                 "most leases were deleted at once (etcd wiped?); re-creating our key"
             );
-            self.start_carry(view, lost);
+            self.start_carry(view, lost, true);
         }
     }
 
+    /// The set is changed in place as events come (see [`LeaseSet`]): what is left is to
+    /// look at the changed keys for a node-name conflict.
     fn publish(&self, view: &mut View) {
-        let mut all = view.current.clone();
-        for (k, v) in &view.carry {
-            all.entry(k.clone()).or_insert_with(|| v.clone());
+        let dirty = std::mem::take(&mut view.dirty);
+        let b = self.tx.borrow();
+        if let Some(set) = b.as_ref() {
+            self.report_conflicts(view, set, Some(&dirty));
         }
-        self.report_conflicts(view, &all);
-        self.tx.send_replace(Some(Arc::new(all)));
     }
 
-    fn report_conflicts(&self, view: &mut View, all: &Leases) {
+    /// Keys other than ours that carry our node name with another address: all of them
+    /// after a full publish (or when our lease changed), else only the changed ones.
+    fn report_conflicts(&self, view: &mut View, all: &Leases, changed: Option<&[String]>) {
         let own = self.own.borrow().clone();
-        let now: Vec<String> = all
-            .iter()
-            .filter(|(k, d)| {
-                **k != own.name
-                    && d.as_ref()
-                        .is_ok_and(|l| is_conflict(l, &self.me, Some(own.subnet)))
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in now.iter().filter(|k| !view.conflicts.contains(k)) {
+        let conflict = |k: &String, d: &Decoded| {
+            *k != own.name
+                && d.as_ref()
+                    .is_ok_and(|l| is_conflict(l, &self.me, Some(own.subnet)))
+        };
+        let changed = changed.filter(|_| view.conflicts_for.as_ref() == Some(&own));
+        let mut now = match changed {
+            Some(_) => view.conflicts.clone(),
+            None => BTreeSet::new(),
+        };
+        match changed {
+            Some(keys) => {
+                for k in keys {
+                    match all.get(k) {
+                        Some(d) if conflict(k, d) => now.insert(k.clone()),
+                        _ => now.remove(k),
+                    };
+                }
+            }
+            None => now.extend(
+                all.iter()
+                    .filter(|(k, d)| conflict(k, d))
+                    .map(|(k, _)| k.clone()),
+            ),
+        }
+        for k in now.difference(&view.conflicts) {
             error!(key = %k, node = %self.me.node, "another key carries our node name with another public IP: two nodes share a name? Not ours; left alone");
         }
         self.metrics.node_name_conflicts.set(now.len() as i64);
         view.conflicts = now;
+        view.conflicts_for = Some(own);
     }
 
     fn check_config(&self, view: &mut View, value: Option<&[u8]>) {

@@ -3,12 +3,16 @@
 //! so applying a plan does not wake us again.
 
 use std::{
+    collections::HashMap,
+    net::IpAddr,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
+
+use ipnetwork::IpNetwork;
 
 use futures::StreamExt;
 use rtnetlink::{
@@ -74,6 +78,91 @@ fn ours_added(m: &RouteNetlinkMessage) -> bool {
     matches!(m, RouteNetlinkMessage::NewRoute(r) if r.header.protocol == RouteProtocol::Other(PROTO))
 }
 
+/// Destinations of owned routes the reconciler is deleting itself: their `DelRoute` is its
+/// own doing, like its additions, and neither wakes a pass nor makes its view stale.
+/// Otherwise a node leaving the cluster cost every other node a full pass with two kernel
+/// dumps of N routes (the route each one deleted for it came back as an event).
+#[derive(Debug, Default)]
+pub struct OwnDeletes(Mutex<HashMap<IpNetwork, u32>>);
+
+impl OwnDeletes {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<IpNetwork, u32>) -> T) -> T {
+        let mut g = match self.0.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut g)
+    }
+
+    /// Before deleting routes to `dsts`.
+    pub fn expect(&self, dsts: impl IntoIterator<Item = IpNetwork>) {
+        self.with(|m| {
+            for d in dsts {
+                *m.entry(d).or_default() += 1;
+            }
+        });
+    }
+
+    /// A delete that failed sends no event: expect none for it.
+    pub fn unexpect(&self, dst: &IpNetwork) {
+        self.with(|m| {
+            if let Some(n) = m.get_mut(dst) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(dst);
+                }
+            }
+        });
+    }
+
+    /// Forgets what is still expected (a pass that reads the kernel sees for itself): an
+    /// event lost with an overflowing socket leaves nothing that would hide a later one.
+    pub fn clear(&self) {
+        self.with(HashMap::clear);
+    }
+
+    /// Whether `m` is the deletion of an owned route we expected (and consumes it).
+    pub fn seen(&self, m: &RouteNetlinkMessage) -> bool {
+        let RouteNetlinkMessage::DelRoute(r) = m else {
+            return false;
+        };
+        if r.header.protocol != RouteProtocol::Other(PROTO)
+            || r.header.table != RouteHeader::RT_TABLE_MAIN
+        {
+            return false;
+        }
+        let Some(dst) = destination(r) else {
+            return false;
+        };
+        self.with(|m| match m.get_mut(&dst) {
+            Some(n) => {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&dst);
+                }
+                true
+            }
+            None => false,
+        })
+    }
+}
+
+fn destination(r: &RouteMessage) -> Option<IpNetwork> {
+    let len = r.header.destination_prefix_length;
+    let ip = r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+        RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+        _ => None,
+    });
+    let ip = match (ip, r.header.address_family) {
+        (Some(ip), _) => ip,
+        (None, AddressFamily::Inet) => IpAddr::V4(0.into()),
+        (None, AddressFamily::Inet6) => IpAddr::V6(0.into()),
+        (None, _) => return None,
+    };
+    IpNetwork::new(ip, len).ok()
+}
+
 /// Routes no peer is reached by: the local table's entries for addresses, IPv6 link-local
 /// and multicast prefixes, and host routes (/32, /128) that point straight at a link (the
 /// plugin's route to each pod).
@@ -103,8 +192,14 @@ fn pod_plumbing_route(r: &RouteMessage) -> bool {
 
 /// Listens until shutdown; a broken socket (e.g. ENOBUFS after a burst) is reopened, with
 /// a kick, since events may have been lost.
-/// Every message but our own additions also sets `stale` (see `ReconcilerConfig::stale`).
-pub async fn listen(kick: Arc<Notify>, stale: Arc<AtomicBool>, shutdown: CancellationToken) {
+/// Every message but our own additions and expected deletions also sets `stale` (see
+/// `ReconcilerConfig::stale`).
+pub async fn listen(
+    kick: Arc<Notify>,
+    stale: Arc<AtomicBool>,
+    deletes: Arc<OwnDeletes>,
+    shutdown: CancellationToken,
+) {
     loop {
         match rtnetlink::new_multicast_connection(&GROUPS) {
             Ok((conn, _handle, mut msgs)) => {
@@ -118,9 +213,10 @@ pub async fn listen(kick: Arc<Notify>, stale: Arc<AtomicBool>, shutdown: Cancell
                         m = msgs.next() => match m {
                             Some((msg, _)) => {
                                 if let NetlinkPayload::InnerMessage(inner) = &msg.payload {
-                                    if !ours_added(inner) {
-                                        stale.store(true, Ordering::SeqCst);
+                                    if ours_added(inner) || deletes.seen(inner) {
+                                        continue;
                                     }
+                                    stale.store(true, Ordering::SeqCst);
                                     if relevant(inner) {
                                         kick.notify_one();
                                     }
@@ -166,6 +262,34 @@ mod tests {
         r.header.destination_prefix_length = len;
         r.attributes.push(RouteAttribute::Destination(dst));
         r
+    }
+
+    #[test]
+    fn an_owned_route_we_delete_ourselves_is_ignored_once() {
+        let mut r = route(
+            AddressFamily::Inet,
+            RouteAddress::Inet(Ipv4Addr::new(198, 18, 3, 0)),
+            24,
+            RouteScope::Universe,
+        );
+        r.header.protocol = RouteProtocol::Other(PROTO);
+        let del = RouteNetlinkMessage::DelRoute(r.clone());
+        let d = OwnDeletes::default();
+        assert!(!d.seen(&del), "not expected: someone else deleted it");
+        d.expect(["198.18.3.0/24".parse().unwrap()]);
+        assert!(!d.seen(&RouteNetlinkMessage::NewRoute(r.clone())));
+        let mut other = r.clone();
+        other.header.destination_prefix_length = 25;
+        assert!(!d.seen(&RouteNetlinkMessage::DelRoute(other)));
+        assert!(d.seen(&del), "our own delete");
+        assert!(!d.seen(&del), "only once: the next one is someone else's");
+        d.expect(["198.18.3.0/24".parse().unwrap()]);
+        d.unexpect(&"198.18.3.0/24".parse().unwrap());
+        assert!(!d.seen(&del), "a failed delete expects no event");
+        let mut foreign = r;
+        foreign.header.protocol = RouteProtocol::Static;
+        d.expect(["198.18.3.0/24".parse().unwrap()]);
+        assert!(!d.seen(&RouteNetlinkMessage::DelRoute(foreign)));
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub struct Here<'a> {
 /// `mtu min(own, peer)` on the route to a peer whose link MTU differs from ours: a
 /// jumbo-frame node then sends a 1500 node packets it can take (or an ICMP "fragmentation
 /// needed" to the sender), instead of frames the peer's NIC drops unseen.
-fn mtu_mismatch(own: Option<u32>, peer: Option<u32>) -> Option<MtuMismatch> {
+pub(crate) fn mtu_mismatch(own: Option<u32>, peer: Option<u32>) -> Option<MtuMismatch> {
     match (own, peer) {
         (Some(own), Some(peer)) if own != peer => Some(MtuMismatch { own, peer }),
         _ => None,
@@ -71,12 +71,6 @@ pub struct Computed {
     pub desired: BTreeSet<HostRoute>,
     pub peers: Vec<PeerView>,
     pub rejected: Vec<Rejected>,
-}
-
-impl Computed {
-    pub fn unreachable(&self) -> impl Iterator<Item = &PeerView> {
-        self.peers.iter().filter(|p| p.unreachable_via.is_some())
-    }
 }
 
 pub async fn compute<R: RouteTable>(

@@ -16,18 +16,20 @@ use tracing::{Instrument, info, info_span, warn};
 
 use tokio_util::sync::CancellationToken;
 
+use ipnetwork::IpNetwork;
+
 use self::{
     apply::Applied,
-    compute::Computed,
     plan::HostRoute,
+    state::{Pending, Problem, State, Touched},
     validate::{Reason, Rejected},
 };
 use crate::{
     backoff::Backoff,
     config::NetConfig,
-    etcd::watch::LeasesRx,
+    etcd::watch::{Changes, Cursor, LeasesRx},
     http::Ready,
-    kernel::{Kind, LocalView, RouteTable},
+    kernel::{LocalView, RouteTable, events::OwnDeletes},
     me::OwnLease,
     metrics::{Metrics, ReasonLabel},
 };
@@ -35,6 +37,7 @@ use crate::{
 pub mod apply;
 pub mod compute;
 pub mod plan;
+pub mod state;
 pub mod validate;
 
 /// Netlink events come in bursts (a link flap is several messages): wait this long.
@@ -55,6 +58,8 @@ pub struct ReconcilerConfig<R> {
     /// Set by every kernel event, also those too small to wake a pass (a pod's plumbing):
     /// a lease-event pass then reads the kernel instead of planning on an outdated view.
     pub stale: Arc<AtomicBool>,
+    /// Routes we delete are noted here first, so their events wake nothing.
+    pub deletes: Arc<OwnDeletes>,
     pub resync: Duration,
     /// This node's uplink MTU (routes to peers with another one carry the smaller).
     pub mtu: Option<u32>,
@@ -69,6 +74,7 @@ pub struct Reconciler<R> {
     own: watch::Receiver<OwnLease>,
     kick: Arc<Notify>,
     stale: Arc<AtomicBool>,
+    deletes: Arc<OwnDeletes>,
     resync: Duration,
     mtu: Option<u32>,
     /// What has been reported once already (unreachable peers, rejected leases).
@@ -79,6 +85,12 @@ pub struct Reconciler<R> {
     /// the kernel's owned set (the last pass read the kernel, or applied cleanly since).
     view: Option<LocalView>,
     synced: bool,
+    /// What is wanted, kept between passes (see [`state`]), and how far into the lease
+    /// set it is.
+    state: Option<State>,
+    seen: Option<Cursor>,
+    /// Destinations whose route the kernel refused in the last pass.
+    refused: BTreeSet<IpNetwork>,
 }
 
 impl<R: RouteTable> Reconciler<R> {
@@ -92,12 +104,16 @@ impl<R: RouteTable> Reconciler<R> {
             own: c.own,
             kick: c.kick,
             stale: c.stale,
+            deletes: c.deletes,
             resync: c.resync,
             mtu: c.mtu,
             reported: BTreeSet::new(),
             installed: BTreeSet::new(),
             view: None,
             synced: false,
+            state: None,
+            seen: None,
+            refused: BTreeSet::new(),
         }
     }
 
@@ -140,45 +156,54 @@ impl<R: RouteTable> Reconciler<R> {
     }
 
     /// One pass. Without `read_kernel` (a lease event) and while in sync, it plans against
-    /// the view and routes of the last read plus what it applied since: per lease event a
-    /// node then does work in memory and the one route change, not two dumps of N routes
+    /// the view and routes of the last read plus what it applied since, and only for the
+    /// leases that changed (see [`state`]): per lease event a node then does work in the
+    /// changed leases and the one route change, not two dumps and a pass over N leases
     /// (measured at N = 1,000: see BENCHMARKS.md, "1,000 nodes"). Netlink events, the
-    /// resync tick and every retry still read the kernel.
+    /// resync tick and every retry still read the kernel and compute everything anew.
     pub async fn pass_with(&mut self, read_kernel: bool) -> usize {
-        let Some(leases) = self.leases.borrow_and_update().clone() else {
+        if self.leases.borrow().is_none() {
             return 0;
-        };
+        }
         let own = self.own.borrow_and_update().clone();
         let start = Instant::now();
         // `swap` before the read: an event during it leaves the flag set for the next pass.
         let stale = self.stale.swap(false, Ordering::SeqCst);
         let read_kernel = read_kernel || stale || !self.synced || self.view.is_none();
-        let span = info_span!("reconcile", leases = leases.len(), read_kernel);
+        let span = info_span!("reconcile", read_kernel);
+        if read_kernel {
+            self.deletes.clear();
+        }
         let failed = async {
             let view = match self.view.take().filter(|_| !read_kernel) {
                 Some(v) => Ok(v),
                 None => self.table.local_view().await,
             };
             let actual = match read_kernel {
-                true => self.table.list_owned().await,
-                false => Ok(self.installed.clone()),
+                true => self.table.list_owned().await.map(Some),
+                false => Ok(None),
             };
-            match (view, actual) {
-                (Ok(v), Ok(a)) => {
-                    let here = compute::Here {
-                        own: Some(&own),
-                        mtu: self.mtu,
-                    };
-                    let c = compute::compute_in(&self.table, &self.cfg, here, &leases, &v);
-                    let c = c.await;
-                    self.view = Some(v);
-                    self.apply(c, a, start.elapsed()).await
-                }
+            let (view, actual) = match (view, actual) {
+                (Ok(v), Ok(a)) => (v, a),
                 (Err(e), _) | (_, Err(e)) => {
                     warn!(error = %e, "reading the kernel failed; will retry");
-                    1
+                    return 1;
                 }
+            };
+            let (pending, mut state) = self.changes(&own, &view, read_kernel);
+            for ip in state.lookups(&view, &pending) {
+                // One failed lookup makes one peer unreachable, never the whole pass a
+                // failure: what a lease names must not decide this node's readiness.
+                let hop = self.table.lookup(ip).await.map_err(|e| {
+                    tracing::debug!(%ip, error = %e, "next-hop lookup failed");
+                });
+                state.learn(ip, hop);
             }
+            let touched = state.settle(self.mtu, pending);
+            self.view = Some(view);
+            let failed = self.apply(&state, touched, actual, start.elapsed()).await;
+            self.state = Some(state);
+            failed
         }
         .instrument(span)
         .await;
@@ -193,42 +218,116 @@ impl<R: RouteTable> Reconciler<R> {
         failed
     }
 
-    /// Applies the plan; returns the failures of this node (not those of one route the
+    /// The leases changed since the last pass, checked, and the state to settle them in:
+    /// a new one (every lease) after a kernel read, a new lease of ours or a replaced set.
+    /// Synchronous: the lease set's borrow is never held across an `.await`.
+    fn changes(&mut self, own: &OwnLease, view: &LocalView, read_kernel: bool) -> (Pending, State) {
+        let b = self.leases.borrow_and_update();
+        let Some(set) = b.as_ref() else {
+            return (Pending::default(), State::new(own));
+        };
+        let kept = self.state.take().filter(|s| !read_kernel && s.own() == own);
+        let changes = match &kept {
+            Some(_) => set.changes_since(self.seen),
+            None => Changes::All,
+        };
+        self.seen = Some(set.cursor());
+        match (kept, changes) {
+            (Some(mut s), Changes::Keys(keys)) => {
+                let changed = keys.iter().map(|k| (k.as_str(), set.get(k)));
+                let p = s.check(&self.cfg, view, changed, false);
+                (p, s)
+            }
+            _ => {
+                let mut s = State::new(own);
+                let all = set.iter().map(|(k, d)| (k.as_str(), Some(d)));
+                let p = s.check(&self.cfg, view, all, true);
+                (p, s)
+            }
+        }
+    }
+
+    /// Plans and applies: everything (`touched` all, or the kernel was read), or only the
+    /// touched destinations and those the kernel refused last time (retried every pass, as
+    /// a full plan would). Returns the failures of this node (not those of one route the
     /// kernel refused for what a lease says: those become `kernel-refused` rejections,
     /// retried on the next pass but never a retry loop, and never a readiness change).
     async fn apply(
         &mut self,
-        mut c: Computed,
-        actual: BTreeSet<HostRoute>,
+        state: &State,
+        touched: Touched,
+        kernel: Option<BTreeSet<HostRoute>>,
         read: Duration,
     ) -> usize {
-        let plan = plan::plan(&c.desired, &actual);
+        let only = match (&kernel, touched) {
+            (None, Touched::Dsts(mut d)) => {
+                d.extend(self.refused.iter().copied());
+                Some(d)
+            }
+            _ => None,
+        };
+        let sub;
+        let (desired, actual) = match (&only, kernel) {
+            (Some(d), _) => {
+                sub = at(&state.desired, d);
+                (&sub, at(&self.installed, d))
+            }
+            (None, Some(k)) => (&state.desired, k),
+            (None, None) => (&state.desired, self.installed.clone()),
+        };
+        let plan = plan::plan(desired, &actual);
         let t = Instant::now();
+        self.deletes.expect(plan.remove.iter().map(|r| r.dst));
         let applied = apply::apply(&self.table, &plan).await;
+        for (r, _) in applied
+            .errors
+            .iter()
+            .filter(|(r, _)| plan.remove.contains(r))
+        {
+            self.deletes.unexpect(&r.dst);
+        }
         self.log_applied(&applied, &actual, (read, t.elapsed()));
         let (refused, failed): (Vec<_>, Vec<_>) = applied
             .errors
             .iter()
             .partition(|(_, e)| e.is_route_specific());
-        c.rejected.extend(refused.iter().filter_map(|(r, e)| {
-            let p = c.peers.iter().find(|p| p.routes.contains(r))?;
-            Some(Rejected {
-                key: p.key.clone(),
-                reason: Reason::KernelRefused,
-                detail: e.to_string(),
-            })
-        }));
-        self.report(&c);
-        let failed_dst: BTreeSet<_> = applied.errors.iter().map(|(r, _)| r.dst).collect();
-        self.installed = c
-            .desired
+        let refused: Vec<Rejected> = refused
             .iter()
-            .filter(|r| !failed_dst.contains(&r.dst))
-            .copied()
+            .filter_map(|(r, e)| {
+                Some(Rejected {
+                    key: state.key_of(r)?.to_owned(),
+                    reason: Reason::KernelRefused,
+                    detail: e.to_string(),
+                })
+            })
             .collect();
-        // Routes to peers: our own `unreachable` route is not counted.
-        let to_peers = self.installed.iter().filter(|r| r.kind == Kind::Via);
-        self.metrics.routes_installed.set(to_peers.count() as i64);
+        self.refused = applied
+            .errors
+            .iter()
+            .filter(|(_, e)| e.is_route_specific())
+            .map(|(r, _)| r.dst)
+            .collect();
+        self.report(state, &refused);
+        let failed_dst: BTreeSet<_> = applied.errors.iter().map(|(r, _)| r.dst).collect();
+        let keep = |r: &&HostRoute| !failed_dst.contains(&r.dst);
+        match &only {
+            None => self.installed = desired.iter().filter(keep).copied().collect(),
+            Some(dsts) => {
+                for r in at(&self.installed, dsts) {
+                    self.installed.remove(&r);
+                }
+                self.installed.extend(desired.iter().filter(keep).copied());
+            }
+        }
+        // Routes to peers: our own `unreachable` routes are not counted.
+        let own = state.own().subnets();
+        let unreachable = own
+            .iter()
+            .filter(|s| self.installed.contains(&HostRoute::unreachable(**s)))
+            .count();
+        self.metrics
+            .routes_installed
+            .set((self.installed.len() - unreachable) as i64);
         failed.len()
     }
 
@@ -272,42 +371,68 @@ impl<R: RouteTable> Reconciler<R> {
         }
     }
 
-    /// Metrics every pass; a log line only when something newly goes wrong.
-    fn report(&mut self, c: &Computed) {
-        self.metrics.peers.set(c.peers.len() as i64);
-        let unreachable: Vec<_> = c.unreachable().collect();
-        self.metrics.peers_unreachable.set(unreachable.len() as i64);
-        for reason in Reason::ALL {
-            let n = c.rejected.iter().filter(|r| r.reason == reason).count();
+    /// Metrics every pass; a log line only when something newly goes wrong. Walks the
+    /// leases with a problem only, not all of them.
+    fn report(&mut self, state: &State, refused: &[Rejected]) {
+        self.metrics.peers.set(state.peers() as i64);
+        let mut unreachable = 0;
+        let mut by_reason = [0i64; Reason::ALL.len()];
+        let mut now = BTreeSet::new();
+        let mut rejected = |key: &str, reason: Reason, detail: &str, now: &mut BTreeSet<_>| {
+            if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
+                by_reason[i] += 1;
+            }
+            let k = (key.to_owned(), reason.as_str().to_owned());
+            if !self.reported.contains(&k) {
+                warn!(key = ?key, reason = reason.as_str(), detail = ?detail, "lease rejected");
+            }
+            now.insert(k);
+        };
+        for p in state.problems() {
+            match p {
+                Problem::Unreachable { key, via } => {
+                    unreachable += 1;
+                    let gw = via.map(|g| g.to_string()).unwrap_or_else(|| "none".into());
+                    let k = (key.to_owned(), "unreachable".to_owned());
+                    if !self.reported.contains(&k) {
+                        let leases = self.leases.borrow();
+                        let lease = leases.as_ref().and_then(|s| s.get(key)?.as_ref().ok());
+                        let node = lease.map_or("", |l| l.value.node_name.as_str());
+                        warn!(key = ?key, node = ?node, gateway = %gw, "peer not on-link (reached through a router); route not installed");
+                    }
+                    now.insert(k);
+                }
+                Problem::Rejected {
+                    key,
+                    reason,
+                    detail,
+                } => rejected(key, reason, detail, &mut now),
+            }
+        }
+        for r in refused {
+            rejected(&r.key, r.reason, &r.detail, &mut now);
+        }
+        self.metrics.peers_unreachable.set(unreachable);
+        for (reason, n) in Reason::ALL.iter().zip(by_reason) {
             self.metrics
                 .leases_rejected
                 .get_or_create(&ReasonLabel {
                     reason: reason.as_str().into(),
                 })
-                .set(n as i64);
-        }
-        let mut now = BTreeSet::new();
-        for p in unreachable {
-            let gw = p
-                .unreachable_via
-                .flatten()
-                .map(|g| g.to_string())
-                .unwrap_or_else(|| "none".into());
-            let k = (p.key.clone(), "unreachable".to_owned());
-            if !self.reported.contains(&k) {
-                warn!(key = ?p.key, node = ?p.node, gateway = %gw, "peer not on-link (reached through a router); route not installed");
-            }
-            now.insert(k);
-        }
-        for r in &c.rejected {
-            let k = (r.key.clone(), r.reason.as_str().to_owned());
-            if !self.reported.contains(&k) {
-                warn!(key = ?r.key, reason = r.reason.as_str(), detail = ?r.detail, "lease rejected");
-            }
-            now.insert(k);
+                .set(n);
         }
         self.reported = now;
     }
+}
+
+/// The routes of `set` at the destinations `dsts`.
+fn at(set: &BTreeSet<HostRoute>, dsts: &BTreeSet<IpNetwork>) -> BTreeSet<HostRoute> {
+    let mut out = BTreeSet::new();
+    for d in dsts {
+        let from = HostRoute::via(*d, std::net::IpAddr::V4(0.into()));
+        out.extend(set.range(from..).take_while(|r| r.dst == *d).copied());
+    }
+    out
 }
 
 async fn sleep_until(t: Option<tokio::time::Instant>) {
@@ -317,5 +442,11 @@ async fn sleep_until(t: Option<tokio::time::Instant>) {
     }
 }
 
+#[cfg(test)]
+#[path = "cost_tests.rs"]
+mod cost_tests;
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod state_tests;
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@ use super::*;
 use crate::{
     etcd::{
         codec::{Decoded, Lease, LeaseValue},
-        watch::Leases,
+        watch::{LeaseSet, Leases},
     },
     kernel::{LocalView, NextHop, fake::FakeRoutes},
 };
@@ -53,7 +53,7 @@ fn leases() -> Leases {
 
 struct Rig {
     rec: Reconciler<FakeRoutes>,
-    leases: watch::Sender<Option<Arc<Leases>>>,
+    leases: watch::Sender<Option<LeaseSet>>,
     own: watch::Sender<OwnLease>,
 }
 
@@ -76,7 +76,7 @@ fn rig(initial: Option<Leases>) -> Rig {
         lease_id: 1,
     };
     let (own_tx, own_rx) = watch::channel(own);
-    let (tx, rx) = watch::channel(initial.map(Arc::new));
+    let (tx, rx) = watch::channel(initial.map(LeaseSet::new));
     let rec = Reconciler::new(ReconcilerConfig {
         table,
         cfg,
@@ -86,6 +86,7 @@ fn rig(initial: Option<Leases>) -> Rig {
         own: own_rx,
         kick: Arc::new(Notify::new()),
         stale: Default::default(),
+        deletes: Default::default(),
         resync: Duration::from_secs(300),
         mtu: None,
     });
@@ -204,7 +205,7 @@ async fn a_deleted_lease_removes_its_route() {
     g.rec.pass().await;
     let mut l = leases();
     l.remove("198.18.3.0-24");
-    g.leases.send_replace(Some(Arc::new(l)));
+    g.leases.send_replace(Some(LeaseSet::new(l)));
     g.rec.pass().await;
     let routes: Vec<_> = g
         .rec
@@ -240,7 +241,7 @@ async fn own_subnet_is_unreachable_repaired_and_follows_the_lease() {
     // A new lease (dual-stack, another subnet): the old one goes, the new ones come.
     let mut l = leases();
     l.remove("198.18.1.0-24");
-    g.leases.send_replace(Some(Arc::new(l)));
+    g.leases.send_replace(Some(LeaseSet::new(l)));
     g.own.send_replace(OwnLease {
         name: "198.18.5.0-24".into(),
         subnet: "198.18.5.0/24".parse().unwrap(),
@@ -265,7 +266,7 @@ async fn a_peer_subnet_that_becomes_ours_swaps_route_for_unreachable() {
     let mut l = leases();
     l.remove("198.18.1.0-24");
     l.remove("198.18.2.0-24");
-    g.leases.send_replace(Some(Arc::new(l)));
+    g.leases.send_replace(Some(LeaseSet::new(l)));
     g.own.send_replace(OwnLease {
         name: "198.18.2.0-24".into(),
         subnet: "198.18.2.0/24".parse().unwrap(),
@@ -290,7 +291,7 @@ async fn routes_to_a_peer_with_another_mtu_carry_the_smaller() {
             x.value.mtu = mtu;
         }
     }
-    g.leases.send_replace(Some(Arc::new(l.clone())));
+    g.leases.send_replace(Some(LeaseSet::new(l.clone())));
     assert_eq!(g.rec.pass().await, 0);
     let t = table(&g);
     assert!(
@@ -320,7 +321,7 @@ async fn routes_to_a_peer_with_another_mtu_carry_the_smaller() {
     if let Some(Ok(x)) = l.get_mut("198.18.2.0-24") {
         x.value.mtu = Some(9000);
     }
-    g.leases.send_replace(Some(Arc::new(l)));
+    g.leases.send_replace(Some(LeaseSet::new(l)));
     assert_eq!(g.rec.pass().await, 0);
     assert!(table(&g).contains(&"198.18.2.0/24 via 198.19.0.2".to_owned()));
 }
@@ -359,7 +360,7 @@ async fn a_foreign_route_is_never_taken_over_nor_deleted() {
     // The lease goes away: still nothing is done to that destination.
     let mut l = leases();
     l.remove("198.18.2.0-24");
-    g.leases.send_replace(Some(Arc::new(l)));
+    g.leases.send_replace(Some(LeaseSet::new(l)));
     g.rec.pass().await;
     assert!(
         !g.rec
@@ -424,7 +425,7 @@ async fn rejected_leases_never_change_readiness() {
         "198.18.9.0-024".into(),
         lease("198.18.9.0/24", "198.19.0.9", 9),
     );
-    g.leases.send_replace(Some(Arc::new(l)));
+    g.leases.send_replace(Some(LeaseSet::new(l)));
     assert_eq!(g.rec.pass().await, 0);
     assert!(g.rec.ready.routes_in_sync.load(Ordering::Relaxed));
     assert_eq!(rejected(&g, "bad-next-hop"), 1);
@@ -449,7 +450,7 @@ async fn a_lease_event_in_sync_reads_no_kernel_dump() {
         "198.18.4.0-24".into(),
         lease("198.18.4.0/24", "198.19.0.4", 9),
     );
-    g.leases.send_replace(Some(Arc::new(l)));
+    g.leases.send_replace(Some(LeaseSet::new(l)));
     assert_eq!(g.rec.pass_with(false).await, 0);
     assert_eq!(
         lists(&g),
@@ -521,7 +522,7 @@ async fn after_a_failed_pass_a_lease_event_reads_the_kernel_again() {
         .insert("198.18.2.0/24".parse().unwrap());
     assert_eq!(g.rec.pass_with(true).await, 1);
     g.rec.table.failing.borrow_mut().clear();
-    g.leases.send_replace(Some(Arc::new(leases())));
+    g.leases.send_replace(Some(LeaseSet::new(leases())));
     assert_eq!(g.rec.pass_with(false).await, 0);
     assert_eq!(
         lists(&g),
@@ -547,11 +548,43 @@ async fn a_kernel_change_that_woke_nothing_makes_the_next_lease_pass_read_the_ke
     assert_eq!(g.rec.pass_with(true).await, 0);
     assert_eq!(lists(&g), 1);
     g.rec.stale.store(true, std::sync::atomic::Ordering::SeqCst);
-    g.leases.send_replace(Some(Arc::new(leases())));
+    g.leases.send_replace(Some(LeaseSet::new(leases())));
     assert_eq!(g.rec.pass_with(false).await, 0);
     assert_eq!(lists(&g), 2, "{:?}", g.rec.table.calls());
     // And once read, the flag is spent: the next lease event plans in memory again.
-    g.leases.send_replace(Some(Arc::new(leases())));
+    g.leases.send_replace(Some(LeaseSet::new(leases())));
     assert_eq!(g.rec.pass_with(false).await, 0);
     assert_eq!(lists(&g), 2, "{:?}", g.rec.table.calls());
+}
+
+/// A route the reconciler deletes is noted first: its `DelRoute` event is then its own
+/// doing and wakes nothing (see `kernel::events::OwnDeletes`), once.
+#[tokio::test]
+async fn the_routes_it_deletes_are_noted_for_the_event_listener() {
+    use rtnetlink::packet_route::{
+        AddressFamily, RouteNetlinkMessage,
+        route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol},
+    };
+    let mut g = rig(Some(leases()));
+    g.rec
+        .table
+        .routes
+        .borrow_mut()
+        .insert(r("198.18.9.0/24", "198.19.0.9"));
+    assert_eq!(g.rec.pass().await, 0);
+    let mut m = RouteMessage::default();
+    m.header.address_family = AddressFamily::Inet;
+    m.header.table = RouteHeader::RT_TABLE_MAIN;
+    m.header.protocol = RouteProtocol::Other(crate::kernel::PROTO);
+    m.header.destination_prefix_length = 24;
+    m.attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet(
+            "198.18.9.0".parse().unwrap(),
+        )));
+    let del = RouteNetlinkMessage::DelRoute(m);
+    assert!(
+        g.rec.deletes.seen(&del),
+        "the stale route's deletion was noted"
+    );
+    assert!(!g.rec.deletes.seen(&del), "once");
 }

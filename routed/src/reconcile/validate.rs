@@ -85,10 +85,21 @@ pub struct Peer {
 }
 
 /// What a lease is checked against: the config, this node's subnets, addresses and routes.
-struct Scope<'a> {
+pub struct Scope<'a> {
     cfg: &'a NetConfig,
     subnets: Vec<IpNetwork>,
     view: &'a LocalView,
+}
+
+impl<'a> Scope<'a> {
+    /// `own` is the lease this node holds (`None` when it holds none, e.g. in `status`).
+    pub fn new(cfg: &'a NetConfig, own: Option<&OwnLease>, view: &'a LocalView) -> Self {
+        Scope {
+            cfg,
+            subnets: own.map(OwnLease::subnets).unwrap_or_default(),
+            view,
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -105,24 +116,15 @@ pub fn validate(
     own: Option<&OwnLease>,
     view: &LocalView,
 ) -> Validated {
-    let scope = Scope {
-        cfg,
-        subnets: own.map(OwnLease::subnets).unwrap_or_default(),
-        view,
-    };
+    let scope = Scope::new(cfg, own, view);
     let own_key = own.map(|o| &o.name);
-    let own = &scope;
     let mut out = Validated::default();
     let mut candidates = Vec::new();
     for (key, decoded) in leases {
         if Some(key) == own_key {
             continue;
         }
-        match decoded
-            .as_ref()
-            .map_err(|e| (Reason::Malformed, e.clone()))
-            .and_then(|l| check(key, l, own))
-        {
+        match check_lease(key, decoded, &scope) {
             Ok(c) => candidates.push(c),
             Err((reason, detail)) => out.rejected.push(Rejected {
                 key: key.clone(),
@@ -131,22 +133,18 @@ pub fn validate(
             }),
         }
     }
-    // Older leases first: of two overlapping leases the one created first keeps its route.
-    candidates.sort_by_key(|(created, p): &(i64, Peer)| (*created, p.key.clone()));
-    let mut taken = Intervals::default();
-    for (_, peer) in candidates {
-        match peer.routes.iter().find_map(|r| taken.clash(&r.dst)) {
-            Some(other) => out.rejected.push(Rejected {
-                key: peer.key.clone(),
+    let refs = candidates
+        .iter()
+        .map(|(c, p)| (*c, p.key.as_str(), &p.routes[..]));
+    let outcome = resolve(refs.collect());
+    for ((_, peer), overlap) in candidates.into_iter().zip(outcome) {
+        match overlap {
+            Some(detail) => out.rejected.push(Rejected {
+                key: peer.key,
                 reason: Reason::Overlap,
-                detail: format!("overlaps the older lease {other}"),
+                detail,
             }),
-            None => {
-                for r in &peer.routes {
-                    taken.insert(&r.dst, &peer.key);
-                }
-                out.peers.push(peer);
-            }
+            None => out.peers.push(peer),
         }
     }
     out.peers.sort_by(|a, b| a.key.cmp(&b.key));
@@ -154,7 +152,44 @@ pub fn validate(
     out
 }
 
-type Check = Result<(i64, Peer), (Reason, String)>;
+/// A candidate for [`resolve`]: its creation revision, key and routes.
+pub type Candidate<'a> = (i64, &'a str, &'a [HostRoute]);
+
+/// Of overlapping candidates the one created first keeps its routes (then the smaller
+/// key): for each candidate, in the order given, `None` (accepted) or its overlap
+/// rejection's detail. The only step of validation that looks at more than one lease.
+pub fn resolve(candidates: Vec<Candidate>) -> Vec<Option<String>> {
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (x, y) = (&candidates[a], &candidates[b]);
+        (x.0, x.1).cmp(&(y.0, y.1))
+    });
+    let mut taken = Intervals::default();
+    let mut out = vec![None; candidates.len()];
+    for i in order {
+        let (_, key, routes) = candidates[i];
+        match routes.iter().find_map(|r| taken.clash(&r.dst)) {
+            Some(other) => out[i] = Some(format!("overlaps the older lease {other}")),
+            None => {
+                for r in routes {
+                    taken.insert(&r.dst, key);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One lease on its own, as [`validate`] checks it before overlaps: its creation revision
+/// and the peer it makes, or why it is rejected.
+pub fn check_lease(key: &str, decoded: &Decoded, scope: &Scope) -> Check {
+    decoded
+        .as_ref()
+        .map_err(|e| (Reason::Malformed, e.clone()))
+        .and_then(|l| check(key, l, scope))
+}
+
+pub type Check = Result<(i64, Peer), (Reason, String)>;
 
 fn check(key: &str, l: &Lease, own: &Scope) -> Check {
     check_record(key, l)?;
