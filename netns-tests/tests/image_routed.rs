@@ -193,7 +193,8 @@ impl Deploy<'_> {
         o.args = s(&["/usr/local/bin/hostgw-routed", "run"]);
         o.args.extend(self.cluster.common_args(1));
         // --ip-masq: the image's nft then has a table to make (without it there is none).
-        o.args.extend(s(&["--metrics-addr", "127.0.0.1:9475", "--ip-masq"]));
+        o.args
+            .extend(s(&["--metrics-addr", "127.0.0.1:9475", "--ip-masq"]));
         o.env = vec![("RUST_LOG".into(), "info".into())];
         o.mounts = vec![
             rw(&subnet_dir, &subnet_dir),
