@@ -2,7 +2,7 @@
 //! `cargo test -p hostgw-routed --lib per_event_cost -- --ignored --nocapture`
 //! (debug build: compare the figures across N, not with a release daemon).
 
-use std::{collections::BTreeMap, sync::Arc, time::Instant};
+use std::{collections::BTreeMap, time::Instant};
 
 use tokio::sync::watch;
 
@@ -60,19 +60,13 @@ async fn per_event_cost() {
         };
         let (_own_tx, own_rx) = watch::channel(own);
         let (tx, rx) = watch::channel(Some(LeaseSet::new(all.clone())));
-        let mut rec = Reconciler::new(ReconcilerConfig {
+        let mut rec = super::tests::test_reconciler(
             table,
-            cfg: NetConfig::parse(br#"{"Network":"198.18.0.0/16"}"#).unwrap(),
-            metrics: Metrics::new(),
-            ready: Arc::new(Ready::default()),
-            leases: rx,
-            own: own_rx,
-            kick: Arc::new(Notify::new()),
-            stale: Default::default(),
-            deletes: Default::default(),
-            resync: Duration::from_secs(300),
-            mtu: None,
-        });
+            NetConfig::parse(br#"{"Network":"198.18.0.0/16"}"#).unwrap(),
+            rx,
+            own_rx,
+            None,
+        );
         assert_eq!(rec.pass_with(true).await, 0);
         let rounds = 200u32;
         let t = Instant::now();

@@ -4,7 +4,7 @@
 //! same leases, and the routes a reconciler leaves in the kernel after lease-event passes
 //! equal the routes a full computation wants.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use tokio::sync::watch;
@@ -204,19 +204,7 @@ proptest! {
         futures::executor::block_on(async {
             let (_own_tx, own_rx) = watch::channel(own());
             let (tx, rx) = watch::channel(Some(LeaseSet::new(BTreeMap::new())));
-            let mut rec = Reconciler::new(ReconcilerConfig {
-                table: table(),
-                cfg: cfg(),
-                metrics: Metrics::new(),
-                ready: Arc::new(Ready::default()),
-                leases: rx,
-                own: own_rx,
-                kick: Arc::new(Notify::new()),
-                stale: Default::default(),
-        deletes: Default::default(),
-                resync: Duration::from_secs(300),
-                mtu: Some(1500),
-            });
+            let mut rec = super::tests::test_reconciler(table(), cfg(), rx, own_rx, Some(1500));
             rec.pass_with(true).await;
             let mut leases = Leases::new();
             for e in &events {

@@ -51,6 +51,30 @@ fn leases() -> Leases {
     ])
 }
 
+/// A reconciler over the fake table, with the settings every unit test shares (no
+/// netlink events, a resync far away).
+pub(super) fn test_reconciler(
+    table: FakeRoutes,
+    cfg: NetConfig,
+    leases: LeasesRx,
+    own: watch::Receiver<OwnLease>,
+    mtu: Option<u32>,
+) -> Reconciler<FakeRoutes> {
+    Reconciler::new(ReconcilerConfig {
+        table,
+        cfg,
+        metrics: Metrics::new(),
+        ready: Arc::new(Ready::default()),
+        leases,
+        own,
+        kick: Arc::new(Notify::new()),
+        stale: Default::default(),
+        deletes: Default::default(),
+        resync: Duration::from_secs(300),
+        mtu,
+    })
+}
+
 struct Rig {
     rec: Reconciler<FakeRoutes>,
     leases: watch::Sender<Option<LeaseSet>>,
@@ -77,19 +101,7 @@ fn rig(initial: Option<Leases>) -> Rig {
     };
     let (own_tx, own_rx) = watch::channel(own);
     let (tx, rx) = watch::channel(initial.map(LeaseSet::new));
-    let rec = Reconciler::new(ReconcilerConfig {
-        table,
-        cfg,
-        metrics: Metrics::new(),
-        ready: Arc::new(Ready::default()),
-        leases: rx,
-        own: own_rx,
-        kick: Arc::new(Notify::new()),
-        stale: Default::default(),
-        deletes: Default::default(),
-        resync: Duration::from_secs(300),
-        mtu: None,
-    });
+    let rec = test_reconciler(table, cfg, rx, own_rx, None);
     Rig {
         rec,
         leases: tx,
