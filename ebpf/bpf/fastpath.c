@@ -97,7 +97,9 @@ struct flow {
 	__u8 l4proto;
 	__u8 tos;
 	__u32 flowinfo;
-	/* Bytes from the IP header on: the packet's, or of one segment of a GSO packet. */
+	/* Bytes from the IP header on: the frame's own length, not what its header claims (a
+	 * header that lies about its length must not slip a large frame past the MTU check), or
+	 * one segment's of a GSO packet. */
 	__u32 l3_len;
 	/* The IP header's length (the L4 header starts there). */
 	__u32 l3_hdr;
@@ -199,7 +201,7 @@ static __always_inline int parse_v4(struct __sk_buff *skb, struct hgw_config *cf
 	f->tuple.ipv4.saddr = ip->saddr;
 	f->tuple.ipv4.daddr = ip->daddr;
 	f->l3_hdr = sizeof(struct iphdr);
-	f->l3_len = bpf_ntohs(ip->tot_len);
+	f->l3_len = skb->len - ETH_HLEN;
 	return parse_l4(skb, ETH_HLEN + sizeof(struct iphdr), f);
 }
 
@@ -248,7 +250,7 @@ static __always_inline int parse_v6(struct __sk_buff *skb, struct hgw_config *cf
 	__builtin_memcpy(f->tuple.ipv6.saddr, &ip6->saddr, 16);
 	__builtin_memcpy(f->tuple.ipv6.daddr, &ip6->daddr, 16);
 	f->l3_hdr = sizeof(struct ipv6hdr);
-	f->l3_len = sizeof(struct ipv6hdr) + bpf_ntohs(ip6->payload_len);
+	f->l3_len = skb->len - ETH_HLEN;
 	return parse_l4(skb, ETH_HLEN + sizeof(struct ipv6hdr), f);
 }
 

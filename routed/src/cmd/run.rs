@@ -399,6 +399,11 @@ struct Rules {
 /// resync, at most 60 s), and with masquerade keeps the node sets equal to the nodes the
 /// leases name, in one transaction per change.
 async fn keep_rules(mut r: Rules, sd: CancellationToken) {
+    // Without masquerade there is no table to keep (the start deleted an old one): no `nft`
+    // run per resync on every node for nothing.
+    if !r.masq.enabled {
+        return sd.cancelled().await;
+    }
     let mut nodes = own_ips(&r.me);
     // Set when a node-set update failed: the next check writes the sets again.
     let mut stale = false;
@@ -407,7 +412,7 @@ async fn keep_rules(mut r: Rules, sd: CancellationToken) {
         tokio::select! {
             _ = sd.cancelled() => return,
             _ = tick.tick() => {}
-            Ok(()) = r.leases.changed(), if r.masq.enabled => {
+            Ok(()) = r.leases.changed() => {
                 let now = node_ips(&r.me, &r.cfg, r.leases.borrow_and_update().as_deref());
                 if now == nodes && !stale {
                     continue;
@@ -425,10 +430,8 @@ async fn keep_rules(mut r: Rules, sd: CancellationToken) {
                 stale = false;
                 true
             }
-            Ok(nft::Change::Removed) => {
-                warn!("an nftables table inet hostgw appeared without --ip-masq; deleted it");
-                true
-            }
+            // With masquerade on, `ensure` installs; it removes only when masquerade is off.
+            Ok(nft::Change::Removed) => true,
             Ok(nft::Change::None) if stale => {
                 stale = !write_nodes(&nodes).await;
                 !stale
