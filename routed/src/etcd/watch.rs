@@ -654,3 +654,51 @@ async fn sleep_until(t: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod lease_set_tests {
+    use super::*;
+
+    fn key(i: usize) -> String {
+        format!("198.18.{i}.0-24")
+    }
+
+    /// A reader sees exactly the keys changed since its cursor; one further behind than the
+    /// log, or from another epoch, or with a cursor from the future, reads everything.
+    #[test]
+    fn changes_since_names_the_changed_keys_or_asks_for_all() {
+        let mut s = LeaseSet::new(Leases::new());
+        assert_eq!(s.changes_since(None), Changes::All);
+        let start = s.cursor();
+        assert_eq!(s.changes_since(Some(start)), Changes::Keys(BTreeSet::new()));
+        s.set(&key(1), Some(Err("malformed".into())));
+        s.set(&key(2), Some(Err("malformed".into())));
+        s.set(&key(1), None);
+        assert_eq!(
+            s.changes_since(Some(start)),
+            Changes::Keys([key(1), key(2)].into())
+        );
+        let mid = s.cursor();
+        assert_eq!(s.len(), 1);
+        for i in 0..CHANGE_LOG {
+            s.set(&key(i % 7), None);
+        }
+        // `mid` is exactly CHANGE_LOG changes behind: still in the log.
+        assert!(matches!(s.changes_since(Some(mid)), Changes::Keys(_)));
+        assert_eq!(s.changes_since(Some(start)), Changes::All, "too far behind");
+        let other = LeaseSet::new(Leases::new());
+        assert_eq!(
+            s.changes_since(Some(other.cursor())),
+            Changes::All,
+            "another epoch"
+        );
+        let mut ahead = LeaseSet::new(Leases::new());
+        ahead.epoch = s.epoch;
+        ahead.generation = s.generation + 1;
+        assert_eq!(
+            s.changes_since(Some(ahead.cursor())),
+            Changes::All,
+            "a future cursor"
+        );
+    }
+}
