@@ -67,6 +67,10 @@ pub struct Common {
         default_value = "/run/hostgw/subnet.json"
     )]
     pub subnet_file: PathBuf,
+    /// The lease set as of one etcd revision, from which a restart resumes its watch
+    /// instead of listing every lease (default: `leases.json` beside the subnet file).
+    #[arg(long, env = "HOSTGW_LEASE_CACHE")]
+    pub lease_cache: Option<PathBuf>,
     #[arg(long, env = "HOSTGW_ETCD_CAFILE")]
     pub etcd_cafile: Option<PathBuf>,
     #[arg(long, env = "HOSTGW_ETCD_CERTFILE", requires = "etcd_keyfile")]
@@ -76,6 +80,15 @@ pub struct Common {
     /// Where the eBPF fast path pins its links and maps (a directory on bpffs).
     #[arg(long, env = "HOSTGW_BPF_PIN_DIR", default_value = hostgw_ebpf::DEFAULT_PIN_DIR)]
     pub bpf_pin_dir: PathBuf,
+}
+
+impl Common {
+    /// `--lease-cache`, or `leases.json` beside the subnet file.
+    pub fn lease_cache_path(&self) -> PathBuf {
+        self.lease_cache
+            .clone()
+            .unwrap_or_else(|| crate::etcd::cache::path_for(&self.subnet_file))
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -114,6 +127,9 @@ pub struct RunArgs {
     /// BIG TCP (GSO/GRO 185000) on both ends of every pod veth and on the uplink.
     #[arg(long, env = "HOSTGW_BIG_TCP")]
     pub big_tcp: bool,
+    /// Keep no lease cache: every start lists every lease (an existing cache is removed).
+    #[arg(long, env = "HOSTGW_NO_LEASE_CACHE")]
+    pub no_lease_cache: bool,
 }
 
 #[derive(Debug, Clone, Args)]

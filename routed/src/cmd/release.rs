@@ -37,13 +37,17 @@ pub async fn release(c: &Common) -> Result<String, Error> {
     }
     hostgw_common::SubnetFile::remove(&c.subnet_file)
         .map_err(|e| Error::Io(format!("remove {}", c.subnet_file.display()), e))?;
+    // A released node's cache names a key it no longer holds.
+    let cache = c.lease_cache_path();
+    crate::etcd::cache::remove(&cache)
+        .map_err(|e| Error::Io(format!("remove {}", cache.display()), e))?;
     nft::remove().await?;
     let routes = table.list_owned().await?;
     for r in &routes {
         table.delete(r).await?;
     }
     report += &format!(
-        "removed subnet file, nft table inet {} and {} owned routes\n",
+        "removed subnet file, lease cache, nft table inet {} and {} owned routes\n",
         nft::TABLE,
         routes.len()
     );

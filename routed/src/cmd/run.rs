@@ -23,6 +23,7 @@ use crate::{
     error::Error,
     etcd::{
         self, EtcdError, Keys, Snapshot,
+        cache::LeaseCache,
         claim::{self, Claim},
         keepalive::KeepAlive,
         store::EtcdStore,
@@ -45,6 +46,7 @@ struct Started {
     own: OwnLease,
     /// The one read of the start, which the watcher follows from.
     snap: Snapshot,
+    cache: Option<LeaseCache>,
 }
 
 pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
@@ -121,7 +123,8 @@ async fn start(args: &RunArgs, ready: &Ready, metrics: &Metrics) -> Result<Start
     let table = NetlinkRoutes::connect()?;
     let (me, mtu) = super::me(&table, c).await?;
     let keys = Keys::new(&c.etcd_prefix);
-    let (store, cfg, snap) = connect_and_read_config(c, &keys).await?;
+    let cache = lease_cache(args, &keys, &me);
+    let (store, cfg, snap) = connect_and_read_config(c, &keys, cache.as_ref()).await?;
     let me = me.for_config(&cfg);
     check_public_ips(&cfg, &me)?;
     check_network_vs_links(&cfg, &me, &table.local_view().await?)?;
@@ -158,20 +161,40 @@ async fn start(args: &RunArgs, ready: &Ready, metrics: &Metrics) -> Result<Start
         mtu,
         own,
         snap,
+        cache,
+    })
+}
+
+/// The lease cache this daemon resumes from and keeps; with `--no-lease-cache` none, and
+/// a file left by an earlier start is removed (it would be older every start).
+fn lease_cache(args: &RunArgs, keys: &Keys, me: &Me) -> Option<LeaseCache> {
+    let path = args.common.lease_cache_path();
+    if args.no_lease_cache {
+        if let Err(e) = etcd::cache::remove(&path) {
+            warn!(error = %e, path = %path.display(), "could not remove the lease cache");
+        }
+        return None;
+    }
+    Some(LeaseCache {
+        path,
+        prefix: keys.prefix.clone(),
+        node: me.node.clone(),
     })
 }
 
 /// etcd being unreachable at start is retried; a missing or invalid config is not. The
-/// config comes from the one read of the whole prefix the claim and the watcher use too.
+/// config comes from the one read the claim and the watcher use too: the whole prefix, or
+/// the config key beside the lease cache (`etcd::first_read`).
 async fn connect_and_read_config(
     c: &crate::cli::Common,
     keys: &Keys,
+    cache: Option<&LeaseCache>,
 ) -> Result<(EtcdStore, NetConfig, Snapshot), Error> {
     let mut backoff = Backoff::etcd();
     loop {
         let r = async {
             let store = etcd::connect(c).await?;
-            let snap = Snapshot::take(&store, keys).await?;
+            let snap = etcd::first_read(&store, keys, cache).await?;
             let cfg = snap.config(keys)?;
             Ok::<_, EtcdError>((store, cfg, snap))
         }
@@ -297,6 +320,7 @@ async fn tasks(
         own: own_rx.clone(),
         check_own: check_own.clone(),
         seed: Some(s.snap),
+        cache: s.cache,
     };
     let keeper = KeepAlive {
         store: s.store.clone(),

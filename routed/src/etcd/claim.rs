@@ -245,17 +245,17 @@ async fn try_claim<S: Store>(
     snap: &Snapshot,
     lost: &[IpNetwork],
 ) -> Result<Tried, ClaimError> {
-    let entries = snap.entries(c.keys);
+    let entries = &snap.entries;
     let exhausted = |n| ClaimError::Exhausted(n, snap.header.revision);
-    if let Some((name, entry, lease)) = find_own(&entries, c) {
-        let own = adopt(store, c, &entries, name, entry, lease).await?;
+    if let Some((name, entry, lease)) = find_own(entries, c) {
+        let own = adopt(store, c, entries, name, entry, lease).await?;
         return Ok(own.map_or(Tried::LostAdopt, Tried::Won));
     }
     if lost.is_empty() {
-        report_conflicts(&entries, c);
+        report_conflicts(entries, c);
     }
     let pool = c.cfg.primary();
-    let taken: Vec<IpNetwork> = taken(&entries)
+    let taken: Vec<IpNetwork> = taken(entries)
         .into_iter()
         .chain(lost.iter().copied())
         .collect();
@@ -266,7 +266,7 @@ async fn try_claim<S: Store>(
         &mut rand::rng(),
     )
     .ok_or_else(|| exhausted(pool.network))?;
-    let v6 = choose_v6(c, &entries).map_err(|e| match e {
+    let v6 = choose_v6(c, entries).map_err(|e| match e {
         ClaimError::Exhausted(n, _) => exhausted(n),
         e => e,
     })?;

@@ -7,6 +7,7 @@ use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
 use crate::{cli::Common, config::NetConfig};
 
+pub mod cache;
 pub mod claim;
 pub mod codec;
 #[cfg(test)]
@@ -161,31 +162,71 @@ impl Entry {
 /// One read of everything under the prefix at one revision: the config, every subnet key,
 /// and the revision a watch resumes after. A start takes exactly one (the claim decides on
 /// it and the watcher follows from it), so a cold start costs etcd one range read per
-/// node, plus one per lost create race.
+/// node, plus one per lost create race. A restart may take it from the lease cache
+/// instead ([`first_read`]).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub header: Header,
-    pub kvs: Vec<Kv>,
+    /// The config key's value, if there is one.
+    pub config: Option<Vec<u8>>,
+    /// The subnet keys by name.
+    pub entries: BTreeMap<String, Entry>,
+    /// Taken from the lease cache, not from etcd: the watcher publishes it only once the
+    /// watch from its revision has answered.
+    pub resumed: bool,
 }
 
 impl Snapshot {
     pub async fn take<S: Store>(store: &S, keys: &Keys) -> Result<Snapshot, EtcdError> {
         let (header, kvs) = store.list(&keys.prefix_dir()).await?;
-        Ok(Snapshot { header, kvs })
+        let key = keys.config();
+        Ok(Snapshot {
+            header,
+            config: kvs.iter().find(|k| k.key == key).map(|k| k.value.clone()),
+            entries: entries(keys, &kvs),
+            resumed: false,
+        })
     }
 
     /// The network config it holds (as [`read_config`] reads it).
     pub fn config(&self, keys: &Keys) -> Result<NetConfig, EtcdError> {
-        let key = keys.config();
-        let kv = self.kvs.iter().find(|k| k.key == key);
-        let kv = kv.ok_or(EtcdError::NoConfig(key))?;
-        Ok(NetConfig::parse(&kv.value)?)
+        let value = self
+            .config
+            .as_deref()
+            .ok_or_else(|| EtcdError::NoConfig(keys.config()))?;
+        Ok(NetConfig::parse(value)?)
     }
+}
 
-    /// Its subnet keys by name.
-    pub fn entries(&self, keys: &Keys) -> BTreeMap<String, Entry> {
-        entries(keys, &self.kvs)
+/// The start's one read: the lease cache when it belongs to the etcd that answers (one
+/// read of the config key, then the watch replays what changed since), else one list of
+/// the whole prefix. Without a cache file a start lists at once: a cold start costs one
+/// range read, not two.
+pub async fn first_read<S: Store>(
+    store: &S,
+    keys: &Keys,
+    cache: Option<&cache::LeaseCache>,
+) -> Result<Snapshot, EtcdError> {
+    let loaded = match cache.map(cache::LeaseCache::read) {
+        Some(Ok(Some(l))) => Some(l),
+        Some(Err(why)) => {
+            tracing::info!(%why, "lease cache not used; listing every lease");
+            None
+        }
+        _ => None,
+    };
+    if let Some(l) = loaded {
+        let (header, config) = store.get(&keys.config()).await?;
+        let (rev, n) = (l.revision(), l.leases());
+        match l.seed(&header, config.map(|k| k.value)) {
+            Ok(snap) => {
+                tracing::info!(revision = rev, leases = n, "resuming from the lease cache");
+                return Ok(snap);
+            }
+            Err(why) => tracing::info!(%why, "lease cache not used; listing every lease"),
+        }
     }
+    Snapshot::take(store, keys).await
 }
 
 fn entries(keys: &Keys, kvs: &[Kv]) -> BTreeMap<String, Entry> {

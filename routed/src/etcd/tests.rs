@@ -9,7 +9,8 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Keys, Snapshot,
+    Keys,
+    cache::LeaseCache,
     claim::{self, Claim},
     codec::{self, LeaseValue},
     fake::{FakeStore, Op, State},
@@ -98,10 +99,15 @@ struct Daemon {
 impl Daemon {
     /// Reads once, claims, then runs the watcher and the keeper as `run` does.
     async fn start(s: &FakeStore, me: Me) -> Daemon {
+        Daemon::start_with(s, me, None).await
+    }
+
+    /// As [`Daemon::start`], resuming from and keeping `cache`.
+    async fn start_with(s: &FakeStore, me: Me, cache: Option<LeaseCache>) -> Daemon {
         let (k, c) = (keys(), cfg());
         // `run` retries its first read as long as etcd is unreachable.
         let snap = loop {
-            match Snapshot::take(s, &k).await {
+            match super::first_read(s, &k, cache.as_ref()).await {
                 Ok(snap) => break snap,
                 Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
             }
@@ -132,6 +138,7 @@ impl Daemon {
             own: own_rx.clone(),
             check_own: check.clone(),
             seed: Some(seed),
+            cache,
         };
         let keeper = KeepAlive {
             store: s.clone(),
@@ -824,4 +831,134 @@ async fn a_read_that_loses_every_retry_is_taken_again() {
     );
     let key = format!("{P}{}", codec::key_name(&got.subnet));
     assert_eq!(s.value(&key).unwrap().lease, got.lease_id);
+}
+
+// === the lease cache (issue 11: a full restart without N full lists) ===
+
+fn lease_cache(dir: &std::path::Path) -> LeaseCache {
+    LeaseCache {
+        path: dir.join("leases.json"),
+        prefix: "/p".into(),
+        node: "a".into(),
+    }
+}
+
+/// A stop writes the cache; the next start reads the config key, adopts our key and
+/// resumes the watch after the cache's revision: no list. What changed meanwhile (a node
+/// joined, one left) arrives on the watch.
+#[tokio::test(start_paused = true)]
+async fn a_restart_resumes_from_the_lease_cache_without_a_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store();
+    peer(&s, "198.18.1.0-24", "b", "198.19.0.2");
+    peer(&s, "198.18.2.0-24", "c", "198.19.0.3");
+    let d = Daemon::start_with(&s, me("a", "198.19.0.1"), Some(lease_cache(dir.path()))).await;
+    d.stop().await;
+    let rev = s.state().rev;
+    assert!(
+        dir.path().join("leases.json").exists(),
+        "written at the stop"
+    );
+    peer(&s, "198.18.3.0-24", "d", "198.19.0.4");
+    s.delete(&format!("{P}198.18.1.0-24"));
+    let lists = exactly(&s, "list /p/");
+    assert_eq!(lists, 1);
+
+    let d = Daemon::start_with(&s, me("a", "198.19.0.1"), Some(lease_cache(dir.path()))).await;
+    assert_eq!(exactly(&s, "list /p/"), lists, "no list: {:?}", s.calls());
+    assert_eq!(exactly(&s, "get /p/config"), 1, "{:?}", s.calls());
+    assert_eq!(
+        exactly(&s, &format!("watch /p/ from {}", rev + 1)),
+        1,
+        "resumed after the cache's revision: {:?}",
+        s.calls()
+    );
+    assert_eq!(s.count("create"), 1, "our key adopted, not claimed again");
+    let mut names = d.names();
+    names.sort();
+    assert_eq!(names, ["198.18.100.0-24", "198.18.2.0-24", "198.18.3.0-24"]);
+    d.stop().await;
+}
+
+/// A cache whose revision etcd has compacted: the resumed watch is refused, the daemon
+/// lists once (after the jittered delay) and has the right set.
+#[tokio::test(start_paused = true)]
+async fn a_cache_older_than_the_compaction_lists_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store();
+    peer(&s, "198.18.1.0-24", "b", "198.19.0.2");
+    let d = Daemon::start_with(&s, me("a", "198.19.0.1"), Some(lease_cache(dir.path()))).await;
+    d.stop().await;
+    s.delete(&format!("{P}198.18.1.0-24"));
+    peer(&s, "198.18.3.0-24", "d", "198.19.0.4");
+    s.compact();
+    let d = Daemon::start_with(&s, me("a", "198.19.0.1"), Some(lease_cache(dir.path()))).await;
+    settle().await;
+    assert_eq!(exactly(&s, "list /p/"), 2, "one list more: {:?}", s.calls());
+    let mut names = d.names();
+    names.sort();
+    assert_eq!(names, ["198.18.100.0-24", "198.18.3.0-24"]);
+    settle().await;
+    assert_eq!(exactly(&s, "list /p/"), 2, "exactly one");
+    d.stop().await;
+}
+
+/// A cache from a revision etcd has not reached (etcd restored from an older snapshot, or
+/// rebuilt) or from another cluster is not used: the start lists.
+#[tokio::test(start_paused = true)]
+async fn a_cache_ahead_of_etcd_or_of_another_cluster_is_not_used() {
+    for other_cluster in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store();
+        let old = s.snapshot();
+        peer(&s, "198.18.1.0-24", "b", "198.19.0.2");
+        let d = Daemon::start_with(&s, me("a", "198.19.0.1"), Some(lease_cache(dir.path()))).await;
+        d.stop().await;
+        let mut old = old;
+        if !other_cluster {
+            old.cluster_id = s.state().cluster_id - 1; // restore() bumps it: keep it
+        }
+        s.restore(old);
+        peer(&s, "198.18.2.0-24", "c", "198.19.0.3");
+        let d = Daemon::start_with(&s, me("a", "198.19.0.1"), Some(lease_cache(dir.path()))).await;
+        assert_eq!(
+            exactly(&s, "list /p/"),
+            2,
+            "{other_cluster}: {:?}",
+            s.calls()
+        );
+        let mut names = d.names();
+        names.sort();
+        assert_eq!(
+            names,
+            ["198.18.100.0-24", "198.18.2.0-24"],
+            "{other_cluster}"
+        );
+        d.stop().await;
+    }
+}
+
+/// While leases change the cache is rewritten at most every WRITE_EVERY; a quiet daemon
+/// writes nothing.
+#[tokio::test(start_paused = true)]
+async fn the_cache_follows_changes_at_most_every_write_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("leases.json");
+    let s = store();
+    let d = Daemon::start_with(&s, me("a", "198.19.0.1"), Some(lease_cache(dir.path()))).await;
+    let written = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    tokio::time::sleep(super::cache::WRITE_EVERY).await;
+    let first = written(&path);
+    assert!(first.contains("198.18.100.0-24"), "{first}");
+    peer(&s, "198.18.1.0-24", "b", "198.19.0.2");
+    settle().await;
+    assert_eq!(written(&path), first, "not at once");
+    tokio::time::sleep(super::cache::WRITE_EVERY).await;
+    let second = written(&path);
+    assert!(second.contains("198.18.1.0-24"), "{second}");
+    std::fs::remove_file(&path).unwrap();
+    tokio::time::sleep(super::cache::WRITE_EVERY * 3).await;
+    assert!(!path.exists(), "nothing changed: nothing written");
+    d.stop().await;
+    assert!(!path.exists(), "nothing new at the stop either");
 }

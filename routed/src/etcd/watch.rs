@@ -30,9 +30,10 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     EtcdError, Keys, Snapshot,
+    cache::{LeaseCache, WRITE_EVERY},
     claim::is_conflict,
     codec::{self as lease, Decoded},
-    store::{Event, Header, Kv, Store, WatchMsg, WatchStream},
+    store::{Event, Header, Store, WatchMsg, WatchStream},
 };
 use crate::{
     backoff::Backoff,
@@ -168,7 +169,16 @@ pub struct Watcher<S> {
     /// The read the claim decided on (taken before our own write): followed from instead
     /// of listing again, so a start costs etcd one range read, not two.
     pub seed: Option<Snapshot>,
+    /// Where the lease set is kept for the next start (none: not kept).
+    pub cache: Option<LeaseCache>,
 }
+
+/// How long a watch resumed from the lease cache may stay silent after it was created
+/// before the cached set is published as it is. Until then nothing is reconciled (the
+/// kernel keeps the routes it has): events since the cache's revision come right after
+/// the watch's creation, and a set published before them could take back, for a moment,
+/// a change the kernel already holds (a cache written up to [`WRITE_EVERY`] before a crash).
+pub const RESUME_SETTLE: Duration = Duration::from_secs(1);
 
 /// What the watcher knows beyond the lease map.
 #[derive(Default)]
@@ -187,6 +197,13 @@ struct View {
     conflicts_for: Option<OwnLease>,
     /// Keys changed since the last look for node-name conflicts.
     dirty: Vec<String>,
+    /// A set resumed from the lease cache, not yet published (see [`RESUME_SETTLE`]),
+    /// and when it is published anyway once the watch has answered.
+    held: Option<LeaseSet>,
+    held_until: Option<Instant>,
+    /// When the lease cache is to be written next (none: nothing new to write).
+    cache_due: Option<Instant>,
+    cache_written: Option<Instant>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -210,25 +227,29 @@ enum End {
 
 impl<S: Store> Watcher<S> {
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut view = View::default();
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            _ = self.forever() => {}
+            _ = self.forever(&mut view) => {}
+        }
+        // A stop writes what changed since the last write: the next start resumes from it.
+        if view.cache_due.is_some() {
+            self.write_cache(&mut view);
         }
     }
 
-    async fn forever(&mut self) {
+    async fn forever(&mut self, view: &mut View) {
         let mut backoff = Backoff::etcd();
-        let mut view = View::default();
         let mut restored = None;
         let mut seeded = match self.seed.take() {
-            Some(seed) => self.load(&mut view, seed, &mut restored, true).is_ok(),
+            Some(seed) => self.load(view, seed, &mut restored, true).is_ok(),
             None => false,
         };
         loop {
             let got = if std::mem::take(&mut seeded) {
                 Ok(())
             } else {
-                self.list(&mut view, &mut restored).await
+                self.list(view, &mut restored).await
             };
             if let Err(e) = got {
                 let d = backoff.next_delay_for(e.is_unreachable());
@@ -237,10 +258,10 @@ impl<S: Store> Watcher<S> {
                 continue;
             }
             loop {
-                match self.follow(&mut view, &mut backoff).await {
+                match self.follow(view, &mut backoff).await {
                     End::Compacted(at) => {
                         self.metrics.watch_restarts.inc();
-                        let d = relist_delay(self.etcd_leases(&view), &mut rand::rng());
+                        let d = relist_delay(self.etcd_leases(view), &mut rand::rng());
                         warn!(
                             revision = view.rev,
                             compacted = at,
@@ -295,7 +316,12 @@ impl<S: Store> Watcher<S> {
         restored: &mut Option<&'static str>,
         seed: bool,
     ) -> Result<(), EtcdError> {
-        let Snapshot { header, kvs } = snap;
+        let Snapshot {
+            header,
+            config,
+            entries,
+            resumed,
+        } = snap;
         // A revision behind ours on the watch may be a member lagging by a few entries
         // (after a leader change): only the list, a moment later, confirms a restore. A
         // changed cluster ID needs no confirmation.
@@ -321,20 +347,12 @@ impl<S: Store> Watcher<S> {
         }
         view.cluster = Some(header.cluster_id);
         view.rev = header.revision;
-        let config = kvs.iter().find(|k| k.key == self.keys.config());
-        self.check_config(view, config.map(|k| &k.value[..]));
-        let mut current = Leases::new();
-        let mut own_ok = false;
+        self.check_config(view, config.as_deref());
         let own = self.own.borrow().clone();
-        for kv in &kvs {
-            if let Some(name) = self.keys.name(kv.key.as_bytes()) {
-                own_ok |= name == own.name && self.is_ours(kv, &own);
-                current.insert(
-                    name.to_owned(),
-                    lease::decode(name, &kv.value, kv.create_revision),
-                );
-            }
-        }
+        let own_ok = entries
+            .get(&own.name)
+            .is_some_and(|e| self.is_ours(e.lease_id, &e.decoded, &own));
+        let current: Leases = entries.into_iter().map(|(k, e)| (k, e.decoded)).collect();
         if !own_ok && !seed {
             self.check_own.notify_one();
         }
@@ -342,7 +360,15 @@ impl<S: Store> Watcher<S> {
             // Our own key is always there, so an empty answer is not a real cluster state.
             return Err(EtcdError::Empty);
         }
-        info!(leases = current.len(), revision = view.rev, "listed leases");
+        if resumed {
+            info!(
+                leases = current.len(),
+                revision = view.rev,
+                "leases from the lease cache; held until the watch from its revision answers"
+            );
+        } else {
+            info!(leases = current.len(), revision = view.rev, "listed leases");
+        }
         view.carry_only = view
             .carry
             .keys()
@@ -354,7 +380,15 @@ impl<S: Store> Watcher<S> {
             all.entry(k.clone()).or_insert_with(|| v.clone());
         }
         self.report_conflicts(view, &all, None);
-        self.tx.send_replace(Some(LeaseSet::new(all)));
+        let set = LeaseSet::new(all);
+        if seed && resumed {
+            view.held = Some(set);
+        } else {
+            view.held = None;
+            self.tx.send_replace(Some(set));
+            // Etcd's own read (not a resumed cache): the next start may resume from it.
+            self.cache_changed(view);
+        }
         view.dirty.clear();
         Ok(())
     }
@@ -366,8 +400,15 @@ impl<S: Store> Watcher<S> {
             return;
         }
         warn!(leases = lost.len(), grace = ?GRACE, "keeping the routes of leases etcd lost until their nodes re-create them");
+        // Not etcd's state while carried, and what the file holds is the old etcd's.
+        view.cache_due = None;
+        if let Some(c) = &self.cache
+            && let Err(e) = c.remove()
+        {
+            warn!(error = %e, path = %c.path.display(), "could not remove the lease cache");
+        }
         if republish {
-            self.modify(|set| {
+            self.modify(view, |set| {
                 for (k, v) in &lost {
                     set.set(k, Some(v.clone()));
                 }
@@ -379,8 +420,13 @@ impl<S: Store> Watcher<S> {
         view.carry_until = Some(Instant::now() + GRACE);
     }
 
-    /// Changes the published set in place (it exists from the first list on).
-    fn modify(&self, f: impl FnOnce(&mut LeaseSet)) {
+    /// Changes the set in place: the published one (it exists from the first list on), or
+    /// the one held back after a resume.
+    fn modify(&self, view: &mut View, f: impl FnOnce(&mut LeaseSet)) {
+        if let Some(held) = &mut view.held {
+            f(held);
+            return;
+        }
         self.tx.send_modify(|s| {
             if let Some(s) = s {
                 f(s);
@@ -390,16 +436,69 @@ impl<S: Store> Watcher<S> {
 
     /// How many leases etcd holds, as far as we know.
     fn etcd_leases(&self, view: &View) -> usize {
-        let published = self.tx.borrow().as_ref().map_or(0, |s| s.len());
-        published.saturating_sub(view.carry_only.len())
+        let known = match &view.held {
+            Some(h) => h.len(),
+            None => self.tx.borrow().as_ref().map_or(0, |s| s.len()),
+        };
+        known.saturating_sub(view.carry_only.len())
+    }
+
+    /// Publishes a set held back after a resume: the watch from its revision answered.
+    fn release_held(&self, view: &mut View) {
+        view.held_until = None;
+        if let Some(set) = view.held.take() {
+            info!(
+                leases = set.len(),
+                revision = view.rev,
+                "the watch resumed from the lease cache; routing by it"
+            );
+            self.tx.send_replace(Some(set));
+        }
+    }
+
+    /// Something changed: the cache is written [`WRITE_EVERY`] after the last write (or
+    /// after now), so a burst of events costs one write.
+    fn cache_changed(&self, view: &mut View) {
+        if self.cache.is_none() || view.cache_due.is_some() || view.carry_until.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        let after = view.cache_written.map_or(now, |t| t.max(now));
+        view.cache_due = Some(after + WRITE_EVERY);
+    }
+
+    /// Writes the published set (etcd's, at our revision) to the cache. Not while leases
+    /// etcd lost are carried: that set is not etcd's at any revision.
+    fn write_cache(&self, view: &mut View) {
+        view.cache_due = None;
+        let (Some(c), Some(cluster)) = (&self.cache, view.cluster) else {
+            return;
+        };
+        if view.carry_until.is_some() || view.held.is_some() {
+            return;
+        }
+        let own = self.own.borrow().clone();
+        let b = self.tx.borrow();
+        let Some(set) = b.as_ref() else { return };
+        match c.write(cluster, view.rev, &own, set) {
+            Ok(()) => debug!(
+                leases = set.len(),
+                revision = view.rev,
+                "lease cache written"
+            ),
+            Err(e) => {
+                warn!(error = %e, path = %c.path.display(), "could not write the lease cache; the next start lists")
+            }
+        }
+        drop(b);
+        view.cache_written = Some(Instant::now());
     }
 
     /// Our key, our lease, our node name and public IP: written by us.
-    fn is_ours(&self, kv: &Kv, own: &OwnLease) -> bool {
-        let name = self.keys.name(kv.key.as_bytes()).unwrap_or_default();
-        kv.lease == own.lease_id
-            && lease::decode(name, &kv.value, kv.create_revision).is_ok_and(|l| {
-                l.value.node_name == self.me.node && super::claim::same_address(&l, &self.me)
+    fn is_ours(&self, lease_id: i64, decoded: &Decoded, own: &OwnLease) -> bool {
+        lease_id == own.lease_id
+            && decoded.as_ref().is_ok_and(|l| {
+                l.value.node_name == self.me.node && super::claim::same_address(l, &self.me)
             })
     }
 
@@ -417,6 +516,14 @@ impl<S: Store> Watcher<S> {
                 m = stream.next() => m,
                 _ = sleep_until(view.carry_until) => {
                     self.end_carry(view);
+                    continue;
+                }
+                _ = sleep_until(view.held_until) => {
+                    self.release_held(view);
+                    continue;
+                }
+                _ = sleep_until(view.cache_due) => {
+                    self.write_cache(view);
                     continue;
                 }
             };
@@ -440,6 +547,15 @@ impl<S: Store> Watcher<S> {
             if applied {
                 backoff.reset();
                 self.publish(view);
+            }
+            if view.held.is_some() {
+                if applied {
+                    self.release_held(view);
+                } else if view.held_until.is_none() {
+                    // The watch answered (created, not compacted): events since the cache's
+                    // revision come next, if there are any.
+                    view.held_until = Some(Instant::now() + RESUME_SETTLE);
+                }
             }
         }
     }
@@ -479,7 +595,7 @@ impl<S: Store> Watcher<S> {
             dropped = gone.len(),
             "grace after etcd lost leases is over; leases not re-created are dropped"
         );
-        self.modify(|set| {
+        self.modify(view, |set| {
             for k in &gone {
                 set.set(k, None);
             }
@@ -515,11 +631,11 @@ impl<S: Store> Watcher<S> {
             match ev {
                 Event::Put(kv) => {
                     debug!(key = name, "lease put");
-                    if name == own.name && !self.is_ours(&kv, &own) {
+                    let decoded = lease::decode(name, &kv.value, kv.create_revision);
+                    if name == own.name && !self.is_ours(kv.lease, &decoded, &own) {
                         self.check_own.notify_one();
                     }
-                    let decoded = lease::decode(name, &kv.value, kv.create_revision);
-                    self.modify(|set| set.set(name, Some(decoded)));
+                    self.modify(view, |set| set.set(name, Some(decoded)));
                 }
                 Event::Delete { .. } => {
                     info!(key = name, "lease gone");
@@ -527,7 +643,7 @@ impl<S: Store> Watcher<S> {
                         self.check_own.notify_one();
                     }
                     let mut old = None;
-                    self.modify(|set| {
+                    self.modify(view, |set| {
                         old = set.get(name).cloned();
                         set.set(name, None);
                     });
@@ -565,6 +681,12 @@ impl<S: Store> Watcher<S> {
     /// look at the changed keys for a node-name conflict.
     fn publish(&self, view: &mut View) {
         let dirty = std::mem::take(&mut view.dirty);
+        self.cache_changed(view);
+        if let Some(held) = view.held.take() {
+            self.report_conflicts(view, &held, Some(&dirty));
+            view.held = Some(held);
+            return;
+        }
         let b = self.tx.borrow();
         if let Some(set) = b.as_ref() {
             self.report_conflicts(view, set, Some(&dirty));
