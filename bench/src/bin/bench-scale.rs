@@ -32,6 +32,9 @@ struct Args {
     /// Skip the etcd outage and compaction phases.
     #[arg(long)]
     no_outages: bool,
+    /// Skip the full restarts of every daemon (with and without the lease cache).
+    #[arg(long)]
+    no_restarts: bool,
     /// Folder for the JSON and SVG.
     #[arg(long, default_value = "benchmarks")]
     out: PathBuf,
@@ -46,6 +49,7 @@ fn main() -> Result<()> {
         steady: Duration::from_secs(a.steady_secs),
         churn: a.churn,
         event_gap: Duration::from_millis(a.event_gap_ms),
+        restarts: !a.no_restarts,
         outages: !a.no_outages,
         out: Some(a.out),
     })?;

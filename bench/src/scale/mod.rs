@@ -23,7 +23,7 @@ pub mod cleanup;
 pub mod measure;
 mod phases;
 
-pub use phases::{ChurnFigures, ColdStart, Floor, Outage, Relist, Steady};
+pub use phases::{ChurnFigures, ColdStart, Floor, Outage, Relist, Restart, Steady};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -36,6 +36,8 @@ pub struct Options {
     /// Pause between two churn events (each event's latency is read from the logs, so the
     /// pause only needs to outlast it).
     pub event_gap: Duration,
+    /// Also run the full-restart phases (with and without the lease cache).
+    pub restarts: bool,
     /// Also run the outage and compaction phases.
     pub outages: bool,
     /// Where the JSON and SVG go (nothing written when `None`).
@@ -59,6 +61,8 @@ pub struct Report {
     pub cold: ColdStart,
     pub steady: Steady,
     pub churn: Option<ChurnFigures>,
+    /// Every daemon restarted at once: with the lease cache, then without.
+    pub restarts: Vec<Restart>,
     pub outage: Option<Outage>,
     pub relist: Option<Relist>,
     pub traffic: String,
@@ -92,6 +96,15 @@ pub fn run(o: &Options) -> Result<Report> {
     } else {
         None
     };
+    let mut restarts = Vec::new();
+    if o.restarts {
+        for cache in [true, false] {
+            match phases::restart(&mut f, o.nodes, cache) {
+                Ok(r) => restarts.push(r),
+                Err(e) => eprintln!("restart phase (cache: {cache}): {e:#}"),
+            }
+        }
+    }
     // The last two phases break etcd on purpose: one that fails is reported, and the
     // figures gathered so far are still written.
     let (outage, relist) = if o.outages {
@@ -116,6 +129,7 @@ pub fn run(o: &Options) -> Result<Report> {
         cold,
         steady,
         churn,
+        restarts,
         outage,
         relist,
         traffic,

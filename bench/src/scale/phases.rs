@@ -563,6 +563,135 @@ fn latencies(changes: &[Change], events: &[Event], n: usize) -> Lat {
     )
 }
 
+// === full restart of every daemon ===
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Restart {
+    /// Whether the daemons resumed from their lease cache (else it was removed first, so
+    /// each listed as a start without a cache does).
+    pub cache: bool,
+    /// SIGTERM to all, until all had exited.
+    pub stop_secs: f64,
+    /// First spawn until etcd counted N watchers again and every daemon routed by its
+    /// set (resumed or listed).
+    pub resumed_secs: f64,
+    /// Daemons that listed every lease, and that resumed from the cache.
+    pub listed: usize,
+    pub resumed: usize,
+    /// Requests and bytes from the stop until every daemon was back.
+    pub etcd: EtcdCounters,
+    pub etcd_cpu_secs: f64,
+    pub daemons_cpu_secs: f64,
+    pub routes_changed: u64,
+}
+
+/// Every daemon stopped at once (SIGTERM) and started again, as an upgrade that restarts
+/// them all does: with its lease cache (`cache`), or without (the file removed before the
+/// start, which is how every start went before the cache).
+pub fn restart(f: &mut Fleet, n: usize, cache: bool) -> Result<Restart> {
+    std::thread::sleep(Duration::from_secs(2));
+    let before = EtcdCounters::read(f)?;
+    let etcd_cpu0 = etcd_cpu(f);
+    let t_stop = now_of_day();
+    let stop = Instant::now();
+    f.stop_all();
+    let stop_secs = stop.elapsed().as_secs_f64();
+    if !cache {
+        for node in f.nodes.iter().take(n) {
+            let path = node.subnet_file.with_file_name("leases.json");
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    bail!("remove {}: {e}", path.display())
+                }
+                _ => {}
+            }
+        }
+    }
+    let t0 = now_of_day();
+    let start = Instant::now();
+    for i in 0..n {
+        f.start(i)?;
+    }
+    const RESUMED: &str = "the watch resumed from the lease cache";
+    let back = |f: &mut Fleet| {
+        let watching = EtcdCounters::read(f).ok()?.watchers >= n as f64;
+        let routing = measure::nodes_logged(f, n, t0, "listed leases")
+            + measure::nodes_logged(f, n, t0, RESUMED);
+        (watching && routing >= n).then(|| start.elapsed().as_secs_f64())
+    };
+    let resumed_secs = wait_for(
+        "every daemon back",
+        Duration::from_secs(120 + n as u64 / 2),
+        || {
+            std::thread::sleep(Duration::from_millis(250));
+            back(f)
+        },
+    )
+    .with_context(|| format!("node-0's log:\n{}", tail(&f.log(0), 30)))?;
+    let etcd = EtcdCounters::read(f)?.since(&before);
+    let ds = daemons(f);
+    let r = Restart {
+        cache,
+        stop_secs,
+        resumed_secs,
+        listed: measure::nodes_logged(f, n, t0, "listed leases"),
+        resumed: measure::nodes_logged(f, n, t0, RESUMED),
+        etcd,
+        etcd_cpu_secs: etcd_cpu(f) - etcd_cpu0,
+        daemons_cpu_secs: cpu_sum(&ds),
+        routes_changed: all_changes(f)
+            .iter()
+            .filter(|c| c.at >= t_stop)
+            .map(|c| c.added + c.removed)
+            .sum(),
+    };
+    let e = &r.etcd;
+    table(
+        &format!(
+            "full restart of every daemon, N = {n}, {}",
+            if cache {
+                "with the lease cache"
+            } else {
+                "without a cache"
+            }
+        ),
+        &[
+            ("stop (SIGTERM to all)", format!("{:.2} s", r.stop_secs)),
+            (
+                "first start → all N watching and routing",
+                format!("{:.2} s", r.resumed_secs),
+            ),
+            (
+                "daemons that listed / resumed from the cache",
+                format!("{} / {}", r.listed, r.resumed),
+            ),
+            (
+                "etcd requests (Range / Txn / LeaseGrant / LeaseKeepAlive / Watch)",
+                format!(
+                    "{} / {} / {} / {} / {}",
+                    e.get("Range"),
+                    e.get("Txn"),
+                    e.get("LeaseGrant"),
+                    e.get("LeaseKeepAlive"),
+                    e.get("Watch")
+                ),
+            ),
+            (
+                "bytes sent by etcd",
+                format!(
+                    "{:.1} MiB ({:.1} KiB per node)",
+                    e.sent_bytes / 1048576.0,
+                    e.sent_bytes / 1024.0 / n as f64
+                ),
+            ),
+            ("etcd CPU", format!("{:.2} s", r.etcd_cpu_secs)),
+            ("daemons' CPU, sum", format!("{:.2} s", r.daemons_cpu_secs)),
+            ("routes changed anywhere", r.routes_changed.to_string()),
+        ],
+    );
+    Ok(r)
+}
+
 // === etcd outage ===
 
 #[derive(Debug, Clone, Serialize)]
