@@ -645,7 +645,12 @@ pub fn restart(f: &mut Fleet, n: usize, cache: bool) -> Result<Restart> {
             .map(|c| c.added + c.removed)
             .sum(),
     };
-    let e = &r.etcd;
+    print_restart(&r, n);
+    Ok(r)
+}
+
+fn print_restart(r: &Restart, n: usize) {
+    let (e, cache) = (&r.etcd, r.cache);
     table(
         &format!(
             "full restart of every daemon, N = {n}, {}",
@@ -689,7 +694,6 @@ pub fn restart(f: &mut Fleet, n: usize, cache: bool) -> Result<Restart> {
             ("routes changed anywhere", r.routes_changed.to_string()),
         ],
     );
-    Ok(r)
 }
 
 // === etcd outage ===
