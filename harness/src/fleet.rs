@@ -257,12 +257,12 @@ impl Fleet {
         let n = &mut self.nodes[i];
         args.extend(n.extra_args.iter().cloned());
         let log = File::options().create(true).append(true).open(&n.log)?;
-        let mut cmd = n.ns.cmd(bin("hostgw-routed"));
+        let mut cmd = Command::new(bin("hostgw-routed"));
         cmd.args(&args)
             .stdout(Stdio::null())
             .stderr(log)
             .env("RUST_LOG", "info");
-        n.daemon = Some(spawn_unblocked(cmd)?);
+        n.daemon = Some(spawn_in(&n.ns, cmd)?);
         Ok(())
     }
 
@@ -323,6 +323,23 @@ impl Fleet {
             }
         }
     }
+}
+
+/// Spawns `cmd` inside `ns` from a thread that entered it (a network namespace is per
+/// thread, and a child takes its parent thread's): one exec per daemon, where `nsenter`
+/// took two, and a thousand spawns compete with the daemons already running.
+fn spawn_in(ns: &Netns, cmd: Command) -> Result<Proc> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let fd =
+                File::open(ns.path()).with_context(|| format!("open {}", ns.path().display()))?;
+            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("enter {}", ns.name()))?;
+            spawn_unblocked(cmd)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("spawn thread panicked")))
+    })
 }
 
 /// Spawns with SIGINT and SIGTERM unblocked in the spawning thread: a child inherits that

@@ -197,6 +197,62 @@ pub fn changes(node: usize, log: &str) -> Vec<Change> {
     out
 }
 
+/// The daemons' route changes, read incrementally: each poll parses only what the logs
+/// gained since the last (a poll over every whole log, twice a second, cost the machine
+/// under test CPU that grew with the storm).
+#[derive(Default)]
+pub struct LogTail {
+    offsets: Vec<u64>,
+    pub changes: Vec<Change>,
+}
+
+impl LogTail {
+    /// Reads what the first `n` logs gained (complete lines only).
+    pub fn poll(&mut self, f: &Fleet, n: usize) {
+        use std::io::{Read, Seek, SeekFrom};
+        self.offsets.resize(n.max(self.offsets.len()), 0);
+        let mut buf = Vec::new();
+        for i in 0..n {
+            let Ok(mut file) = std::fs::File::open(&f.nodes[i].log) else {
+                continue;
+            };
+            buf.clear();
+            if file.seek(SeekFrom::Start(self.offsets[i])).is_err()
+                || file.read_to_end(&mut buf).is_err()
+            {
+                continue;
+            }
+            let Some(end) = buf.iter().rposition(|b| *b == b'\n') else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&buf[..=end]);
+            self.changes.extend(changes(i, &text));
+            self.offsets[i] += end as u64 + 1;
+        }
+    }
+}
+
+/// The machine's CPU time from /proc/stat, in seconds: (busy, all).
+pub fn machine_cpu() -> (f64, f64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<f64> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let all: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    ((all - idle) / TICK, all / TICK)
+}
+
+/// This process's own CPU seconds (user + system).
+pub fn own_cpu() -> f64 {
+    proc_stat(std::process::id()).cpu
+}
+
 /// Every daemon's route changes.
 pub fn all_changes(f: &Fleet) -> Vec<Change> {
     (0..f.nodes.len())

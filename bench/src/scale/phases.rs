@@ -120,6 +120,10 @@ pub struct ColdStart {
     pub daemons_cpu_secs: f64,
     pub daemons_cpu_ms_per_node: f64,
     pub lost_races: usize,
+    /// The machine's CPU busy during the storm (of all cores' time), and what bench-scale
+    /// itself spent (polling logs, etcd's /metrics).
+    pub machine_busy: f64,
+    pub bench_cpu_secs: f64,
     pub restarted: usize,
     /// Nodes whose kernel did not hold N-1 owned routes at the end.
     pub stuck: usize,
@@ -132,6 +136,7 @@ pub fn cold_start(f: &mut Fleet, n: usize) -> Result<ColdStart> {
     let before = EtcdCounters::read(f)?;
     etcd_pids(f).into_iter().for_each(reset_peak);
     let etcd_cpu0 = etcd_cpu(f);
+    let (busy0, own0) = (measure::machine_cpu(), measure::own_cpu());
     let t0 = now_of_day();
     let start = Instant::now();
     for i in 0..n {
@@ -140,11 +145,16 @@ pub fn cold_start(f: &mut Fleet, n: usize) -> Result<ColdStart> {
     let spawn_secs = start.elapsed().as_secs_f64();
     let limit = Duration::from_secs(120 + n as u64 / 2);
     // N-1 routes to peers plus the node's own `unreachable <subnet>`: the logs count both.
+    let mut tail = measure::LogTail::default();
+    let mut held = Converging::new(n, n as u64);
     let done = wait_for("every node's N-1 routes in the logs", limit, || {
-        std::thread::sleep(Duration::from_millis(500));
-        converged_at(&all_changes(f), n, n as u64)
+        std::thread::sleep(Duration::from_millis(250));
+        let seen = tail.changes.len();
+        tail.poll(f, n);
+        held.take(&tail.changes[seen..])
     });
-    let changes = all_changes(f);
+    let (busy1, own1) = (measure::machine_cpu(), measure::own_cpu());
+    let changes = tail.changes;
     let last = done.context("cold start did not converge")?;
     let counts = par(n, workers(), |i| f.route_lines(i).map(|r| r.len()))?;
     let stuck = counts.iter().filter(|&&c| c != n - 1).count();
@@ -173,6 +183,8 @@ pub fn cold_start(f: &mut Fleet, n: usize) -> Result<ColdStart> {
             .get("lost create races")
             .copied()
             .unwrap_or(0),
+        machine_busy: (busy1.0 - busy0.0) / (busy1.1 - busy0.1).max(1e-9),
+        bench_cpu_secs: own1 - own0,
         restarted,
         stuck,
         curve: curve(&changes, t0),
@@ -223,6 +235,14 @@ fn print_cold(c: &ColdStart, n: usize) {
             ),
             ("lost create races", c.lost_races.to_string()),
             (
+                "machine CPU busy during the storm / bench-scale's own CPU",
+                format!(
+                    "{:.0} % / {:.1} s",
+                    c.machine_busy * 100.0,
+                    c.bench_cpu_secs
+                ),
+            ),
+            (
                 "daemons restarted / stuck",
                 format!("{} / {}", c.restarted, c.stuck),
             ),
@@ -231,21 +251,38 @@ fn print_cold(c: &ColdStart, n: usize) {
 }
 
 /// When every node in `0..n` had at least `want` routes (net of removals), by the logs.
-fn converged_at(changes: &[Change], n: usize, want: u64) -> Option<f64> {
-    let mut sorted: Vec<&Change> = changes.iter().filter(|c| c.node < n).collect();
-    sorted.sort_by(|a, b| a.at.total_cmp(&b.at));
-    let mut held = vec![0i64; n];
-    let mut done = vec![false; n];
-    let (mut left, mut last) = (n, 0.0);
-    for c in sorted {
-        held[c.node] += c.added as i64 - c.removed as i64;
-        if !done[c.node] && held[c.node] >= want as i64 {
-            done[c.node] = true;
-            left -= 1;
-            last = c.at;
+/// Each node's routes as its log lines come (in its own order), and when it first held
+/// `want`: the cluster converged when the last node did. Fed incrementally, so a poll costs
+/// what the logs gained, not all of them.
+struct Converging {
+    want: i64,
+    held: Vec<i64>,
+    done: Vec<Option<f64>>,
+    left: usize,
+}
+
+impl Converging {
+    fn new(n: usize, want: u64) -> Self {
+        Converging {
+            want: want as i64,
+            held: vec![0; n],
+            done: vec![None; n],
+            left: n,
         }
     }
-    (left == 0).then_some(last)
+
+    /// Takes more changes; the time the last node converged, once every node has.
+    fn take(&mut self, changes: &[Change]) -> Option<f64> {
+        let n = self.held.len();
+        for c in changes.iter().filter(|c| c.node < n) {
+            self.held[c.node] += c.added as i64 - c.removed as i64;
+            if self.done[c.node].is_none() && self.held[c.node] >= self.want {
+                self.done[c.node] = Some(c.at);
+                self.left -= 1;
+            }
+        }
+        (self.left == 0).then(|| self.done.iter().flatten().copied().fold(0.0, f64::max))
+    }
 }
 
 /// Routes across the cluster over time, at most ~400 points.
