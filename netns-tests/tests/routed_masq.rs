@@ -172,5 +172,19 @@ fn node_sets_follow_the_leases(c: &mut Cluster) -> Result<()> {
         .ns
         .sh("nft list table inet hostgw | grep comment")?;
     assert_eq!(before, after);
+    // Each change wrote only what changed (the node's two addresses), not both sets whole.
+    let log = c.log(0);
+    let updates: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("exempt from masquerade updated"))
+        .collect();
+    assert!(
+        updates.iter().any(|l| l.contains("added=2 removed=0")),
+        "{log}"
+    );
+    assert!(
+        updates.iter().any(|l| l.contains("added=0 removed=2")),
+        "{log}"
+    );
     Ok(())
 }

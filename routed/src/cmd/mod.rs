@@ -1,6 +1,7 @@
 //! The subcommands: `run` (the daemon), `status` and `release` (one-shot).
 
 pub mod release;
+pub mod rules;
 pub mod run;
 pub mod status;
 

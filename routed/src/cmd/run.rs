@@ -4,9 +4,7 @@
 //! stay, so a restart adopts them without a flap (see README "Stopping and releasing").
 
 use std::{
-    collections::BTreeSet,
     future::Future,
-    net::IpAddr,
     sync::{Arc, atomic::Ordering},
 };
 
@@ -27,7 +25,7 @@ use crate::{
         claim::{self, Claim},
         keepalive::KeepAlive,
         store::EtcdStore,
-        watch::{Leases, LeasesRx, Watcher},
+        watch::Watcher,
     },
     http::{self, Ready},
     kernel::{LocalView, RouteTable, events, nft, routes::NetlinkRoutes},
@@ -144,7 +142,7 @@ async fn start(args: &RunArgs, ready: &Ready, metrics: &Metrics) -> Result<Start
     ready.subnet_file.store(true, Ordering::Relaxed);
     hostgw_common::sysctl::ensure_forwarding(cfg.v4.is_some(), cfg.v6.is_some())
         .map_err(|e| Error::Io("enable forwarding".into(), e))?;
-    match nft::ensure(&cfg, &masq(args), &own_ips(&me)).await? {
+    match nft::ensure(&cfg, &masq(args), &super::rules::own_ips(&me)).await? {
         nft::Change::Installed => info!("nftables table inet hostgw (masquerade) installed"),
         nft::Change::Removed => info!(
             "nftables table inet hostgw deleted: without --ip-masq there is nothing to put in it"
@@ -333,8 +331,8 @@ async fn tasks(
         check_own,
     };
     let every = std::time::Duration::from_secs(args.resync_secs.clamp(1, 60));
-    let rules = keep_rules(
-        Rules {
+    let rules = super::rules::keep(
+        super::rules::Rules {
             cfg: s.cfg.clone(),
             masq: masq(&args),
             me: s.me.clone(),
@@ -386,104 +384,6 @@ fn masq(args: &RunArgs) -> nft::Masq {
         enabled: args.ip_masq,
         random_fully: args.ip_masq_random_fully,
         except: args.no_masquerade_cidrs.clone(),
-    }
-}
-
-/// This node's own addresses: pod traffic to them is never masqueraded.
-fn own_ips(me: &Me) -> BTreeSet<IpAddr> {
-    me.public_ip.into_iter().chain(me.public_ipv6).collect()
-}
-
-/// Every node's address in the cluster: ours, and the PublicIP/PublicIPv6 of each lease
-/// that names a usable unicast address outside the pod networks (a lease can't exempt a
-/// pod address, or an address no node has, from masquerade).
-fn node_ips(me: &Me, cfg: &NetConfig, leases: Option<&Leases>) -> BTreeSet<IpAddr> {
-    let pods = |ip: &IpAddr| cfg.pools().any(|p| p.network.contains(*ip));
-    let peers = leases
-        .into_iter()
-        .flat_map(|l| l.values())
-        .filter_map(|d| d.as_ref().ok())
-        .flat_map(|l| l.value.public_ip.into_iter().chain(l.value.public_ipv6))
-        .filter(|ip| !net::is_unusable_next_hop(ip) && !pods(ip));
-    own_ips(me).into_iter().chain(peers).collect()
-}
-
-/// What the rules task works from.
-struct Rules {
-    cfg: NetConfig,
-    masq: nft::Masq,
-    me: Me,
-    leases: LeasesRx,
-    every: std::time::Duration,
-    ready: Arc<Ready>,
-}
-
-/// The one owner of our nft table. Puts it back if a firewall reload or flush removed or
-/// changed it (`ensure` compares a hash first, so the usual check is one `nft list`, every
-/// resync, at most 60 s), and with masquerade keeps the node sets equal to the nodes the
-/// leases name, in one transaction per change.
-async fn keep_rules(mut r: Rules, sd: CancellationToken) {
-    // Without masquerade there is no table to keep (the start deleted an old one): no `nft`
-    // run per resync on every node for nothing.
-    if !r.masq.enabled {
-        return sd.cancelled().await;
-    }
-    let mut nodes = own_ips(&r.me);
-    // Set when a node-set update failed: the next check writes the sets again.
-    let mut stale = false;
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + r.every, r.every);
-    loop {
-        tokio::select! {
-            _ = sd.cancelled() => return,
-            _ = tick.tick() => {}
-            Ok(()) = r.leases.changed() => {
-                let now = node_ips(&r.me, &r.cfg, r.leases.borrow_and_update().as_deref());
-                if now == nodes && !stale {
-                    continue;
-                }
-                nodes = now;
-                stale = !write_nodes(&nodes).await;
-                if !stale {
-                    continue;
-                }
-            }
-        }
-        let ok = match nft::ensure(&r.cfg, &r.masq, &nodes).await {
-            Ok(nft::Change::Installed) => {
-                warn!("nftables table inet hostgw was missing or changed; installed it again");
-                stale = false;
-                true
-            }
-            // With masquerade on, `ensure` installs; it removes only when masquerade is off.
-            Ok(nft::Change::Removed) => true,
-            Ok(nft::Change::None) if stale => {
-                stale = !write_nodes(&nodes).await;
-                !stale
-            }
-            Ok(nft::Change::None) => true,
-            Err(e) => {
-                warn!(error = %e, "checking the nftables table failed");
-                false
-            }
-        };
-        r.ready.rules.store(ok, Ordering::Relaxed);
-    }
-}
-
-/// One transaction for both node sets; whether it worked.
-async fn write_nodes(nodes: &BTreeSet<IpAddr>) -> bool {
-    match nft::set_nodes(nodes).await {
-        Ok(()) => {
-            info!(
-                nodes = nodes.len(),
-                "node addresses exempt from masquerade updated"
-            );
-            true
-        }
-        Err(e) => {
-            warn!(error = %e, "updating the node address sets failed; retried on the next check");
-            false
-        }
     }
 }
 

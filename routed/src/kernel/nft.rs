@@ -115,6 +115,30 @@ pub fn render_nodes(nodes: &BTreeSet<IpAddr>) -> String {
     s
 }
 
+/// `add element` and `delete element` of the addresses that joined and left, in the set
+/// of their family: one transaction. (A delete of an element that is not there fails the
+/// whole transaction: the caller then writes the sets whole.)
+pub fn render_node_changes(added: &BTreeSet<IpAddr>, removed: &BTreeSet<IpAddr>) -> String {
+    let mut s = String::new();
+    for (verb, ips) in [("add", added), ("delete", removed)] {
+        for (_, name, _) in NODE_SETS {
+            let v6 = name == "nodes6";
+            let these: Vec<String> = ips
+                .iter()
+                .filter(|ip| ip.is_ipv6() == v6)
+                .map(|ip| ip.to_string())
+                .collect();
+            if !these.is_empty() {
+                s += &format!(
+                    "{verb} element inet {TABLE} {name} {{ {} }}\n",
+                    these.join(", ")
+                );
+            }
+        }
+    }
+    s
+}
+
 /// FNV-1a: stable across builds and versions, unlike `DefaultHasher`.
 pub fn hash(s: &str) -> String {
     format!("{:016x}", hostgw_common::hash::fnv1a64(s.bytes()))
@@ -209,6 +233,18 @@ pub async fn set_nodes(nodes: &BTreeSet<IpAddr>) -> Result<(), NftError> {
         .map(|_| ())
 }
 
+/// Adds and deletes node set elements in one transaction (nothing to do: no `nft` run).
+pub async fn change_nodes(
+    added: &BTreeSet<IpAddr>,
+    removed: &BTreeSet<IpAddr>,
+) -> Result<(), NftError> {
+    let script = render_node_changes(added, removed);
+    if script.is_empty() {
+        return Ok(());
+    }
+    nft(&["-f", "-"], Some(&script)).await.map(|_| ())
+}
+
 /// Deletes our table; absent (or no `nft` on the node, so no table of ours) is success.
 pub async fn remove() -> Result<(), NftError> {
     match nft(&["delete", "table", "inet", TABLE], None).await {
@@ -221,6 +257,23 @@ pub async fn remove() -> Result<(), NftError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_changes_add_and_delete_by_family_in_one_script() {
+        let ips =
+            |v: &[&str]| -> BTreeSet<IpAddr> { v.iter().map(|s| s.parse().unwrap()).collect() };
+        let s = render_node_changes(
+            &ips(&["198.19.0.2", "fd19:19::2", "198.19.0.3"]),
+            &ips(&["198.19.0.9"]),
+        );
+        assert_eq!(
+            s,
+            "add element inet hostgw nodes4 { 198.19.0.2, 198.19.0.3 }\n\
+             add element inet hostgw nodes6 { fd19:19::2 }\n\
+             delete element inet hostgw nodes4 { 198.19.0.9 }\n"
+        );
+        assert_eq!(render_node_changes(&ips(&[]), &ips(&[])), "");
+    }
 
     #[test]
     fn script_shape() {
