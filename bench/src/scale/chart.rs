@@ -64,10 +64,18 @@ pub fn convergence_svg(r: &Report) -> String {
         L + pw,
         y(target) - 4.0
     );
-    for (t, label, colour) in [
+    for (k, (t, label, colour)) in [
         (r.floor.secs, "kernel floor (ip -batch)", "#d62728"),
         (r.floor.secs * 2.0, "2 × floor (target)", "#ff7f0e"),
-    ] {
+        (
+            r.floor.listening_secs,
+            "floor with a listener per namespace",
+            "#9467bd",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let _ = writeln!(
             s,
             "<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"40\" y2=\"{:.1}\" stroke=\"{colour}\" stroke-dasharray=\"4 3\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"{colour}\">{label}</text>",
@@ -75,7 +83,7 @@ pub fn convergence_svg(r: &Report) -> String {
             x(t),
             40.0 + ph,
             x(t) + 4.0,
-            40.0 + ph - 8.0
+            40.0 + ph - 8.0 - 14.0 * k as f64
         );
     }
     let _ = writeln!(

@@ -87,7 +87,13 @@ pub fn run(o: &Options) -> Result<Report> {
         o.etcd_members
     );
     let floor = phases::floor(&f, o.nodes)?;
-    let cold = phases::cold_start(&mut f, o.nodes)?;
+    let mut cold = phases::cold_start(&mut f, o.nodes)?;
+    cold.converged_vs_floor = cold.converged_secs / floor.secs;
+    println!(
+        "cold start: {:.2} × the kernel floor (target ≤ 2), {:.2} × the floor with a listener per namespace\n",
+        cold.converged_vs_floor,
+        cold.converged_secs / floor.listening_secs
+    );
     let traffic = phases::traffic(&f, o.nodes)?;
     let steady = phases::steady(&mut f, o.nodes, o.steady)?;
     let machine_used_mib = machine_used_mib();

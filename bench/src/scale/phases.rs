@@ -53,6 +53,11 @@ fn subnet_of(f: &Fleet, i: usize) -> Option<String> {
 pub struct Floor {
     pub routes: usize,
     pub secs: f64,
+    /// The same routes again with one route listener (`ip monitor route`) per namespace,
+    /// as when the daemons run: in one kernel every route added anywhere is offered to
+    /// every namespace's listener socket (netlink_broadcast walks them all), which a real
+    /// node with its one daemon does not pay.
+    pub listening_secs: f64,
 }
 
 /// The kernels alone: N × (N-1) routes of the same shape (/29 via a peer on the segment)
@@ -73,23 +78,47 @@ pub fn floor(f: &Fleet, n: usize) -> Result<Floor> {
         std::fs::write(dir.join(format!("floor{i}")), b)?;
         Ok(())
     })?;
-    let t = Instant::now();
-    par(n, workers(), |i| {
-        must(
-            Command::new("ip")
-                .args(["-n", f.nodes[i].ns.name(), "-batch"])
-                .arg(dir.join(format!("floor{i}"))),
-        )
-        .map(|_| ())
-    })?;
-    let secs = t.elapsed().as_secs_f64();
-    par(n, workers(), |i| {
-        must(Command::new("ip").args(["-n", f.nodes[i].ns.name(), "route", "flush", "table", "76"]))
+    let batch = || -> Result<f64> {
+        let t = Instant::now();
+        par(n, workers(), |i| {
+            must(
+                Command::new("ip")
+                    .args(["-n", f.nodes[i].ns.name(), "-batch"])
+                    .arg(dir.join(format!("floor{i}"))),
+            )
             .map(|_| ())
-    })?;
+        })?;
+        let secs = t.elapsed().as_secs_f64();
+        par(n, workers(), |i| {
+            must(Command::new("ip").args([
+                "-n",
+                f.nodes[i].ns.name(),
+                "route",
+                "flush",
+                "table",
+                "76",
+            ]))
+            .map(|_| ())
+        })?;
+        Ok(secs)
+    };
+    let secs = batch()?;
+    let mut listeners = Vec::with_capacity(n);
+    for node in f.nodes.iter().take(n) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["-n", node.ns.name(), "monitor", "route"])
+            .stdout(std::process::Stdio::null());
+        listeners.push(hostgw_harness::Proc::spawn(cmd)?);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let listening_secs = batch();
+    for l in &mut listeners {
+        l.stop(Duration::from_secs(1));
+    }
     let fl = Floor {
         routes: n * (n - 1),
         secs,
+        listening_secs: listening_secs?,
     };
     table(
         "kernel floor",
@@ -98,6 +127,10 @@ pub fn floor(f: &Fleet, n: usize) -> Result<Floor> {
             (
                 "ip -batch, all nodes",
                 format!("{secs:.2} s ({} in parallel)", workers()),
+            ),
+            (
+                "the same with a route listener in every namespace",
+                format!("{:.2} s", fl.listening_secs),
             ),
         ],
     );
