@@ -283,6 +283,57 @@ fn routed_a_restart_resumes_from_the_lease_cache() -> Result<()> {
     Ok(())
 }
 
+/// A crash leaves a cache older than the kernel (a lease came after its last write): the
+/// restart holds the cached set back until the watch has replayed what came since, so the
+/// route the kernel already has is never taken back, not even for a moment.
+#[test]
+fn routed_a_crash_restart_from_an_older_cache_takes_back_no_route() -> Result<()> {
+    require_root();
+    let mut c = Cluster::converged(Spec::default())?;
+    c.nodes[0]
+        .daemon
+        .as_mut()
+        .unwrap()
+        .stop(Duration::from_secs(5));
+    c.start(0)?; // resumes from the cache the stop wrote
+    c.wait_converged(Duration::from_secs(10))?;
+    let x = "198.18.250.0/24";
+    c.etcd
+        .put(&subnet_key(x), &lease_json("198.19.0.98", "joined"))?;
+    wait_for("route to x", Duration::from_secs(5), || {
+        has_route(&c, 0, x, None).then_some(())
+    })?;
+    let cache = c.nodes[0].subnet_file.with_file_name("leases.json");
+    assert!(
+        !std::fs::read_to_string(&cache)?.contains("198.18.250.0-24"),
+        "the cache is rewritten only 10 s after a change"
+    );
+    c.nodes[0].daemon.as_mut().unwrap().kill();
+    let path = c.dir.path().join("monitor.txt");
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["-n", c.nodes[0].ns.name(), "monitor", "route"])
+        .stdout(std::fs::File::create(&path)?);
+    let mut mon = hostgw_harness::Proc::spawn(cmd)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let starts = c.log(0).matches(": started ").count();
+    c.start(0)?;
+    wait_for("started", Duration::from_secs(10), || {
+        (c.log(0).matches(": started ").count() > starts).then_some(())
+    })
+    .with_context(|| c.log(0))?;
+    std::thread::sleep(Duration::from_millis(2000));
+    mon.stop(Duration::from_secs(1));
+    let seen = std::fs::read_to_string(&path)?;
+    assert!(
+        !seen.contains("proto 75"),
+        "a route changed: {seen}\n{}",
+        c.log(0)
+    );
+    assert!(c.log(0).contains("routing by it"), "{}", c.log(0));
+    assert!(has_route(&c, 0, x, None));
+    Ok(())
+}
+
 #[test]
 fn routed_release_removes_the_route_everywhere_within_a_second() -> Result<()> {
     require_root();
