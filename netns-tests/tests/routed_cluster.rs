@@ -4,7 +4,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::{Context, Result};
 use hostgw_harness::{
-    cluster::has_route,
+    cluster::{RouteMonitor, has_route},
     require_root,
     routed::{Cluster, Spec, lease_json, metric, subnet_key},
     wait_for,
@@ -219,12 +219,7 @@ fn routed_a_restart_resumes_from_the_lease_cache() -> Result<()> {
     c.etcd
         .put(&subnet_key(x), &lease_json("198.19.0.98", "joined"))?;
     c.etcd.del(&subnet_key(y))?;
-    let path = c.dir.path().join("monitor.txt");
-    let mut cmd = std::process::Command::new("ip");
-    cmd.args(["-n", c.nodes[0].ns.name(), "monitor", "route"])
-        .stdout(std::fs::File::create(&path)?);
-    let mut mon = hostgw_harness::Proc::spawn(cmd)?;
-    std::thread::sleep(Duration::from_millis(200));
+    let mon = RouteMonitor::start(&c.nodes[0].ns, c.dir.path())?;
     let lists = c.log(0).matches("listed leases").count();
     c.start(0)?;
     wait_for("x routed, y gone", Duration::from_secs(10), || {
@@ -233,7 +228,7 @@ fn routed_a_restart_resumes_from_the_lease_cache() -> Result<()> {
     })
     .with_context(|| c.log(0))?;
     std::thread::sleep(Duration::from_millis(500));
-    mon.stop(Duration::from_secs(1));
+    let seen = mon.stop();
     let log = c.log(0);
     assert!(log.contains("resuming from the lease cache"), "{log}");
     assert_eq!(
@@ -241,7 +236,6 @@ fn routed_a_restart_resumes_from_the_lease_cache() -> Result<()> {
         lists,
         "no list: {log}"
     );
-    let seen = std::fs::read_to_string(&path)?;
     let changed: Vec<&str> = seen.lines().filter(|l| l.contains("proto 75")).collect();
     assert_eq!(changed.len(), 2, "x added, y deleted, nothing else: {seen}");
     assert!(changed.iter().any(|l| l.starts_with(x)), "{seen}");
@@ -309,12 +303,7 @@ fn routed_a_crash_restart_from_an_older_cache_takes_back_no_route() -> Result<()
         "the cache is rewritten only 10 s after a change"
     );
     c.nodes[0].daemon.as_mut().unwrap().kill();
-    let path = c.dir.path().join("monitor.txt");
-    let mut cmd = std::process::Command::new("ip");
-    cmd.args(["-n", c.nodes[0].ns.name(), "monitor", "route"])
-        .stdout(std::fs::File::create(&path)?);
-    let mut mon = hostgw_harness::Proc::spawn(cmd)?;
-    std::thread::sleep(Duration::from_millis(200));
+    let mon = RouteMonitor::start(&c.nodes[0].ns, c.dir.path())?;
     let starts = c.log(0).matches(": started ").count();
     c.start(0)?;
     wait_for("started", Duration::from_secs(10), || {
@@ -322,8 +311,7 @@ fn routed_a_crash_restart_from_an_older_cache_takes_back_no_route() -> Result<()
     })
     .with_context(|| c.log(0))?;
     std::thread::sleep(Duration::from_millis(2000));
-    mon.stop(Duration::from_secs(1));
-    let seen = std::fs::read_to_string(&path)?;
+    let seen = mon.stop();
     assert!(
         !seen.contains("proto 75"),
         "a route changed: {seen}\n{}",
