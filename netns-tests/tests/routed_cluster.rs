@@ -322,6 +322,45 @@ fn routed_a_crash_restart_from_an_older_cache_takes_back_no_route() -> Result<()
     Ok(())
 }
 
+/// etcd's progress notifications move a quiet daemon's cache forward: after writes outside
+/// the prefix and a compaction past the daemon's last event, its restart still resumes.
+#[test]
+fn routed_a_quiet_cache_follows_progress_past_a_compaction() -> Result<()> {
+    require_root();
+    let mut c = Cluster::converged(Spec::default())?;
+    let rev = || -> Result<i64> {
+        let text = std::fs::read_to_string(c.nodes[0].subnet_file.with_file_name("leases.json"))?;
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        v["revision"].as_i64().context("revision")
+    };
+    // The first write comes 10 s after the start's list.
+    let first = wait_for("first cache write", Duration::from_secs(15), || rev().ok())?;
+    for i in 0..3 {
+        c.etcd.put("/elsewhere/tick", &i.to_string())?;
+    }
+    let now = c.etcd.revision()?;
+    wait_for("cache at etcd's revision", Duration::from_secs(15), || {
+        (rev().ok()? >= now).then_some(())
+    })
+    .with_context(|| format!("cache still at {first}, etcd at {now}"))?;
+    c.etcd.compact_now()?;
+    c.nodes[0]
+        .daemon
+        .as_mut()
+        .unwrap()
+        .stop(Duration::from_secs(5));
+    let lists = c.log(0).matches("listed leases").count();
+    c.start(0)?;
+    wait_for("resumed", Duration::from_secs(10), || {
+        c.log(0).contains("routing by it").then_some(())
+    })
+    .with_context(|| c.log(0))?;
+    let log = c.log(0);
+    assert!(!log.contains("compacted"), "{log}");
+    assert_eq!(log.matches("listed leases").count(), lists, "{log}");
+    Ok(())
+}
+
 #[test]
 fn routed_release_removes_the_route_everywhere_within_a_second() -> Result<()> {
     require_root();

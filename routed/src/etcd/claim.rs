@@ -124,9 +124,15 @@ async fn released<S: Store>(store: &S, keys: &Keys, rev: i64, limit: std::time::
     let deleted = async {
         let from = if rev > 0 { rev + 1 } else { 0 };
         if let Ok(mut w) = store.watch(&keys.subnets(), from).await {
-            while let Ok(Some(WatchMsg::Events { events, .. })) = w.next().await {
-                if events.iter().any(|e| matches!(e, Event::Delete { .. })) {
-                    return;
+            loop {
+                match w.next().await {
+                    Ok(Some(WatchMsg::Events { events, .. })) => {
+                        if events.iter().any(|e| matches!(e, Event::Delete { .. })) {
+                            return;
+                        }
+                    }
+                    Ok(Some(WatchMsg::Progress(_))) => {}
+                    _ => break,
                 }
             }
         }

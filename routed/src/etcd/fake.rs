@@ -146,6 +146,15 @@ impl FakeStore {
         s.history.clear();
     }
 
+    /// A progress notification on every open watch, at the current revision (etcd sends
+    /// them to watchers that have caught up and seen nothing for a while).
+    pub fn progress(&self) {
+        let mut s = self.state();
+        let h = s.header();
+        s.watchers
+            .retain(|(_, tx)| tx.send(Ok(WatchMsg::Progress(h))).is_ok());
+    }
+
     /// Every open watch stream fails (etcd restarted, connection lost).
     pub fn break_watches(&self) {
         for (_, tx) in self.state().watchers.drain(..) {

@@ -37,11 +37,14 @@ pub enum Event {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchMsg {
-    /// Events (none in the "created" answer or a progress notification).
+    /// Events (none in the "created" answer).
     Events {
         header: Header,
         events: Vec<Event>,
     },
+    /// A progress notification: every event up to the header's revision has been sent
+    /// (etcd sends one to a watcher that has caught up and seen nothing for a while).
+    Progress(Header),
     /// The start revision was compacted away: deletes may be lost.
     Compacted(i64),
     Canceled(String),
@@ -165,7 +168,10 @@ impl Store for EtcdStore {
     }
 
     async fn watch(&self, prefix: &str, from: i64) -> Result<EtcdWatch, EtcdError> {
-        let opts = WatchOptions::new().with_prefix().with_start_revision(from);
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from)
+            .with_progress_notify();
         let stream = timeout("watch", self.client.clone().watch(prefix, Some(opts))).await?;
         Ok(EtcdWatch(stream))
     }
@@ -248,6 +254,9 @@ impl WatchStream for EtcdWatch {
         }
         if resp.canceled() {
             return Ok(Some(WatchMsg::Canceled(resp.cancel_reason().to_owned())));
+        }
+        if !resp.created() && resp.events().is_empty() {
+            return Ok(Some(WatchMsg::Progress(header(resp.header()))));
         }
         let events = resp
             .events()

@@ -962,3 +962,30 @@ async fn the_cache_follows_changes_at_most_every_write_interval() {
     d.stop().await;
     assert!(!path.exists(), "nothing new at the stop either");
 }
+
+/// In a quiet cluster the cache follows etcd's progress notifications, not only events:
+/// after writes elsewhere in etcd and a compaction past our last event, a restart still
+/// resumes (without them the cache's revision would be compacted and the start would list).
+#[tokio::test(start_paused = true)]
+async fn progress_notifications_keep_the_cache_ahead_of_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store();
+    peer(&s, "198.18.1.0-24", "b", "198.19.0.2");
+    let d = Daemon::start_with(&s, me("a", "198.19.0.1"), Some(lease_cache(dir.path()))).await;
+    tokio::time::sleep(super::cache::WRITE_EVERY).await;
+    s.put("/other/k", "1", 0);
+    s.put("/other/k", "2", 0);
+    s.progress();
+    settle().await;
+    d.stop().await;
+    s.compact();
+    let d = Daemon::start_with(&s, me("a", "198.19.0.1"), Some(lease_cache(dir.path()))).await;
+    assert_eq!(
+        exactly(&s, "list /p/"),
+        1,
+        "resumed, no list: {:?}",
+        s.calls()
+    );
+    assert_eq!(d.names().len(), 2, "{:?}", d.names());
+    d.stop().await;
+}

@@ -569,6 +569,13 @@ impl<S: Store> Watcher<S> {
     ) -> Result<bool, End> {
         let (header, events) = match msg {
             Ok(Some(WatchMsg::Events { header, events })) => (header, events),
+            Ok(Some(WatchMsg::Progress(header))) => {
+                if let Some(why) = Self::other_etcd(view, &header) {
+                    return Err(End::Restored(why));
+                }
+                self.progress(view, header.revision);
+                return Ok(false);
+            }
             Ok(Some(WatchMsg::Compacted(at))) => return Err(End::Compacted(at)),
             Ok(Some(WatchMsg::Canceled(why))) => {
                 return Err(End::Broken(format!("watch canceled: {why}"), false));
@@ -585,6 +592,17 @@ impl<S: Store> Watcher<S> {
         }
         self.apply(view, events);
         Ok(true)
+    }
+
+    /// Every event up to `rev` has come: the set is etcd's as of `rev`. The watch resumes
+    /// after it, the cache records it (so a quiet cluster's cache does not fall behind a
+    /// compaction for want of events), and a set held after a resume is up to date.
+    fn progress(&self, view: &mut View, rev: i64) {
+        if rev > view.rev {
+            view.rev = rev;
+            self.cache_changed(view);
+        }
+        self.release_held(view);
     }
 
     fn end_carry(&self, view: &mut View) {
