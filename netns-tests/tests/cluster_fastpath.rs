@@ -88,6 +88,19 @@ fn cluster_fastpath_attaches_on_start_and_new_pods_del_and_release_detach() -> R
     c.wait_converged(Duration::from_secs(20))?;
     let pods = [early, add_pod(&c, 1, "pod-b")?, add_pod(&c, 0, "late")?];
     let _servers = servers(&pods)?;
+    // The traffic below must meet attached pods: a pod the keeper has not reached yet (a
+    // loaded machine) sends it all through the stack, and nothing would count.
+    for (i, want) in [(0, 2), (1, 1)] {
+        wait_for(
+            &format!("node {i}'s pods attached"),
+            Duration::from_secs(15),
+            || {
+                let p = status_pods(&c, i).ok()?;
+                (p.len() == want && p.iter().all(|(_, on)| *on)).then_some(())
+            },
+        )
+        .with_context(|| c.logs())?;
+    }
     all_reach(&pods, Some(8080))?;
     for i in 0..2 {
         let n = c.wait_fast_pathed(i, 0.0)?;
