@@ -216,6 +216,11 @@ fn routed_a_restart_resumes_from_the_lease_cache() -> Result<()> {
         .stop(Duration::from_secs(5));
     let text = std::fs::read_to_string(&cache).context("cache written at the stop")?;
     assert!(text.contains("198.18.251.0-24"), "{text}");
+    let status = c.cli(0, "status", &[])?;
+    assert!(
+        status.contains("leases at revision") && status.contains("the next start resumes from it"),
+        "{status}"
+    );
     c.etcd
         .put(&subnet_key(x), &lease_json("198.19.0.98", "joined"))?;
     c.etcd.del(&subnet_key(y))?;

@@ -35,6 +35,8 @@ pub struct Status {
     pub drift: Drift,
     pub rejected: Vec<Rejected>,
     pub datapath: DatapathView,
+    /// The lease cache the next start would resume from, and whether it could.
+    pub lease_cache: String,
 }
 
 /// The datapath the daemon runs (from its state file) and, with the fast path, each pod's host
@@ -229,7 +231,7 @@ pub async fn status(args: &StatusArgs) -> Result<String, Error> {
     let keys = Keys::new(&c.etcd_prefix);
     let store = etcd::connect_reachable(c).await?;
     let (cfg, config) = config(&store, &keys, c).await?;
-    let (_, entries) = etcd::list(&store, &keys).await?;
+    let (header, entries) = etcd::list(&store, &keys).await?;
     let own = own_key(&entries, &me).and_then(|(k, e)| {
         let l = e.decoded.as_ref().ok()?;
         Some(OwnView {
@@ -290,6 +292,7 @@ pub async fn status(args: &StatusArgs) -> Result<String, Error> {
         },
         rejected: computed.rejected,
         datapath: datapath_view(&table, c).await,
+        lease_cache: cache_view(c, &keys, &header),
     };
     Ok(if args.json {
         text::escape_json(&serde_json::to_string_pretty(&status).unwrap_or_default()) + "\n"
@@ -322,6 +325,37 @@ fn exhausted(cfg: &NetConfig, entries: &BTreeMap<String, Entry>) -> Option<Strin
 /// Text for a terminal: every string that came from etcd (node names, keys, details that
 /// quote keys) goes through [`text::escape`], so no record can forge a line or send an
 /// escape sequence. Addresses and prefixes are parsed values and print as themselves.
+/// Whether the next start could resume from the lease cache, read as the daemon reads it.
+fn cache_view(c: &Common, keys: &Keys, now: &etcd::store::Header) -> String {
+    let cache = etcd::cache::LeaseCache {
+        path: c.lease_cache_path(),
+        prefix: keys.prefix.clone(),
+        node: c.node_name.clone(),
+    };
+    let path = cache.path.display().to_string();
+    let age = std::fs::metadata(&cache.path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .map_or(String::new(), |d| {
+            format!(", written {} s ago", d.as_secs())
+        });
+    match cache.read() {
+        Ok(None) => format!("none at {path}: the next start lists every lease"),
+        Err(why) => format!("{why}: the next start lists every lease"),
+        Ok(Some(l)) => {
+            let (rev, n) = (l.revision(), l.leases());
+            match l.seed(now, None) {
+                Ok(_) => format!(
+                    "{path}: {n} leases at revision {rev} (etcd at {}){age}; the next start resumes from it (lists once if etcd compacted past it)",
+                    now.revision
+                ),
+                Err(why) => format!("{path}: {why}; the next start lists every lease"),
+            }
+        }
+    }
+}
+
 pub fn render(s: &Status) -> String {
     let mut o = String::new();
     let loud = if s.config.state == "same" { "" } else { " (!)" };
@@ -401,6 +435,7 @@ pub fn render(s: &Status) -> String {
         );
     }
     render_datapath(&mut o, &s.datapath);
+    let _ = writeln!(o, "\nlease cache: {}", text::escape(&s.lease_cache));
     o
 }
 
@@ -475,6 +510,7 @@ mod tests {
                 detail: format!("overlaps the older lease {evil}"),
             }],
             datapath: DatapathView::default(),
+            lease_cache: String::new(),
         };
         let out = render(&s);
         assert_eq!(out.lines().count(), 12, "{out}");
