@@ -22,6 +22,7 @@ pub(crate) mod metrics;
 pub(crate) mod net;
 pub(crate) mod reconcile;
 pub mod signals;
+pub(crate) mod tasks;
 pub mod text;
 
 pub use error::Error;

@@ -363,20 +363,21 @@ async fn tasks(
         mtu: s.me.mtu,
     });
     let follow = follow_own(args.common.clone(), s.cfg, s.mtu, own_rx, sd.clone());
-    tokio::join!(
-        Box::pin(watcher.run(sd.clone())),
+    crate::tasks::join_all([
+        Box::pin(watcher.run(sd.clone())) as crate::tasks::Task,
         Box::pin(keeper.run(sd.clone())),
         Box::pin(rec.run(sd.clone())),
         Box::pin(events::listen(kick, stale, deletes, sd.clone())),
         Box::pin(follow),
         Box::pin(rules),
         Box::pin(datapath),
-        async {
+        Box::pin(async {
             shutdown.await;
             info!("shutting down");
             sd.cancel();
-        },
-    );
+        }),
+    ])
+    .await;
 }
 
 fn masq(args: &RunArgs) -> nft::Masq {

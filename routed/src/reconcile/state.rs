@@ -44,6 +44,10 @@ pub struct State {
     /// The destinations of every lease that passed its own check, counted: what tells an
     /// overlap.
     dsts: BTreeMap<(bool, u128, u128), u32>,
+    /// The same count by family (IPv6 second) and prefix length: the supernets an overlap
+    /// check looks up are only those of lengths some destination has (in a cluster of one
+    /// `SubnetLen`, none), not every length shorter than its own.
+    lens: Box<[[u32; 129]; 2]>,
     /// Lookups done for next hops outside every connected prefix: `None` on-link,
     /// `Some(gateway)` only through a router (`Some(None)`: the lookup failed).
     hops: HashMap<IpAddr, Option<Option<IpAddr>>>,
@@ -117,6 +121,7 @@ impl State {
             own: own.clone(),
             entries: BTreeMap::new(),
             dsts: BTreeMap::new(),
+            lens: Box::new([[0; 129]; 2]),
             hops: HashMap::new(),
             desired: own_unreachable(Some(own)).into_iter().collect(),
             problems: BTreeSet::new(),
@@ -172,6 +177,7 @@ impl State {
         }
         if p.all {
             self.dsts.clear();
+            *self.lens = [[0; 129]; 2];
             let cands = self.entries.values().filter_map(|e| e.check.as_ref().ok());
             let dsts: Vec<_> = cands.flat_map(|c| c.routes.iter().map(|r| r.dst)).collect();
             for d in &dsts {
@@ -297,11 +303,16 @@ impl State {
 
     fn count(&mut self, d: &IpNetwork, add: bool) {
         let k = net::range(d);
+        let len = &mut self.lens[usize::from(d.is_ipv6())][usize::from(d.prefix())];
         match add {
-            true => *self.dsts.entry(k).or_default() += 1,
+            true => {
+                *self.dsts.entry(k).or_default() += 1;
+                *len += 1;
+            }
             false => {
                 if let Some(n) = self.dsts.get_mut(&k) {
                     *n -= 1;
+                    *len -= 1;
                     if *n == 0 {
                         self.dsts.remove(&k);
                     }
@@ -319,7 +330,9 @@ impl State {
             .range((v6, start, 0)..=(v6, end, u128::MAX))
             .map(|(_, n)| *n)
             .sum();
+        let lens = &self.lens[usize::from(d.is_ipv6())];
         let supernets: u32 = (0..d.prefix())
+            .filter(|len| lens[usize::from(*len)] > 0)
             .filter_map(|len| IpNetwork::new(d.ip(), len).ok())
             .filter_map(|s| {
                 let (v6, s_start, s_end) = net::range(&s);
