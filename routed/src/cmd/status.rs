@@ -510,10 +510,11 @@ mod tests {
                 detail: format!("overlaps the older lease {evil}"),
             }],
             datapath: DatapathView::default(),
-            lease_cache: String::new(),
+            // The cache line quotes a file and its parse error: escaped like the rest.
+            lease_cache: evil.into(),
         };
         let out = render(&s);
-        assert_eq!(out.lines().count(), 12, "{out}");
+        assert_eq!(out.lines().count(), 14, "{out}");
         assert!(!out.contains("\n  node-9"), "{out}");
         assert!(out.chars().all(|c| c == '\n' || !c.is_control()), "{out:?}");
         let json = text::escape_json(&serde_json::to_string_pretty(&s).unwrap());
