@@ -17,6 +17,9 @@ pub const PREFIX: &str = "/hostgw/network";
 pub const ETCD_IP: &str = "198.19.0.2";
 pub const CONFIG: &str =
     r#"{"Network":"198.18.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#;
+/// [`CONFIG`] with the nodes' pool ending at 198.18.199.0/24: a test's own leases and
+/// routes in 198.18.200.0-198.18.255.255 never meet a subnet a node picked at random.
+pub const CONFIG_LOW_POOL: &str = r#"{"Network":"198.18.0.0/16","SubnetLen":24,"SubnetMax":"198.18.199.0","Backend":{"Type":"host-gw"}}"#;
 pub const CONFIG_V6: &str = r#"{"Network":"198.18.0.0/16","SubnetLen":24,"IPv6Network":"fd18:18::/48","IPv6SubnetLen":64,"Backend":{"Type":"host-gw"}}"#;
 /// An IPv6-only network: no `Network` at all.
 pub const CONFIG_V6_ONLY: &str =

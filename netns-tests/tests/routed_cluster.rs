@@ -6,8 +6,15 @@ use anyhow::{Context, Result};
 use hostgw_harness::{
     cluster::{RouteMonitor, has_route},
     require_root,
-    routed::{Cluster, Spec, lease_json, metric, subnet_key},
+    routed::{CONFIG_LOW_POOL, Cluster, Spec, lease_json, metric, subnet_key},
     wait_for,
+};
+
+/// Nodes pick subnets below 198.18.200.0: the tests' own leases and routes above it.
+const LOW_POOL: Spec = Spec {
+    nodes: 3,
+    tls: false,
+    config: CONFIG_LOW_POOL,
 };
 
 #[test]
@@ -83,7 +90,7 @@ fn routed_deleted_route_is_back_within_a_second() -> Result<()> {
 #[test]
 fn routed_stale_owned_route_is_pruned_at_start() -> Result<()> {
     require_root();
-    let mut c = Cluster::new(Spec::default())?;
+    let mut c = Cluster::new(LOW_POOL)?;
     // Left behind by a node that vanished while this daemon was down; plus a route that
     // is not ours (another protocol), which must stay.
     c.nodes[0].ns.ip(&[
@@ -201,7 +208,7 @@ fn routed_restart_adopts_without_flapping() -> Result<()> {
 #[test]
 fn routed_a_restart_resumes_from_the_lease_cache() -> Result<()> {
     require_root();
-    let mut c = Cluster::converged(Spec::default())?;
+    let mut c = Cluster::converged(LOW_POOL)?;
     let (x, y) = ("198.18.250.0/24", "198.18.251.0/24");
     c.etcd
         .put(&subnet_key(y), &lease_json("198.19.0.99", "gone"))?;
@@ -288,7 +295,7 @@ fn routed_a_restart_resumes_from_the_lease_cache() -> Result<()> {
 #[test]
 fn routed_a_crash_restart_from_an_older_cache_takes_back_no_route() -> Result<()> {
     require_root();
-    let mut c = Cluster::converged(Spec::default())?;
+    let mut c = Cluster::converged(LOW_POOL)?;
     c.nodes[0]
         .daemon
         .as_mut()
