@@ -499,6 +499,14 @@ impl EtcdCluster {
                 ]
                 .map(String::from),
             );
+            // etcd's progress notifications come every 10 minutes by default; a benchmark
+            // may want them within its run.
+            if let Ok(every) = std::env::var("HOSTGW_BENCH_ETCD_PROGRESS") {
+                args.extend([
+                    "--experimental-watch-progress-notify-interval".into(),
+                    every,
+                ]);
+            }
             let mut m = Etcd {
                 proc: Proc::none(),
                 ns_name: ns.name().to_owned(),

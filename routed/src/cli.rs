@@ -130,6 +130,10 @@ pub struct RunArgs {
     /// Keep no lease cache: every start lists every lease (an existing cache is removed).
     #[arg(long, env = "HOSTGW_NO_LEASE_CACHE")]
     pub no_lease_cache: bool,
+    /// Least seconds between two writes of the lease cache while leases change (a stop
+    /// always writes).
+    #[arg(long, env = "HOSTGW_LEASE_CACHE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_cache_secs: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -112,8 +112,10 @@ pub fn floor(f: &Fleet, n: usize) -> Result<Floor> {
     }
     std::thread::sleep(Duration::from_secs(1));
     let listening_secs = batch();
+    // SIGKILL: they inherited bench-scale's blocked SIGTERM (see its cleanup), so a stop
+    // would wait out its grace for each of them.
     for l in &mut listeners {
-        l.stop(Duration::from_secs(1));
+        l.kill();
     }
     let fl = Floor {
         routes: n * (n - 1),
@@ -515,6 +517,20 @@ pub fn churn(f: &mut Fleet, n: usize, k: usize, gap: Duration) -> Result<ChurnFi
     let secs = t0.elapsed().as_secs_f64();
     let others = cpu_sum(&daemons(f)[..n]) - cpu0 - base * secs;
     let figures = latencies(&all_changes(f), &events, n);
+    let dead: Vec<usize> = (0..n)
+        .filter(|&i| {
+            f.nodes[i]
+                .daemon
+                .as_mut()
+                .is_some_and(|p| p.exited().is_some())
+        })
+        .collect();
+    if !dead.is_empty() || figures.3 > 0 {
+        eprintln!("daemons that exited during churn: {dead:?}");
+        if let Some(&i) = dead.first() {
+            eprintln!("node {i}'s log:\n{}", tail(&f.log(i), 30));
+        }
+    }
     let c = ChurnFigures {
         events: events.len(),
         join_ms: figures.0,
@@ -615,7 +631,17 @@ fn latencies(changes: &[Change], events: &[Event], n: usize) -> Lat {
                 .reduce(f64::min)
             {
                 Some(at) => last = last.max(at),
-                None => missed += 1,
+                None => {
+                    if missed < 5 {
+                        eprintln!(
+                            "never seen: node {w}, {} {} at {:.3}",
+                            if ev.join { "join" } else { "release" },
+                            ev.subnet,
+                            ev.at
+                        );
+                    }
+                    missed += 1;
+                }
             }
         }
         if ev.join {

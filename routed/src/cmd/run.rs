@@ -177,6 +177,7 @@ fn lease_cache(args: &RunArgs, keys: &Keys, me: &Me) -> Option<LeaseCache> {
         path,
         prefix: keys.prefix.clone(),
         node: me.node.clone(),
+        every: std::time::Duration::from_secs(args.lease_cache_secs),
     })
 }
 

@@ -331,6 +331,7 @@ fn cache_view(c: &Common, keys: &Keys, now: &etcd::store::Header) -> String {
         path: c.lease_cache_path(),
         prefix: keys.prefix.clone(),
         node: c.node_name.clone(),
+        every: etcd::cache::WRITE_EVERY,
     };
     let path = cache.path.display().to_string();
     let age = std::fs::metadata(&cache.path)

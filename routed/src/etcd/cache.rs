@@ -39,8 +39,11 @@ use crate::me::OwnLease;
 const VERSION: u32 = 1;
 /// A cache larger than this is not read (5,000 leases take ≈ 1.2 MB).
 const MAX_LEN: u64 = 64 << 20;
-/// Least time between two writes while leases keep changing (a stop always writes).
-pub const WRITE_EVERY: Duration = Duration::from_secs(10);
+/// Least time between two writes while leases keep changing, by default (a stop always
+/// writes). Freshness is not correctness (the watch replays what came after the cache's
+/// revision); a write is a serialisation of every lease, which at 1,000 nodes, every 10 s
+/// on every node, was a measurable share of churn's CPU.
+pub const WRITE_EVERY: Duration = Duration::from_secs(60);
 
 /// `leases.json` beside the subnet file (this node's runtime state in /run/hostgw).
 pub fn path_for(subnet_file: &Path) -> PathBuf {
@@ -53,6 +56,8 @@ pub struct LeaseCache {
     pub path: PathBuf,
     pub prefix: String,
     pub node: String,
+    /// Least time between two writes while leases change (`--lease-cache-secs`).
+    pub every: Duration,
 }
 
 /// One cached key: a decoded lease's value, or why it was rejected.
@@ -242,6 +247,7 @@ mod tests {
             path: dir.join("leases.json"),
             prefix: "/hostgw/network".into(),
             node: "node-1".into(),
+            every: WRITE_EVERY,
         }
     }
 

@@ -840,6 +840,7 @@ fn lease_cache(dir: &std::path::Path) -> LeaseCache {
         path: dir.join("leases.json"),
         prefix: "/p".into(),
         node: "a".into(),
+        every: super::cache::WRITE_EVERY,
     }
 }
 

@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     EtcdError, Keys, Snapshot,
-    cache::{LeaseCache, WRITE_EVERY},
+    cache::LeaseCache,
     claim::is_conflict,
     codec::{self as lease, Decoded},
     store::{Event, Header, Store, WatchMsg, WatchStream},
@@ -177,7 +177,8 @@ pub struct Watcher<S> {
 /// before the cached set is published as it is. Until then nothing is reconciled (the
 /// kernel keeps the routes it has): events since the cache's revision come right after
 /// the watch's creation, and a set published before them could take back, for a moment,
-/// a change the kernel already holds (a cache written up to [`WRITE_EVERY`] before a crash).
+/// a change the kernel already holds (a cache written up to `--lease-cache-secs` before a
+/// crash).
 pub const RESUME_SETTLE: Duration = Duration::from_secs(1);
 
 /// What the watcher knows beyond the lease map.
@@ -456,15 +457,16 @@ impl<S: Store> Watcher<S> {
         }
     }
 
-    /// Something changed: the cache is written [`WRITE_EVERY`] after the last write (or
+    /// Something changed: the cache is written its interval after the last write (or
     /// after now), so a burst of events costs one write.
     fn cache_changed(&self, view: &mut View) {
-        if self.cache.is_none() || view.cache_due.is_some() || view.carry_until.is_some() {
+        let Some(c) = &self.cache else { return };
+        if view.cache_due.is_some() || view.carry_until.is_some() {
             return;
         }
         let now = Instant::now();
         let after = view.cache_written.map_or(now, |t| t.max(now));
-        view.cache_due = Some(after + WRITE_EVERY);
+        view.cache_due = Some(after + c.every);
     }
 
     /// Writes the published set (etcd's, at our revision) to the cache. Not while leases
