@@ -15,7 +15,7 @@
 //! at most every [`WRITE_EVERY`] while leases change and at every stop, never while leases
 //! etcd lost are carried (a restore's grace), and removed when a restore is seen.
 //!
-//! Values are checked again when read (`codec::decode`), so an edited file can hold nothing
+//! Values are checked again when read (`codec::check`), so an edited file can hold nothing
 //! that a lease in etcd could not.
 
 use std::{
@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use super::{
     Entry, Snapshot,
-    codec::{self as lease, Decoded},
+    codec::{self as lease, Decoded, LeaseValue},
     store::Header,
 };
 use crate::me::OwnLease;
@@ -66,9 +66,10 @@ struct Cached<V, S> {
     name: S,
     #[serde(default)]
     created: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // A missing Option field reads as None.
+    #[serde(skip_serializing_if = "Option::is_none")]
     value: Option<V>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<S>,
 }
 
@@ -108,9 +109,10 @@ impl Serialize for Seq<'_> {
     }
 }
 
-/// A cache as read, not yet checked against the etcd that answers. Values stay JSON until
-/// [`Loaded::seed`] decodes each as a lease from etcd is decoded.
-pub struct Loaded(File1<Vec<Cached<serde_json::Value, String>>, String>);
+/// A cache as read, not yet checked against the etcd that answers. [`Loaded::seed`] checks
+/// each value as a lease from etcd is checked; a value that does not even parse as one
+/// (the daemon wrote every value from a parsed lease) makes the whole file unusable.
+pub struct Loaded(File1<Vec<Cached<LeaseValue, String>>, String>);
 
 impl LeaseCache {
     /// Writes `leases` (etcd's, as of `revision` of cluster `cluster_id`) atomically: a
@@ -155,9 +157,8 @@ impl LeaseCache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("read {}: {e}", self.path.display())),
         };
-        let f: File1<Vec<Cached<serde_json::Value, String>>, String> =
-            serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{} does not parse: {e}", self.path.display()))?;
+        let f: File1<Vec<Cached<LeaseValue, String>>, String> = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{} does not parse: {e}", self.path.display()))?;
         if f.version != VERSION {
             return Err(format!(
                 "format {} (this daemon reads {VERSION})",
@@ -212,7 +213,7 @@ impl Loaded {
         let mut entries = BTreeMap::new();
         for c in f.leases {
             let decoded = match (c.value, c.error) {
-                (Some(v), _) => lease::decode(&c.name, v.to_string().as_bytes(), c.created),
+                (Some(v), _) => lease::check(&c.name, v, c.created),
                 (None, Some(e)) => Err(e),
                 (None, None) => return Err(format!("{} has neither value nor error", c.name)),
             };
@@ -335,8 +336,13 @@ mod tests {
         assert!(c.read().err().unwrap().contains("format 2"));
         std::fs::write(&c.path, &text[..text.len() / 2]).unwrap();
         assert!(c.read().err().unwrap().contains("does not parse"));
-        // A value edited in the file is decoded again: rejected as it would be from etcd.
-        std::fs::write(&c.path, text.replace("198.19.0.2", "not-an-address")).unwrap();
+        // A value edited in the file is checked again: rejected as it would be from etcd
+        // (no next hop left), or the whole file unused (not a lease value at all).
+        let no_hop = text
+            .replace("\"PublicIP\":\"198.19.0.2\",", "")
+            .replace("\"PublicIPv6\":\"fd19:19::2\",", "");
+        assert_ne!(no_hop, text);
+        std::fs::write(&c.path, no_hop).unwrap();
         let snap = c
             .read()
             .unwrap()
@@ -345,6 +351,8 @@ mod tests {
             .unwrap();
         let edited = &snap.entries["198.18.2.0-24&fd18:18:0:2::-64"].decoded;
         assert!(edited.is_err(), "{edited:?}");
+        std::fs::write(&c.path, text.replace("198.19.0.2", "not-an-address")).unwrap();
+        assert!(c.read().err().unwrap().contains("does not parse"));
         c.remove().unwrap();
         c.remove().unwrap();
         assert!(c.read().unwrap().is_none());

@@ -132,9 +132,15 @@ pub fn parse_key_name(name: &str) -> Result<IpNetwork, String> {
 
 /// Decodes one key (the part after `<prefix>/subnets/`) and its value.
 pub fn decode(name: &str, value: &[u8], created: i64) -> Decoded {
-    let (subnet, key_v6) = parse_key(name)?;
-    let mut value: LeaseValue =
+    let value: LeaseValue =
         serde_json::from_slice(value).map_err(|e| format!("value is not a lease: {e}"))?;
+    check(name, value, created)
+}
+
+/// The checks of [`decode`] on a value already parsed (the lease cache holds values as
+/// they were decoded, and checks them again).
+pub fn check(name: &str, mut value: LeaseValue, created: i64) -> Decoded {
+    let (subnet, key_v6) = parse_key(name)?;
     if value.public_ip.is_none() && value.public_ipv6.is_none() {
         return Err("value is not a lease: neither PublicIP nor PublicIPv6".into());
     }
