@@ -93,10 +93,7 @@ impl SubnetFile {
 
     /// Removes the file; a missing one is fine.
     pub fn remove(path: &Path) -> io::Result<()> {
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            r => r,
-        }
+        crate::fs::remove_if_present(path)
     }
 }
 

@@ -262,6 +262,36 @@ mod tests {
         assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
     }
 
+    /// The lease cache's flags: the default path beside the subnet file, an interval out
+    /// of 1..=3600 s or not a number refused at the command line.
+    #[test]
+    fn lease_cache_flags_are_checked_when_read() {
+        let run = |extra: &[&str]| {
+            let base = [
+                "hostgw-routed",
+                "run",
+                "--etcd-endpoints",
+                "http://127.0.0.1:2379",
+            ];
+            let args = base.iter().chain(["--node-name", "n0"].iter()).chain(extra);
+            Cli::try_parse_from(args)
+        };
+        let Cmd::Run(r) = run(&["--subnet-file", "/x/subnet.json"]).unwrap().cmd else {
+            panic!()
+        };
+        assert_eq!(r.common.lease_cache_path(), PathBuf::from("/x/leases.json"));
+        assert_eq!((r.lease_cache_secs, r.no_lease_cache), (60, false));
+        for bad in ["0", "3601", "-5", "ten", ""] {
+            let flag = format!("--lease-cache-secs={bad}");
+            let e = run(&[flag.as_str()]).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad:?}: {e}"
+            );
+        }
+    }
+
     #[test]
     fn masquerade_exceptions_are_checked_when_read() {
         let run = |extra: &[&str]| {

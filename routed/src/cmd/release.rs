@@ -39,7 +39,7 @@ pub async fn release(c: &Common) -> Result<String, Error> {
         .map_err(|e| Error::Io(format!("remove {}", c.subnet_file.display()), e))?;
     // A released node's cache names a key it no longer holds.
     let cache = c.lease_cache_path();
-    crate::etcd::cache::remove(&cache)
+    hostgw_common::fs::remove_if_present(&cache)
         .map_err(|e| Error::Io(format!("remove {}", cache.display()), e))?;
     nft::remove().await?;
     let routes = table.list_owned().await?;

@@ -168,7 +168,7 @@ async fn start(args: &RunArgs, ready: &Ready, metrics: &Metrics) -> Result<Start
 fn lease_cache(args: &RunArgs, keys: &Keys, me: &Me) -> Option<LeaseCache> {
     let path = args.common.lease_cache_path();
     if args.no_lease_cache {
-        if let Err(e) = etcd::cache::remove(&path) {
+        if let Err(e) = hostgw_common::fs::remove_if_present(&path) {
             warn!(error = %e, path = %path.display(), "could not remove the lease cache");
         }
         return None;

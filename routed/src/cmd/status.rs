@@ -346,8 +346,8 @@ fn cache_view(c: &Common, keys: &Keys, now: &etcd::store::Header) -> String {
         Err(why) => format!("{why}: the next start lists every lease"),
         Ok(Some(l)) => {
             let (rev, n) = (l.revision(), l.leases());
-            match l.seed(now, None) {
-                Ok(_) => format!(
+            match l.check(now) {
+                Ok(()) => format!(
                     "{path}: {n} leases at revision {rev} (etcd at {}){age}; the next start resumes from it (lists once if etcd compacted past it)",
                     now.revision
                 ),

@@ -147,7 +147,7 @@ impl LeaseCache {
 
     /// Removes the file; a missing one is fine.
     pub fn remove(&self) -> io::Result<()> {
-        remove(&self.path)
+        hostgw_common::fs::remove_if_present(&self.path)
     }
 
     /// The file, if there is one that parses; `Err` says why not (nothing there is `Ok(None)`).
@@ -175,13 +175,6 @@ impl LeaseCache {
     }
 }
 
-pub fn remove(path: &Path) -> io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        r => r,
-    }
-}
-
 impl Loaded {
     pub fn revision(&self) -> i64 {
         self.0.revision
@@ -192,12 +185,10 @@ impl Loaded {
         self.0.leases.len()
     }
 
-    /// The snapshot a start decides on and the watcher follows from, if the cache belongs
-    /// to the etcd that answered `now` (with `config`, the config key's value it holds).
-    /// Entries carry no mod revision (0): a guarded rewrite of our key decided on the cache
-    /// fails, and the claim then reads etcd whole.
-    pub fn seed(self, now: &Header, config: Option<Vec<u8>>) -> Result<Snapshot, String> {
-        let f = self.0;
+    /// Whether the cache belongs to the etcd that answered `now`: its cluster, and a
+    /// revision etcd has reached.
+    pub fn check(&self, now: &Header) -> Result<(), String> {
+        let f = &self.0;
         if f.cluster_id != now.cluster_id {
             return Err(format!(
                 "written for etcd cluster {:x}, this is {:x}",
@@ -210,6 +201,16 @@ impl Loaded {
                 f.revision, now.revision
             ));
         }
+        Ok(())
+    }
+
+    /// The snapshot a start decides on and the watcher follows from, if the cache belongs
+    /// to the etcd that answered `now` (with `config`, the config key's value it holds).
+    /// Entries carry no mod revision (0): a guarded rewrite of our key decided on the cache
+    /// fails, and the claim then reads etcd whole.
+    pub fn seed(self, now: &Header, config: Option<Vec<u8>>) -> Result<Snapshot, String> {
+        self.check(now)?;
+        let f = self.0;
         let mut entries = BTreeMap::new();
         for c in f.leases {
             let decoded = match (c.value, c.error) {

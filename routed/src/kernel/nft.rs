@@ -101,12 +101,7 @@ fn render_masq(nets: &[(&str, String)], masq: &Masq) -> String {
 pub fn render_nodes(nodes: &BTreeSet<IpAddr>) -> String {
     let mut s = String::new();
     for (_, name, _) in NODE_SETS {
-        let v6 = name == "nodes6";
-        let ips: Vec<String> = nodes
-            .iter()
-            .filter(|ip| ip.is_ipv6() == v6)
-            .map(|ip| ip.to_string())
-            .collect();
+        let ips = of_set(nodes, name);
         s += &format!("flush set inet {TABLE} {name}\n");
         if !ips.is_empty() {
             s += &format!("add element inet {TABLE} {name} {{ {} }}\n", ips.join(", "));
@@ -122,12 +117,7 @@ pub fn render_node_changes(added: &BTreeSet<IpAddr>, removed: &BTreeSet<IpAddr>)
     let mut s = String::new();
     for (verb, ips) in [("add", added), ("delete", removed)] {
         for (_, name, _) in NODE_SETS {
-            let v6 = name == "nodes6";
-            let these: Vec<String> = ips
-                .iter()
-                .filter(|ip| ip.is_ipv6() == v6)
-                .map(|ip| ip.to_string())
-                .collect();
+            let these = of_set(ips, name);
             if !these.is_empty() {
                 s += &format!(
                     "{verb} element inet {TABLE} {name} {{ {} }}\n",
@@ -137,6 +127,15 @@ pub fn render_node_changes(added: &BTreeSet<IpAddr>, removed: &BTreeSet<IpAddr>)
         }
     }
     s
+}
+
+/// The addresses of `ips` that belong in node set `name` (its family), as text.
+fn of_set(ips: &BTreeSet<IpAddr>, name: &str) -> Vec<String> {
+    let v6 = name == "nodes6";
+    ips.iter()
+        .filter(|ip| ip.is_ipv6() == v6)
+        .map(|ip| ip.to_string())
+        .collect()
 }
 
 /// FNV-1a: stable across builds and versions, unlike `DefaultHasher`.
