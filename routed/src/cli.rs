@@ -262,20 +262,23 @@ mod tests {
         assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
     }
 
+    /// `run` with an endpoint, a node name and `extra`, parsed.
+    fn run(extra: &[&str]) -> Result<Cli, clap::Error> {
+        let base = [
+            "hostgw-routed",
+            "run",
+            "--etcd-endpoints",
+            "http://127.0.0.1:2379",
+            "--node-name",
+            "n0",
+        ];
+        Cli::try_parse_from(base.iter().chain(extra))
+    }
+
     /// The lease cache's flags: the default path beside the subnet file, an interval out
     /// of 1..=3600 s or not a number refused at the command line.
     #[test]
     fn lease_cache_flags_are_checked_when_read() {
-        let run = |extra: &[&str]| {
-            let base = [
-                "hostgw-routed",
-                "run",
-                "--etcd-endpoints",
-                "http://127.0.0.1:2379",
-            ];
-            let args = base.iter().chain(["--node-name", "n0"].iter()).chain(extra);
-            Cli::try_parse_from(args)
-        };
         let Cmd::Run(r) = run(&["--subnet-file", "/x/subnet.json"]).unwrap().cmd else {
             panic!()
         };
@@ -294,16 +297,6 @@ mod tests {
 
     #[test]
     fn masquerade_exceptions_are_checked_when_read() {
-        let run = |extra: &[&str]| {
-            let base = [
-                "hostgw-routed",
-                "run",
-                "--etcd-endpoints",
-                "http://127.0.0.1:2379",
-            ];
-            let args = base.iter().chain(["--node-name", "n0"].iter()).chain(extra);
-            Cli::try_parse_from(args)
-        };
         let ok = run(&[
             "--ip-masq",
             "--ip-masq-random-fully",
